@@ -1,0 +1,223 @@
+"""One pydantic model per stage, composed into `LifecycleConfig`.
+
+The same model is (a) the lifecycle flow's parameters (the Prefect UI renders it as a form), (b) the
+YAML file behind `--config FILE`, (c) overridable per key with `--set section.key=value`, and (d) logged
+whole to MLflow. Every default lives here, in one visible place, and says why where it is not obvious.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loopline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def default_home() -> str:
+    """`LOOPLINE_HOME` holds the embedded defaults (lake, mlflow.db, artifacts, checkpoints)."""
+    return os.environ.get("LOOPLINE_HOME", "./.loopline")
+
+
+class SyntheticConfig(_Section):
+    """The seeded demo source (contracts/demo.yaml). Used when `data.source` is empty."""
+
+    rows: int = Field(20_000, ge=1, description="rows to generate")
+    seed: int = Field(0, description="RNG seed; the same seed gives the same rows")
+    id_offset: int = Field(0, ge=0, description="first customer id, so later batches do not collide")
+    drift_columns: list[str] = Field(default_factory=list, description="columns to shift (numeric or category)")
+    drift_mean_shift: float = Field(0.0, description="added to drifted numeric columns, in standard deviations")
+    drift_scale: float = Field(1.0, gt=0, description="multiplies the spread of drifted numeric columns")
+    drift_category_mix: float = Field(0.0, ge=0, le=1, description="share of drifted category values redrawn towards the last category")
+    bad_fraction: float = Field(0.0, ge=0, le=1, description="share of rows given a contract violation (every kind)")
+    format: Literal["csv", "parquet", "jsonl"] = Field("parquet", description="file format written for ingest")
+
+
+class DataConfig(_Section):
+    contract: str = Field("contracts/demo.yaml", description="dataset contract (YAML)")
+    source: str | None = Field(None, description="file, folder, or s3:// URI to ingest; empty: the synthetic source")
+    chunk_rows: int = Field(250_000, ge=1000, description="rows read per chunk; bounds memory for large files")
+
+
+class ValidationConfig(_Section):
+    quarantine_max_fraction: float | None = Field(
+        None, ge=0, le=1, description="overrides the contract's quarantine_max_fraction when set"
+    )
+    data_docs: bool = Field(True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs")
+    bad_row_examples: int = Field(5, ge=0, description="examples of bad rows per expectation in artifacts")
+
+
+class FeaturesConfig(_Section):
+    numeric: Literal["passthrough", "standardise", "log1p", "clip"] = Field(
+        "standardise", description="default transform for int/float columns"
+    )
+    numeric_overrides: dict[str, Literal["passthrough", "standardise", "log1p", "clip"]] = Field(
+        default_factory=dict, description="per-column transform"
+    )
+    clip_quantiles: tuple[float, float] = Field((0.01, 0.99), description="bounds for `clip`, fitted on train")
+    categorical: Literal["onehot", "index"] = Field("onehot", description="encoding; both keep an 'unknown' bucket")
+    timestamp_parts: list[Literal["hour", "dayofweek", "month", "dayofyear", "year"]] = Field(
+        default_factory=lambda: ["hour", "dayofweek", "month"]
+    )
+    split_fractions: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/valid/test shares; the split is a stable hash of the id"
+    )
+
+
+class TrainingConfig(_Section):
+    model: str = Field("loopline.models:mlp", description="model factory 'module:function'")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64], description="layers of the default MLP")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    max_steps: int | None = Field(300, ge=1, description="optimizer steps; wins over epochs when both are set")
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(3e-3, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    warmup_steps: int = Field(10, ge=0)
+    seed: int = 0
+    deterministic: bool = Field(True, description="bit-exact resume on CPU; slower kernels on GPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = Field(1, ge=1, description="processes (DDP via torchrun when > 1)")
+    checkpoint_every_steps: int = Field(50, ge=1)
+    checkpoint_every_seconds: float = Field(300.0, gt=0, description="also checkpoint on wall time, for slow steps")
+    keep_last_checkpoints: int = Field(3, ge=1)
+    eval_every_steps: int = Field(100, ge=1, description="validation pass cadence (also at every epoch end)")
+    early_stopping_metric: str = Field("val_loss", description="metric watched for early stopping")
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement; None: off")
+    log_every_steps: int = Field(20, ge=1)
+    spot_notice_url: str | None = Field(None, description="HTTP URL polled for a spot/preemption notice")
+    spot_notice_file: str | None = Field(None, description="file whose existence is a preemption notice")
+    spot_poll_seconds: float = Field(5.0, gt=0)
+    gpu_price_per_hour: float = Field(2.0, ge=0, description="USD per GPU-hour for the cost summary")
+    gpu_sample_seconds: float = Field(1.0, gt=0)
+
+
+class EvaluationConfig(_Section):
+    primary_metric: str | None = Field(None, description="None: roc_auc (binary), accuracy (multiclass), rmse (regression)")
+    min_score: float | None = Field(None, description="absolute floor for the primary metric")
+    min_improvement: float = Field(0.0, description="over the champion; negative allows a lateral move")
+    max_slice_regression: float | None = Field(0.05, description="largest allowed drop on any slice")
+    require_ci: bool = Field(False, description="the CI's lower bound must clear min_improvement")
+    bootstrap_samples: int = Field(1000, ge=10)
+    seed: int = 0
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_batch_size: int = Field(256, ge=1, description="rows per model call in dynamic batching")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a request may wait for others to batch with")
+    poll_seconds: float = Field(10.0, gt=0, description="registry poll for a moved @champion")
+    challenger_weight: float = Field(0.0, ge=0, le=1)
+    shadow: bool = False
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    log_queue_rows: int = Field(1_000_000, ge=1000, description="inference-log queue bound; overflow is counted")
+    confirm_timeout_seconds: float = Field(60.0, gt=0)
+    canary_seconds: float = Field(0.0, ge=0, description="canary period after a promotion; 0 disables")
+    canary_weight: float = Field(0.1, ge=0, le=1)
+
+
+class DriftConfig(_Section):
+    share_threshold: float = Field(0.5, gt=0, le=1)
+    window_hours: float = Field(24.0, gt=0)
+    methods: dict[str, Literal["psi", "ks", "wasserstein", "jensenshannon", "chisquare"]] = Field(
+        default_factory=dict, description="per-column method; unset columns get Evidently-like defaults"
+    )
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per-method threshold override")
+    correction: Literal["none", "bonferroni", "fdr_bh"] = "none"
+    bins: int = Field(20, ge=2)
+
+
+class RetrainConfig(_Section):
+    cooldown_hours: float = Field(6.0, ge=0)
+    min_new_rows: int = Field(1000, ge=0, description="new clean rows that trigger a retrain on ingest")
+
+
+class LifecycleConfig(_Section):
+    home: str = Field(default_factory=default_home, description="LOOPLINE_HOME: lake, mlflow.db, checkpoints")
+    model_name: str | None = Field(None, description="registered model name; default: the dataset name")
+    data: DataConfig = Field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: `400`, `0.1`, `true`, `[a, b]`, `null`, or plain text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides to a nested dict (returns a new dict)."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = [k for k in dotted.strip().split(".") if k]
+        if not keys:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {key!r} is not a section")
+        node[keys[-1]] = _parse_value(raw)
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> LifecycleConfig:
+    """Read `--config FILE` (YAML) if given, apply `--set` overrides, validate. Errors name the key."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return LifecycleConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"config key {where!r}{source}: {first['msg']}") from exc
+
+
+def config_to_flat_params(cfg: BaseModel, prefix: str = "") -> dict[str, str]:
+    """Flatten a config to `section.key -> str` for MLflow params (values truncated to MLflow's limit)."""
+    flat: dict[str, str] = {}
+    for key, value in cfg.model_dump(mode="json").items():
+        _flatten(flat, f"{prefix}{key}", value)
+    return flat
+
+
+def _flatten(flat: dict[str, str], key: str, value: Any) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(flat, f"{key}.{k}", v)
+    else:
+        flat[key] = json.dumps(value)[:6000] if not isinstance(value, str) else value[:6000]
