@@ -376,6 +376,11 @@ def summarise(results: list[BatchResult]) -> dict:
     }
 
 
+def summarise_dicts(results: list[dict]) -> dict:
+    """`summarise` over results that crossed a task boundary as dicts."""
+    return summarise([BatchResult(**r) for r in results])
+
+
 def _public(r: BatchResult) -> dict:
     keys = (
         "dataset",

@@ -1,0 +1,195 @@
+"""`loopline`: the command line, a face over the flows.
+
+Everything heavy (prefect, mlflow, torch, great_expectations) is imported inside the command that needs
+it, so `loopline --help` and `loopline serve` start fast. With `--json` the last line printed is one JSON
+object with the command's result. Exit codes: 0 ok, 2 bad input or usage, 3 the gate rejected the
+batch, 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="loopline: the ML lifecycle on Prefect.")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="LifecycleConfig YAML file")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override one key: section.key=value (repeatable)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as one JSON object on the last line")]
+
+
+def _config(config: Path | None, sets: list[str] | None, extra: list[str] | None = None):
+    from loopline.config import load_config
+
+    return load_config(config, [*(sets or []), *(extra or [])])
+
+
+def _quiet_prefect() -> None:
+    """Keep telemetry off and the console readable; the runs still log to the Prefect API."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _use_stack()
+
+
+def _use_stack() -> None:
+    """When `loopline up` started a stack for this LOOPLINE_HOME, point Prefect and MLflow at it."""
+    home = Path(os.environ.get("LOOPLINE_HOME", "./.loopline"))
+    state = home / "stack.json"
+    if not state.exists():
+        return
+    try:
+        info = json.loads(state.read_text())
+    except ValueError:
+        return
+    if info.get("prefect_api_url"):
+        os.environ.setdefault("PREFECT_API_URL", info["prefect_api_url"])
+    if info.get("mlflow_tracking_uri"):
+        os.environ.setdefault("MLFLOW_TRACKING_URI", info["mlflow_tracking_uri"])
+
+
+def _emit(result: Any, as_json: bool, human: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(result, default=str, sort_keys=True))
+    else:
+        print(human if human is not None else json.dumps(result, default=str, indent=2, sort_keys=True))
+
+
+def _fail(exc: BaseException, as_json: bool) -> None:
+    """One clear paragraph and the right exit code for errors a user can cause; a traceback otherwise."""
+    from loopline.errors import DataQualityError, LooplineError
+
+    if isinstance(exc, LooplineError):
+        typer.echo(f"error: {exc}", err=True)
+        if as_json:
+            payload: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__}
+            if isinstance(exc, DataQualityError):
+                payload.update(exc.summary)
+            print(json.dumps(payload, default=str, sort_keys=True))
+        raise typer.Exit(exc.exit_code)
+    raise exc
+
+
+@app.command()
+def ingest(
+    contract: Annotated[Path, typer.Option(help="dataset contract YAML")] = Path("contracts/demo.yaml"),
+    source: Annotated[str | None, typer.Option(help="file, folder or s3:// URI; default: the synthetic demo batch")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest a source through the validation gate into raw/, clean/ and quarantine/."""
+    try:
+        from loopline.contracts import load_contract
+
+        load_contract(contract)  # a broken contract is exit 2 before anything starts
+        cfg = _config(config, set_, [f"data.contract={contract}"] + ([f"data.source={source}"] if source else []))
+        _quiet_prefect()
+        from flows.ingest import ingest_flow
+        from loopline.ingest import summarise_dicts
+
+        _emit(summarise_dicts(ingest_flow(cfg)), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def features(
+    dataset: Annotated[str | None, typer.Option(help="dataset name (default: the contract's)")] = None,
+    refit: Annotated[bool, typer.Option(help="fit a new transform and rewrite features/D")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring features/D up to date with clean/D."""
+    try:
+        cfg = _config(config, set_)
+        _check_dataset(cfg, dataset)
+        _quiet_prefect()
+        from flows.features import features_flow
+
+        _emit(features_flow(cfg, refit=refit), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the whole lifecycle (by default on the synthetic demo data)."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_prefect()
+        from flows.lifecycle import lifecycle_flow
+
+        result = lifecycle_flow(cfg)
+        _emit(result, as_json, human=_run_summary(result, cfg))
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def status(
+    dataset: Annotated[str | None, typer.Option(help="only this dataset")] = None,
+    model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tables, versions and batches in the lake; models in the registry."""
+    try:
+        cfg = _config(config, set_)
+        _use_stack()
+        from loopline.status import collect_status
+
+        _emit(collect_status(cfg, dataset=dataset, model=model), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+def _check_dataset(cfg, dataset: str | None) -> None:
+    from loopline.contracts import load_contract
+    from loopline.errors import ConfigError
+
+    contract = load_contract(cfg.data.contract)
+    if dataset and dataset != contract.dataset:
+        raise ConfigError(
+            f"dataset {dataset!r} does not match the contract {cfg.data.contract} (dataset {contract.dataset!r}); "
+            "pass --set data.contract=contracts/<file>.yaml"
+        )
+
+
+def _run_summary(result: dict, cfg) -> str:
+    home = Path(cfg.home).resolve()
+    lines = ["loopline run finished.", ""]
+    for stage, value in result.items():
+        lines.append(f"  {stage}: {json.dumps(value, default=str)[:300]}")
+    lines += [
+        "",
+        "Where to look:",
+        f"  Delta tables: {home / 'lake'} (raw/, clean/, quarantine/, features/)",
+        f"  Data Docs:    {home / 'data_docs'}",
+        f"  MLflow:       mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}",
+    ]
+    api = os.environ.get("PREFECT_API_URL")
+    lines.append(f"  Prefect UI:   {api.removesuffix('/api')}" if api else "  Prefect UI:   start one with `loopline up` (this run used an ephemeral API)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

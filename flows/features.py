@@ -1,0 +1,14 @@
+"""Features flow: bring features/D up to date with clean/D (incremental, cached on clean's version)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from loopline.config import LifecycleConfig
+from tasks.data import build_features
+
+
+@flow(name="features", log_prints=True)
+def features_flow(config: LifecycleConfig | None = None, refit: bool = False) -> dict:
+    cfg = config or LifecycleConfig()
+    return build_features(cfg, refit=refit)

@@ -1,0 +1,24 @@
+"""The whole loop as one flow. Each stage is a subflow, so every step shows in the Prefect UI.
+
+Its one parameter is the LifecycleConfig, which the Prefect UI renders as a form.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from loopline.config import LifecycleConfig
+
+
+@flow(name="lifecycle", log_prints=True)
+def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
+    from flows.features import features_flow
+    from flows.ingest import ingest_flow
+
+    cfg = config or LifecycleConfig()
+    result: dict = {}
+    # Ingest + validate: land the batch, quarantine bad rows
+    result["ingest"] = ingest_flow(cfg)
+    # Features: versioned, incremental
+    result["features"] = features_flow(cfg)
+    return result

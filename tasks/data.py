@@ -1,0 +1,128 @@
+"""Tasks of the data plane: ingest one file through the gate, report it, build features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from loopline import features as core_features
+from loopline import ingest as core_ingest
+from loopline import sources
+from loopline.config import LifecycleConfig
+from loopline.contracts import load_contract
+from loopline.synthetic import generate_source
+from tasks.common import code_hash, emit, lake_for, retry_unless_user_error, run_logger
+
+
+@task(name="synthesise-demo-source")
+def synthesise_source(cfg: LifecycleConfig) -> str:
+    """The seeded demo batch, written once under $LOOPLINE_HOME/landing (same knobs, same file)."""
+    from pathlib import Path
+
+    return str(generate_source(cfg.synthetic, Path(cfg.home) / "landing"))
+
+
+# S3 listing may hiccup; a missing path will not fix itself
+@task(name="list-source-files", retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_unless_user_error)
+def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
+    return sources.list_source(source, lake_for(cfg))
+
+
+# idempotent: a retry resumes the batch where the crash left it (Delta app transactions)
+@task(name="ingest-batch", retries=2, retry_delay_seconds=[5, 15], retry_condition_fn=retry_unless_user_error)
+def ingest_batch(uri: str, cfg: LifecycleConfig) -> dict:
+    contract = load_contract(cfg.data.contract)
+    workdir = sources.scratch_dir()
+    try:
+        result = core_ingest.ingest_file(uri, contract, lake_for(cfg), cfg, workdir=workdir)
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    report_batch(result)
+    return result.as_dict()
+
+
+def report_batch(result: core_ingest.BatchResult) -> None:
+    """Markdown + table artifacts, a log line, and the data event."""
+    log = run_logger()
+    resource = f"loopline.dataset.{result.dataset}"
+    if result.duplicate_batch:
+        log.info("batch %s from %s was ingested before: nothing to do", result.batch_id, result.source)
+        return
+    key = f"batch-{result.dataset}-{result.batch_id}".lower().replace("_", "-")
+    verdict = "accepted" if result.accepted else f"REJECTED: {result.reason}"
+    lines = [
+        f"# Batch `{result.batch_id}` of `{result.dataset}`: {verdict}",
+        "",
+        f"Source: `{result.source}`",
+        "",
+        "| rows in | clean | quarantined |",
+        "|---:|---:|---:|",
+        f"| {result.rows_in} | {result.rows_clean} | {result.rows_quarantined} |",
+        "",
+        f"Delta versions: raw {result.raw_version}, clean {result.clean_version}, quarantine {result.quarantine_version}.",
+    ]
+    if result.data_docs_path:
+        lines += ["", f"Data Docs: `{result.data_docs_path}`"]
+    failing = [e for e in result.per_expectation if e.get("unexpected_count")]
+    if failing:
+        lines += ["", "## Failed expectations", "", "| expectation | column | bad rows | examples |", "|---|---|---:|---|"]
+        for e in failing:
+            examples = ", ".join(f"`{x}`" for x in (e.get("examples") or [])[:5])
+            lines.append(f"| {e['expectation']} | {e.get('column') or ''} | {e['unexpected_count']} | {examples} |")
+    create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"validation of batch {result.batch_id}")
+    create_table_artifact(
+        key=f"{key}-expectations",
+        table=[
+            {
+                "expectation": e["expectation"],
+                "column": e.get("column"),
+                "unexpected_count": e.get("unexpected_count", 0),
+                "examples": json.dumps((e.get("examples") or [])[:5], default=str),
+            }
+            for e in result.per_expectation
+        ]
+        or [{"expectation": "(none)", "column": None, "unexpected_count": 0, "examples": "[]"}],
+        description=f"per-expectation counts of batch {result.batch_id}",
+    )
+    payload = {"batch_id": result.batch_id, "rows": result.rows_clean, "source": result.source}
+    if result.accepted:
+        log.info("batch %s: %d rows in, %d clean, %d quarantined", result.batch_id, result.rows_in, result.rows_clean, result.rows_quarantined)
+        emit("loopline.data.ingested", resource, {**payload, "rows_quarantined": result.rows_quarantined})
+    else:
+        log.warning("batch %s rejected: %s", result.batch_id, result.reason)
+        emit("loopline.data.rejected", resource, {**payload, "rows_in": result.rows_in, "reason": result.reason})
+
+
+def _features_cache_key(context, parameters) -> str:
+    """Cached on what the output depends on: clean version, features config, code (never on frames or clients)."""
+    cfg: LifecycleConfig = parameters["cfg"]
+    from loopline import delta
+
+    lake = lake_for(cfg)
+    contract = load_contract(cfg.data.contract)
+    clean_v = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
+    blob = json.dumps([lake.root, contract.hash, clean_v, cfg.features.model_dump(mode="json"), parameters.get("refit"), code_hash()])
+    return "features-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@task(
+    name="build-features",
+    cache_key_fn=_features_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 15],
+    retry_condition_fn=retry_unless_user_error,
+)
+def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
+    contract = load_contract(cfg.data.contract)
+    result = core_features.build_features(lake_for(cfg), contract, cfg.features, refit=refit)
+    run_logger().info(
+        "features/%s v%s: %d new batch(es), %d rows, transform %s",
+        contract.dataset, result["features_version"], result["new_batches"], result["rows_added"], result["transform_version"],
+    )
+    return result

@@ -1,0 +1,109 @@
+"""Shared fixtures: a quiet environment, a real Prefect API for the session, a per-test LOOPLINE_HOME."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# telemetry off and quiet logs for every test, before anything imports prefect/mlflow/gx
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    last: Exception | None = None
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real `prefect server start` for the whole session; PREFECT_API_URL points at it (also for subprocesses)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "server.log", "wb"),
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", timeout=150)
+    except TimeoutError:
+        proc.terminate()
+        raise
+    old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    os.environ["PREFECT_API_URL"] = url
+    os.environ["PREFECT_HOME"] = str(home)
+    yield url
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh LOOPLINE_HOME (lake, mlflow.db, data_docs) per test."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("LOOPLINE_HOME", str(h))
+    monkeypatch.delenv("LOOPLINE_LAKE_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{h / 'mlflow.db'}")
+    return h
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """A real S3 endpoint (`moto_server`) for the session; yields its URL and test credentials."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, timeout=60)
+    except TimeoutError:
+        proc.terminate()
+        raise
+    yield {"endpoint_url": url, "region": "us-east-1", "access_key_id": "testing", "secret_access_key": "testing"}
+    proc.terminate()
+    proc.wait(timeout=10)
