@@ -1,0 +1,46 @@
+# loopline: `make demo` runs the whole lifecycle on embedded defaults; `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export GX_ANALYTICS_ENABLED ?= false
+export MLFLOW_ENABLE_TELEMETRY ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: install demo test lint format bench up down clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 first: it is a CPU build on this machine's disk (seconds); an unpinned torch would pull a
+# 5.5 GB CUDA build. A machine that already has a torch (e.g. a CUDA build on a GPU box) keeps it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/loopline run
+
+test: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) -m bench all
+
+up: install
+	$(VENV)/bin/loopline up
+
+down: install
+	$(VENV)/bin/loopline down
+
+clean:
+	rm -rf .loopline
