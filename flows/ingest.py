@@ -18,7 +18,7 @@ def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
     source = cfg.data.source or synthesise_source(cfg)
     files = list_source_files(source, cfg)
     # Validate + load: one batch per file, in order (ids are first-arrival-wins across batches)
-    results = [ingest_batch(uri, cfg) for uri in files]
+    results = [ingest_batch(uri, cfg, in_folder=len(files) > 1) for uri in files]
     # Decide: a rejected batch fails the run (the good ones have landed; the summary names the bad ones)
     rejected = [r for r in results if not r["accepted"]]
     if rejected:

@@ -163,7 +163,10 @@ def _apply_step(step: dict[str, Any], series: pd.Series) -> np.ndarray:
     if kind == "bool":
         return series.fillna(False).astype(bool).to_numpy(dtype=np.float64)[:, None]
     if kind == "timestamp":
-        ts = pd.to_datetime(series, errors="coerce")
+        if pd.api.types.is_datetime64_any_dtype(series):
+            ts = series
+        else:  # raw text (serving, JSON): ISO 8601, with 'T' or ' '
+            ts = pd.to_datetime(series, errors="coerce", format="ISO8601")
         cols = []
         for part in step["parts"]:
             values = getattr(ts.dt, part).to_numpy(dtype=np.float64, na_value=0.0)

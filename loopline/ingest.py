@@ -58,6 +58,10 @@ class BatchResult:
         return dict(self.__dict__)
 
 
+def unreadable_result(uri: str, contract: Contract, exc: SourceError) -> BatchResult:
+    return BatchResult(dataset=contract.dataset, batch_id="", source=uri, accepted=False, reason=str(exc))
+
+
 def batch_id_for(content_sha256: str, contract: Contract) -> str:
     return hashlib.sha256(f"{content_sha256}:{contract.hash}".encode()).hexdigest()[:20]
 
@@ -111,9 +115,16 @@ def ingest_source(source: str, contract: Contract, lake: Lake, cfg: LifecycleCon
     """Ingest every file a source names (one batch each). Rejections are returned, not raised."""
     workdir = sources.scratch_dir()
     try:
+        files = sources.list_source(source, lake)
         results = []
-        for uri in sources.list_source(source, lake):
-            results.append(ingest_file(uri, contract, lake, cfg, workdir=workdir))
+        for uri in files:
+            try:
+                results.append(ingest_file(uri, contract, lake, cfg, workdir=workdir))
+            except SourceError as exc:
+                if len(files) == 1:
+                    raise
+                # in a folder, one unreadable file is that file's rejection; the others still land
+                results.append(unreadable_result(uri, contract, exc))
         return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -13,6 +13,7 @@ from loopline import ingest as core_ingest
 from loopline import sources
 from loopline.config import LifecycleConfig
 from loopline.contracts import load_contract
+from loopline.errors import SourceError
 from loopline.synthetic import generate_source
 from tasks.common import code_hash, emit, lake_for, retry_unless_user_error, run_logger
 
@@ -33,11 +34,16 @@ def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
 
 # idempotent: a retry resumes the batch where the crash left it (Delta app transactions)
 @task(name="ingest-batch", retries=2, retry_delay_seconds=[5, 15], retry_condition_fn=retry_unless_user_error)
-def ingest_batch(uri: str, cfg: LifecycleConfig) -> dict:
+def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dict:
+    """One file as one batch. In a folder, an unreadable file is reported as that file's rejection."""
     contract = load_contract(cfg.data.contract)
     workdir = sources.scratch_dir()
     try:
         result = core_ingest.ingest_file(uri, contract, lake_for(cfg), cfg, workdir=workdir)
+    except SourceError as exc:
+        if not in_folder:
+            raise
+        result = core_ingest.unreadable_result(uri, contract, exc)
     finally:
         import shutil
 
@@ -50,6 +56,10 @@ def report_batch(result: core_ingest.BatchResult) -> None:
     """Markdown + table artifacts, a log line, and the data event."""
     log = run_logger()
     resource = f"loopline.dataset.{result.dataset}"
+    if not result.batch_id:  # unreadable file in a folder: nothing landed
+        log.warning("%s", result.reason)
+        emit("loopline.data.rejected", resource, {"batch_id": None, "rows": 0, "source": result.source, "reason": result.reason})
+        return
     if result.duplicate_batch:
         log.info("batch %s from %s was ingested before: nothing to do", result.batch_id, result.source)
         return
