@@ -51,3 +51,13 @@ class ModelError(LooplineError):
     """A model, version or alias the user named does not exist or cannot be loaded."""
 
     exit_code = 2
+
+
+class DriftError(LooplineError):
+    """Drift inputs are unusable: a column missing or not numeric, a bad profile. Names the column."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, column: str | None = None):
+        super().__init__(message)
+        self.column = column
