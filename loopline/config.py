@@ -33,41 +33,25 @@ class SyntheticConfig(_Section):
     rows: int = Field(20_000, ge=1, description="rows to generate")
     seed: int = Field(0, description="RNG seed; the same seed gives the same rows")
     id_offset: int = Field(0, ge=0, description="first customer id, so later batches do not collide")
-    drift_columns: list[str] = Field(
-        default_factory=list, description="columns to shift (numeric or category)"
-    )
-    drift_mean_shift: float = Field(
-        0.0, description="added to drifted numeric columns, in standard deviations"
-    )
+    drift_columns: list[str] = Field(default_factory=list, description="columns to shift (numeric or category)")
+    drift_mean_shift: float = Field(0.0, description="added to drifted numeric columns, in standard deviations")
     drift_scale: float = Field(1.0, gt=0, description="multiplies the spread of drifted numeric columns")
-    drift_category_mix: float = Field(
-        0.0, ge=0, le=1, description="share of drifted category values redrawn towards the last category"
-    )
-    bad_fraction: float = Field(
-        0.0, ge=0, le=1, description="share of rows given a contract violation (every kind)"
-    )
-    format: Literal["csv", "parquet", "jsonl"] = Field(
-        "parquet", description="file format written for ingest"
-    )
+    drift_category_mix: float = Field(0.0, ge=0, le=1, description="share of drifted category values redrawn towards the last category")
+    bad_fraction: float = Field(0.0, ge=0, le=1, description="share of rows given a contract violation (every kind)")
+    format: Literal["csv", "parquet", "jsonl"] = Field("parquet", description="file format written for ingest")
 
 
 class DataConfig(_Section):
     contract: str = Field("contracts/demo.yaml", description="dataset contract (YAML)")
-    source: str | None = Field(
-        None, description="file, folder, or s3:// URI to ingest; empty: the synthetic source"
-    )
-    chunk_rows: int = Field(
-        250_000, ge=1000, description="rows read per chunk; bounds memory for large files"
-    )
+    source: str | None = Field(None, description="file, folder, or s3:// URI to ingest; empty: the synthetic source")
+    chunk_rows: int = Field(250_000, ge=1000, description="rows read per chunk; bounds memory for large files")
 
 
 class ValidationConfig(_Section):
     quarantine_max_fraction: float | None = Field(
         None, ge=0, le=1, description="overrides the contract's quarantine_max_fraction when set"
     )
-    data_docs: bool = Field(
-        True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs"
-    )
+    data_docs: bool = Field(True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs")
     bad_row_examples: int = Field(5, ge=0, description="examples of bad rows per expectation in artifacts")
 
 
@@ -78,12 +62,8 @@ class FeaturesConfig(_Section):
     numeric_overrides: dict[str, Literal["passthrough", "standardise", "log1p", "clip"]] = Field(
         default_factory=dict, description="per-column transform"
     )
-    clip_quantiles: tuple[float, float] = Field(
-        (0.01, 0.99), description="bounds for `clip`, fitted on train"
-    )
-    categorical: Literal["onehot", "index"] = Field(
-        "onehot", description="encoding; both keep an 'unknown' bucket"
-    )
+    clip_quantiles: tuple[float, float] = Field((0.01, 0.99), description="bounds for `clip`, fitted on train")
+    categorical: Literal["onehot", "index"] = Field("onehot", description="encoding; both keep an 'unknown' bucket")
     timestamp_parts: list[Literal["hour", "dayofweek", "month", "dayofyear", "year"]] = Field(
         default_factory=lambda: ["hour", "dayofweek", "month"]
     )
@@ -94,13 +74,9 @@ class FeaturesConfig(_Section):
 
 class TrainingConfig(_Section):
     model: str = Field("loopline.models:mlp", description="model factory 'module:function'")
-    hidden_sizes: list[int] = Field(
-        default_factory=lambda: [128, 64], description="layers of the default MLP"
-    )
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64], description="layers of the default MLP")
     dropout: float = Field(0.0, ge=0, lt=1)
-    max_steps: int | None = Field(
-        300, ge=1, description="optimizer steps; wins over epochs when both are set"
-    )
+    max_steps: int | None = Field(300, ge=1, description="optimizer steps; wins over epochs when both are set")
     epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(512, ge=1)
     lr: float = Field(3e-3, ge=0)
@@ -109,21 +85,15 @@ class TrainingConfig(_Section):
     warmup_steps: int = Field(10, ge=0)
     seed: int = 0
     deterministic: bool = Field(True, description="bit-exact resume on CPU; slower kernels on GPU")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
-    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     devices: int = Field(1, ge=1, description="processes (DDP via torchrun when > 1)")
     checkpoint_every_steps: int = Field(50, ge=1)
-    checkpoint_every_seconds: float = Field(
-        300.0, gt=0, description="also checkpoint on wall time, for slow steps"
-    )
+    checkpoint_every_seconds: float = Field(300.0, gt=0, description="also checkpoint on wall time, for slow steps")
     keep_last_checkpoints: int = Field(3, ge=1)
     eval_every_steps: int = Field(100, ge=1, description="validation pass cadence (also at every epoch end)")
     early_stopping_metric: str = Field("val_loss", description="metric watched for early stopping")
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="evaluations without improvement; None: off"
-    )
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement; None: off")
     log_every_steps: int = Field(20, ge=1)
     spot_notice_url: str | None = Field(None, description="HTTP URL polled for a spot/preemption notice")
     spot_notice_file: str | None = Field(None, description="file whose existence is a preemption notice")
@@ -133,9 +103,7 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    primary_metric: str | None = Field(
-        None, description="None: roc_auc (binary), accuracy (multiclass), rmse (regression)"
-    )
+    primary_metric: str | None = Field(None, description="None: roc_auc (binary), accuracy (multiclass), rmse (regression)")
     min_score: float | None = Field(None, description="absolute floor for the primary metric")
     min_improvement: float = Field(0.0, description="over the champion; negative allows a lateral move")
     max_slice_regression: float | None = Field(0.05, description="largest allowed drop on any slice")
@@ -153,9 +121,7 @@ class ServingConfig(_Section):
     challenger_weight: float = Field(0.0, ge=0, le=1)
     shadow: bool = False
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    log_queue_rows: int = Field(
-        1_000_000, ge=1000, description="inference-log queue bound; overflow is counted"
-    )
+    log_queue_rows: int = Field(1_000_000, ge=1000, description="inference-log queue bound; overflow is counted")
     confirm_timeout_seconds: float = Field(60.0, gt=0)
     canary_seconds: float = Field(0.0, ge=0, description="canary period after a promotion; 0 disables")
     canary_weight: float = Field(0.1, ge=0, le=1)
@@ -170,15 +136,9 @@ class DriftConfig(_Section):
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-method threshold override")
     correction: Literal["none", "bonferroni", "fdr_bh"] = "none"
     bins: int = Field(20, ge=2)
-    cdf_bins: int = Field(
-        256,
-        ge=16,
-        description="fine quantile bins per numeric feature in the reference profile (Wasserstein, KS)",
-    )
+    cdf_bins: int = Field(256, ge=16, description="fine quantile bins per numeric feature in the reference profile (Wasserstein, KS)")
     small_reference_rows: int = Field(
-        1000,
-        ge=0,
-        description="references with at most this many rows get KS / chi-square (Evidently) and keep raw values",
+        1000, ge=0, description="references with at most this many rows get KS / chi-square (Evidently) and keep raw values"
     )
     prediction_method: Literal["psi", "ks", "wasserstein", "jensenshannon", "chisquare"] | None = Field(
         None, description="method for the prediction distribution; unset: the same defaults as features"
