@@ -1,0 +1,58 @@
+"""`python -m loopline.train --dataset D [--model M] [--config F] [--set k=v ...] [--fresh] [--json]`
+
+Training without Prefect (the `loopline train` command goes through the Prefect flow). Exit codes:
+0 trained, 2 bad input, 143 preempted after a checkpoint (run it again to resume), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loopline.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="dataset D: trains on features/D")
+    parser.add_argument("--model", default=None, help="registered model name (default: the dataset name)")
+    parser.add_argument("--config", default=None, help="LifecycleConfig YAML file")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value override")
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete this run key's checkpoints and start over"
+    )
+    parser.add_argument("--features-version", type=int, default=None, help="Delta version of features/D")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from loopline.config import load_config
+    from loopline.errors import LooplineError
+    from loopline.lake import Lake
+    from loopline.train import run_training
+
+    try:
+        cfg = load_config(args.config, args.sets)
+        result = run_training(
+            cfg,
+            args.dataset,
+            lake=Lake.from_env(cfg.home),
+            model_name=args.model,
+            fresh=args.fresh,
+            features_version=args.features_version,
+        )
+    except LooplineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        return exc.exit_code
+    print(
+        json.dumps(result, default=str)
+        if args.json
+        else f"registered {result['model_uri']} ({result['steps']} steps)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

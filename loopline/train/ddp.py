@@ -1,0 +1,141 @@
+"""DDP: `training.devices: N` runs N worker processes under torchrun (gloo on CPU, nccl on GPU).
+
+The parent (run_training) keeps the MLflow run, the GPU sampler and the preemption watch; it writes a
+spec, starts `python -m torch.distributed.run --standalone --nproc-per-node N -m loopline.train.worker
+SPEC`, relays rank 0's progress lines, and forwards SIGTERM to torchrun when preemption is requested
+(torchrun passes it on to every worker; they agree on the step, rank 0 checkpoints, all exit 143).
+Every worker loads the latest checkpoint at start, so a rerun resumes whatever killed the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loopline.lake import Lake
+from loopline.train.outcome import TrainOutcome
+from loopline.train.preemption import Preempted, PreemptionWatch
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+TERMINATE_GRACE_SECONDS = 60  # after forwarding SIGTERM, how long torchrun gets before SIGKILL
+
+
+def torchrun_command(nproc: int, spec_path: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # single node: a local rendezvous on a free port
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",  # restarts are the Prefect task's retries, which resume from the checkpoint
+        "-m",
+        "loopline.train.worker",
+        spec_path,
+    ]
+
+
+def worker_env(lake: Lake, nproc: int) -> dict[str, str]:
+    """The child environment: the lake's credentials travel by environment, never in the spec file."""
+    env = dict(os.environ)
+    if lake.access_key_id:
+        env["AWS_ACCESS_KEY_ID"] = lake.access_key_id
+    if lake.secret_access_key:
+        env["AWS_SECRET_ACCESS_KEY"] = lake.secret_access_key
+    # one intra-op thread per worker on CPU unless told otherwise: N processes already use N cores
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def launch_ddp(
+    spec: dict[str, Any],
+    *,
+    lake: Lake,
+    nproc: int,
+    watch: PreemptionWatch,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainOutcome:
+    """Run the workers and return rank 0's outcome (weights included). Raises Preempted or RuntimeError."""
+    with tempfile.TemporaryDirectory(prefix="loopline-ddp-") as tmp:
+        paths = {
+            name: str(Path(tmp) / name)
+            for name in ("spec.json", "result.json", "weights.pt", "progress.jsonl", "torchrun.log")
+        }
+        spec = {
+            **spec,
+            "lake": {"root": lake.root, "endpoint_url": lake.endpoint_url, "region": lake.region},
+            "result_path": paths["result.json"],
+            "weights_path": paths["weights.pt"],
+            "progress_path": paths["progress.jsonl"],
+        }
+        Path(paths["spec.json"]).write_text(json.dumps(spec))
+        cmd = torchrun_command(nproc, paths["spec.json"])
+        log.info("launching %d DDP workers: %s", nproc, " ".join(cmd))
+        with open(paths["torchrun.log"], "wb") as out:
+            proc = subprocess.Popen(cmd, env=worker_env(lake, nproc), stdout=out, stderr=subprocess.STDOUT)
+            forwarded_at = None
+            progress_offset = 0
+            while proc.poll() is None:
+                if watch.requested and forwarded_at is None:
+                    proc.send_signal(signal.SIGTERM)
+                    forwarded_at = time.monotonic()
+                if forwarded_at is not None and time.monotonic() - forwarded_at > TERMINATE_GRACE_SECONDS:
+                    proc.kill()
+                progress_offset = _relay_progress(paths["progress.jsonl"], progress_offset, on_progress)
+                time.sleep(POLL_SECONDS)
+            _relay_progress(paths["progress.jsonl"], progress_offset, on_progress)
+        result = (
+            json.loads(Path(paths["result.json"]).read_text())
+            if Path(paths["result.json"]).exists()
+            else None
+        )
+        if result and "preempted" in result:
+            info = result["preempted"]
+            raise Preempted(
+                info["message"],
+                step=info["step"],
+                checkpoint_uri=info["checkpoint_uri"],
+                reason=info["reason"],
+            )
+        if proc.returncode != 0 or result is None:
+            tail = Path(paths["torchrun.log"]).read_text(errors="replace")[-4000:]
+            if watch.requested:
+                raise Preempted(
+                    f"DDP training stopped on {watch.requested} before rank 0 reported a checkpoint",
+                    step=-1,
+                    checkpoint_uri=None,
+                    reason=watch.requested,
+                )
+            raise RuntimeError(f"DDP training failed (torchrun exit {proc.returncode}):\n{tail}")
+        outcome = TrainOutcome(**result)
+        outcome.state_dict = torch.load(paths["weights.pt"], map_location="cpu", weights_only=True)
+        return outcome
+
+
+def _relay_progress(path: str, offset: int, on_progress: Callable[[dict[str, Any]], None] | None) -> int:
+    if not os.path.exists(path):
+        return offset
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    for line in complete.splitlines():
+        if on_progress and line.strip():
+            try:
+                on_progress(json.loads(line))
+            except Exception as exc:  # a progress consumer must not kill training
+                log.debug("progress callback failed: %s", exc)
+    return offset + len(complete)
