@@ -171,10 +171,11 @@ def test_broken_contract(tmp_path):
 def test_duplicate_ids_across_batches_first_arrival_wins(env):
     contract, lake, cfg, tmp = env
     ingest_one(env, csv_file(tmp, "a.csv", [HEADER, *good_rows(1, 8)]))
-    out = ingest_one(env, csv_file(tmp, "b.csv", [HEADER, *good_rows(5, 8)]))  # ids 5..8 seen before
-    assert out["rows_clean"] == 8 - 4 and out["rows_quarantined"] == 4
+    out = ingest_one(env, csv_file(tmp, "b.csv", [HEADER, *good_rows(7, 8)]))  # ids 7 and 8 seen before
+    assert out["accepted"] and out["rows_clean"] == 8 - 2 and out["rows_quarantined"] == 2
     ids = delta.read_column(lake, lake.table_uri("clean", "credit"), ["customer_id"])["customer_id"].to_pylist()
-    assert sorted(ids) == list(range(1, 13))
+    assert sorted(ids) == list(range(1, 15))
+    assert all("customer_id" in r for r in reasons(lake))
 
 
 def test_folder_mixing_good_and_bad_files(env):
