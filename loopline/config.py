@@ -53,6 +53,15 @@ class ValidationConfig(_Section):
     )
     data_docs: bool = Field(True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs")
     bad_row_examples: int = Field(5, ge=0, description="examples of bad rows per expectation in artifacts")
+    gx_scope: Literal["audit", "full"] = Field(
+        "audit",
+        description="rows Great Expectations re-validates: audit = every row the gate rejects plus a sample of "
+        "the accepted ones (fast); full = every row (as slow as a plain GX run)",
+    )
+    gx_sample_rows: int = Field(10_000, ge=0, description="accepted rows per batch GX re-validates in audit scope")
+    gx_max_rows_per_run: int = Field(
+        500_000, ge=1000, description="rows GX validates in one run; bounds the memory of a long batch"
+    )
 
 
 class FeaturesConfig(_Section):
@@ -100,6 +109,10 @@ class TrainingConfig(_Section):
     spot_poll_seconds: float = Field(5.0, gt=0)
     gpu_price_per_hour: float = Field(2.0, ge=0, description="USD per GPU-hour for the cost summary")
     gpu_sample_seconds: float = Field(1.0, gt=0)
+    gpu_slot: str | None = Field(
+        "gpu", description="Prefect global concurrency limit a GPU training takes (occupy = devices); None: none"
+    )
+    gpu_slot_on_cpu: bool = Field(False, description="take the slot for CPU trainings too (serialises them)")
 
 
 class EvaluationConfig(_Section):
@@ -113,15 +126,25 @@ class EvaluationConfig(_Section):
 
 
 class ServingConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
+    port: int = Field(8080, ge=0, le=65535)
     max_batch_size: int = Field(256, ge=1, description="rows per model call in dynamic batching")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a request may wait for others to batch with")
-    poll_seconds: float = Field(10.0, gt=0, description="registry poll for a moved @champion")
-    challenger_weight: float = Field(0.0, ge=0, le=1)
-    shadow: bool = False
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long a batch may wait for requests still being parsed (never for idle clients)"
+    )
+    poll_seconds: float = Field(10.0, ge=0, description="registry poll for a moved @champion/@challenger; 0: off")
+    challenger_weight: float = Field(0.0, ge=0, le=1, description="share of requests answered by @challenger")
+    shadow: bool = Field(False, description="score @challenger beside the champion (logged, never returned)")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when torch sees one")
+    torch_threads: int = Field(
+        1, ge=1, description="intra-op threads per model call; 1 leaves the other cores to HTTP and JSON"
+    )
+    inference_log: bool = Field(True, description="append every scored row to predictions/M")
     log_queue_rows: int = Field(1_000_000, ge=1000, description="inference-log queue bound; overflow is counted")
+    log_flush_seconds: float = Field(5.0, gt=0, description="inference-log write cadence (one Delta commit each)")
+    log_flush_rows: int = Field(100_000, ge=1, description="write sooner once this many rows wait")
+    graceful_timeout_seconds: float = Field(30.0, gt=0, description="on SIGTERM: time for in-flight requests")
     confirm_timeout_seconds: float = Field(60.0, gt=0)
     canary_seconds: float = Field(0.0, ge=0, description="canary period after a promotion; 0 disables")
     canary_weight: float = Field(0.1, ge=0, le=1)

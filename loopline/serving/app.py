@@ -1,0 +1,316 @@
+"""The HTTP face: a raw ASGI application (no framework) speaking MLflow's scoring protocol.
+
+Why raw ASGI on uvicorn (httptools parser, uvloop event loop): a scoring request is small and the model
+call is batched, so per-request framework work is what limits throughput on a small machine. A plain ASGI
+callable with a dict of routes, orjson and no request/response objects keeps that cost to a few tens of
+microseconds; routing, validation and dependency injection of a framework would cost more than the model.
+
+Routes: POST /invocations, GET /ping, /health, /version, /metrics, POST /reload (token), GET /openapi.json.
+Status codes: 400 bad JSON or a body in no MLflow format, 413 body over `max_body_bytes`, 415 a content
+type other than JSON, 422 input that breaks the contract (naming the fields), 503 no model loaded,
+500 only when the model itself fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from loopline.serving.inference_log import InferenceLog
+from loopline.serving.inputs import TypedRows
+from loopline.serving.manager import ModelManager
+from loopline.serving.metrics import ServingMetrics
+from loopline.serving.protocol import RequestError, encode_predictions, parse_body
+from loopline.serving.router import SHADOW, Router, Slot
+
+log = logging.getLogger(__name__)
+
+RELOAD_TOKEN_ENV = "LOOPLINE_RELOAD_TOKEN"
+_JSON = [(b"content-type", b"application/json")]
+
+
+class ServingApp:
+    def __init__(
+        self,
+        *,
+        manager: ModelManager,
+        router: Router,
+        metrics: ServingMetrics,
+        inference_log: InferenceLog | None = None,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        reload_token: str | None = None,
+        after_load: Callable[[], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.manager = manager
+        self.router = router
+        self.metrics = metrics
+        self.inference_log = inference_log
+        self.max_body_bytes = max_body_bytes
+        self.reload_token = reload_token if reload_token is not None else os.environ.get(RELOAD_TOKEN_ENV)
+        self.parsing = 0  # requests between "received" and "rows queued": the batcher waits only for these
+        self._after_load = after_load
+        self.startup_error: BaseException | None = None
+        self._on_shutdown = on_shutdown
+        self._shadow_tasks: set[asyncio.Task] = set()
+        self._routes: dict[tuple[str, str], Callable] = {
+            ("POST", "/invocations"): self._invocations,
+            ("GET", "/ping"): self._ping,
+            ("GET", "/health"): self._health,
+            ("GET", "/version"): self._version,
+            ("GET", "/metrics"): self._metrics,
+            ("POST", "/reload"): self._reload,
+            ("GET", "/openapi.json"): self._openapi,
+        }
+        self._paths = {path for _, path in self._routes}
+        metrics.watch_queue(lambda: sum(s.batcher.queued_rows for s in router.slots()))
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Load the models, then start the inference log (it takes its schema from the champion's contract)."""
+        await self.manager.start()
+        if self._after_load is not None:
+            await self._after_load()
+        if self.inference_log is not None:
+            self.inference_log.start()
+
+    async def shutdown(self) -> None:
+        """Finish queued batches and shadow calls, then write the inference log out."""
+        await self.manager.stop()
+        if self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        if self.inference_log is not None:
+            await asyncio.to_thread(self.inference_log.stop)
+        if self._on_shutdown is not None:
+            await self._on_shutdown()
+
+    # -- ASGI ----------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    self.startup_error = exc
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path, method = scope["path"], scope["method"]
+        handler = self._routes.get((method, path))
+        if handler is None:
+            status = 405 if path in self._paths else 404
+            error = RequestError(status, f"{method} {path}: " + ("method not allowed" if status == 405 else "no such route"))
+            self.metrics.requests.labels("other", str(status)).inc()
+            await _respond(send, status, error.body(), _JSON)
+            return
+        await handler(scope, receive, send)
+
+    # -- scoring -------------------------------------------------------------------------------------
+    async def _invocations(self, scope: dict, receive: Callable, send: Callable) -> None:
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        self.parsing += 1
+        self.metrics.in_flight.inc()
+        try:
+            try:
+                body = await self._read_body(headers, receive)
+                cols = parse_body(body)
+                slot, shadow = self.router.pick(headers.get(b"x-request-key"))
+                rows = slot.model.checker.check(cols)
+            finally:
+                self.parsing -= 1
+            request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:200] or os.urandom(8).hex()
+            if rows.n_rows == 0:
+                predictions: Any = []
+            else:
+                try:
+                    predictions = await slot.batcher.submit(rows)
+                except Exception as exc:
+                    self.metrics.version_errors.labels(slot.model.version, slot.role).inc()
+                    raise _ModelFailure(str(exc)) from exc
+            version = slot.model.version
+            await _respond(
+                send,
+                200,
+                encode_predictions(predictions if not hasattr(predictions, "dtype") or predictions.dtype != object else predictions.tolist()),
+                [*_JSON, (b"x-model-version", version.encode()), (b"x-request-id", request_id.encode("latin-1"))],
+            )
+            self.metrics.requests.labels("invocations", "200").inc()
+            self.metrics.version_requests.labels(version, slot.role).inc()
+            self.metrics.rows.labels(version, slot.role).inc(rows.n_rows)
+            self.metrics.latency.labels(version, slot.role).observe(time.perf_counter() - started)
+            if rows.n_rows and self.inference_log is not None:
+                self.inference_log.append(rows, predictions, version=version, role=slot.role, request_id=request_id)
+            if shadow is not None and rows.n_rows:
+                self._start_shadow(shadow, cols_rows=rows, request_id=request_id)
+        except RequestError as exc:
+            self.metrics.requests.labels("invocations", str(exc.status)).inc()
+            self.metrics.errors.labels(_reason(exc)).inc()
+            await _respond(send, exc.status, exc.body(), _JSON)
+        except LookupError as exc:  # no model loaded yet
+            self.metrics.requests.labels("invocations", "503").inc()
+            self.metrics.errors.labels("no_model").inc()
+            await _respond(send, 503, RequestError(503, str(exc)).body(), _JSON)
+        except _ModelFailure as exc:
+            self.metrics.requests.labels("invocations", "500").inc()
+            self.metrics.errors.labels("model").inc()
+            await _respond(send, 500, orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"model call failed: {exc}"}), _JSON)
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Callable) -> bytes:
+        content_type = headers.get(b"content-type", b"application/json").lower()
+        if b"json" not in content_type:
+            raise RequestError(415, f"content type {content_type.decode('latin-1')!r} is not supported; send application/json")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise RequestError(413, f"request body of {int(declared)} bytes is over the limit of {self.max_body_bytes}")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise RequestError(413, f"request body is over the limit of {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _start_shadow(self, slot: Slot, *, cols_rows: TypedRows, request_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._shadow(slot, cols_rows, request_id))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, slot: Slot, rows: TypedRows, request_id: str) -> None:
+        """Score the challenger on the same rows; log, never return. Its failures only count."""
+        version = slot.model.version
+        try:
+            if slot.model.contract.hash != self.router.champion.model.contract.hash:
+                rows = slot.model.checker.check(_as_columns(rows))
+            started = time.perf_counter()
+            predictions = await slot.batcher.submit(rows)
+        except Exception:
+            self.metrics.version_errors.labels(version, SHADOW).inc()
+            return
+        self.metrics.version_requests.labels(version, SHADOW).inc()
+        self.metrics.rows.labels(version, SHADOW).inc(rows.n_rows)
+        self.metrics.latency.labels(version, SHADOW).observe(time.perf_counter() - started)
+        if self.inference_log is not None:
+            self.inference_log.append(rows, predictions, version=version, role=SHADOW, request_id=request_id)
+
+    # -- operations ----------------------------------------------------------------------------------
+    async def _ping(self, scope, receive, send) -> None:
+        status = 200 if self.router.champion is not None else 503
+        self.metrics.requests.labels("ping", str(status)).inc()
+        await _respond(send, status, b"\n", [(b"content-type", b"application/json")])
+
+    async def _health(self, scope, receive, send) -> None:
+        champion = self.router.champion
+        status = 200 if champion is not None else 503
+        body = {"status": "ok" if champion is not None else "no model loaded", "model": self.manager.name}
+        if champion is not None:
+            body["version"] = champion.model.version
+        if self.manager.last_error:
+            body["last_error"] = self.manager.last_error
+        self.metrics.requests.labels("health", str(status)).inc()
+        await _respond(send, status, orjson.dumps(body), _JSON)
+
+    def version_info(self) -> dict[str, Any]:
+        champion, challenger = self.router.champion, self.router.challenger
+        info: dict[str, Any] = champion.model.describe() if champion is not None else {"model": self.manager.name, "version": None}
+        info["challenger"] = challenger.model.describe() if challenger is not None else None
+        info["challenger_weight"] = self.router.challenger_weight
+        info["shadow"] = self.router.shadow
+        return info
+
+    async def _version(self, scope, receive, send) -> None:
+        self.metrics.requests.labels("version", "200").inc()
+        await _respond(send, 200, orjson.dumps(self.version_info()), _JSON)
+
+    async def _metrics(self, scope, receive, send) -> None:
+        if self.inference_log is not None:
+            self.metrics.log_queue.set(self.inference_log.queued_rows)
+        self.metrics.requests.labels("metrics", "200").inc()
+        await _respond(send, 200, self.metrics.render(), [(b"content-type", self.metrics.content_type.encode())])
+
+    async def _reload(self, scope, receive, send) -> None:
+        """Check the registry now and swap if an alias moved; answers with /version after the swap."""
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-reload-token") or _bearer(headers.get(b"authorization"))
+        if not self.reload_token:
+            status, body = 403, RequestError(403, f"reload is disabled: set {RELOAD_TOKEN_ENV} for the server").body()
+        elif given is None or not hmac.compare_digest(given, self.reload_token.encode()):
+            status, body = 401, RequestError(401, "missing or wrong reload token").body()
+        else:
+            summary = await self.manager.refresh("reload")
+            status = 200 if summary["error"] is None else 502
+            body = orjson.dumps({**self.version_info(), "changed": summary["changed"], "error": summary["error"]})
+        self.metrics.requests.labels("reload", str(status)).inc()
+        await _respond(send, status, body, _JSON)
+
+    async def _openapi(self, scope, receive, send) -> None:
+        from loopline.serving.openapi import openapi_document
+
+        champion = self.router.champion
+        doc = openapi_document(champion.model.contract if champion is not None else None, self.max_body_bytes)
+        await _respond(send, 200, orjson.dumps(doc), _JSON)
+
+
+class _ModelFailure(Exception):
+    pass
+
+
+def _reason(exc: RequestError) -> str:
+    return {400: "bad_request", 413: "too_large", 415: "media_type", 422: "contract"}.get(exc.status, str(exc.status))
+
+
+def _bearer(value: bytes | None) -> bytes | None:
+    if value and value[:7].lower() == b"bearer ":
+        return value[7:].strip()
+    return None
+
+
+def _as_columns(rows: TypedRows):
+    """Typed rows back to request columns (a shadow model with another contract checks them itself)."""
+    from loopline.serving.protocol import Columns
+
+    data = {}
+    for name, col in rows.columns.items():
+        values = col.values.tolist() if col.values.dtype.kind != "M" else [None if v is None else v.isoformat() for v in col.values.astype(object)]
+        if col.mask is not None:
+            values = [None if m else v for v, m in zip(values, col.mask.tolist(), strict=True)]
+        data[name] = values
+    return Columns(data, rows.n_rows, "shadow")
+
+
+async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,346 @@
+"""Request columns checked against the dataset contract and typed, one numpy array per column.
+
+The checks are those of the validation gate, applied to JSON values: a column the contract does not name,
+a missing feature column (nullable ones may be left out), a value of the wrong JSON type, a null in a
+non-nullable column, a value outside min/max, not among `values`, too long, or not matching `regex`.
+Every failure is collected and reported together as a 422 naming each field and the first rows at fault.
+
+Types are strict about JSON kinds (a number column takes JSON numbers, not "3.5" strings) but accept the
+spellings an honest client produces: a whole float (3.0) in an int column, and ISO 8601 text for a
+timestamp (the ingest grammar: an offset is converted to UTC, a naive value is taken as UTC).
+
+Each typed column is a `Column(values, mask)`: int -> int64, float -> float64 (NaN where null), bool ->
+bool, string/category -> object (None where null), timestamp -> datetime64[us] (NaT where null); `mask`
+marks nulls (None when there are none).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loopline.contracts import ColumnSpec, Contract
+from loopline.serving.protocol import Columns, RequestError
+
+MAX_ROWS_REPORTED = 5  # rows named per failing field; enough to find the pattern, short enough to read
+_NONE = type(None)
+_INT_LIMIT = 2**63
+
+
+@dataclass
+class Column:
+    values: np.ndarray
+    mask: np.ndarray | None  # True where the value is null; None: no nulls
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class TypedRows:
+    """Checked rows: every feature column of the contract plus the id column, in contract order."""
+
+    columns: dict[str, Column]
+    n_rows: int
+
+
+class InputChecker:
+    """Checks request columns against one contract. Built once per loaded model (regexes compiled once)."""
+
+    def __init__(self, contract: Contract):
+        self.contract = contract
+        self.feature_columns = contract.feature_columns
+        self.kept = [c for c in contract.column_names if c != contract.label]  # features + id
+        self.optional = {contract.id, contract.label} | {c for c in self.feature_columns if contract.columns[c].nullable}
+        self.numeric = [c for c in self.kept if contract.columns[c].is_numeric]
+        self.regex = {n: re.compile(s.regex) for n, s in contract.columns.items() if s.regex}
+
+    def check(self, cols: Columns) -> TypedRows:
+        """Type and check every column; raise RequestError(422) naming all fields at fault."""
+        errors: list[dict[str, Any]] = []
+        known = self.contract.columns
+        for name in cols.data:
+            if name not in known:
+                errors.append({"field": name, "error": "unknown column: the contract does not name it"})
+        for name in self.feature_columns:
+            if name not in cols.data and name not in self.optional:
+                errors.append({"field": name, "error": "missing column"})
+        typed = self._check_numbers_at_once(cols)
+        for name in self.kept:
+            if name in typed:
+                continue
+            raw = cols.data.get(name)
+            if raw is None:
+                typed[name] = _null_column(known[name], cols.n_rows)
+                continue
+            column, problems = check_column(known[name], raw, self.regex.get(name))
+            errors += [{"field": name, **p} for p in problems]
+            typed[name] = column
+        if self.contract.label in cols.data:  # a label may come along (scored rows with ground truth); type-check it
+            _, problems = check_column(known[self.contract.label], cols.data[self.contract.label], None)
+            errors += [{"field": self.contract.label, **p} for p in problems]
+        if errors:
+            names = sorted({e["field"] for e in errors})
+            raise RequestError(422, f"input does not match the contract in field(s) {names}", fields=errors)
+        return TypedRows({name: typed[name] for name in self.kept}, cols.n_rows)
+
+    def _check_numbers_at_once(self, cols: Columns) -> dict[str, Column]:
+        """The common case in one numpy pass: number columns without nulls, all in range. A column that
+        fails here (or is not that simple) goes through `check_column`, which names the problem."""
+        names, lows, highs = [], [], []
+        for name in self.numeric:
+            raw = cols.data.get(name)
+            if raw is None:
+                continue
+            spec = self.contract.columns[name]
+            types = set(map(type, raw))
+            if types <= ({int} if spec.type == "int" else {int, float}) and spec.values is None:
+                names.append(name)
+                lows.append(-np.inf if spec.min is None else spec.min)
+                highs.append(np.inf if spec.max is None else spec.max)
+        if not names or cols.n_rows == 0:
+            return {}
+        try:
+            matrix = np.array([cols.data[n] for n in names], dtype=np.float64)
+        except OverflowError:
+            return {}
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(matrix) & (matrix >= np.array(lows)[:, None]) & (matrix <= np.array(highs)[:, None])
+            ok &= np.abs(matrix) <= 2**53  # ints beyond this need exact handling
+        good = ok.all(axis=1)
+        out: dict[str, Column] = {}
+        for i, name in enumerate(names):
+            if good[i]:
+                row = matrix[i]
+                out[name] = Column(row.astype(np.int64) if self.contract.columns[name].type == "int" else row, None)
+        return out
+
+
+def check_column(spec: ColumnSpec, raw: list[Any], regex: re.Pattern | None) -> tuple[Column, list[dict]]:
+    """One column: its typed values and the problems found (each `{"error", "rows"}`)."""
+    kind = spec.type
+    if kind in ("int", "float"):
+        column, problems = _numbers(spec, raw)
+    elif kind == "bool":
+        column, problems = _bools(raw)
+    elif kind in ("string", "category"):
+        column, problems = _strings(spec, raw, regex)
+    else:
+        column, problems = _timestamps(raw)
+    if column.mask is not None and not spec.nullable:
+        rows = np.flatnonzero(column.mask & ~_bad_mask(problems, len(raw)))
+        if rows.size:
+            problems.append(_problem("null in a non-nullable column", rows))
+    return column, problems
+
+
+def _problem(error: str, rows: Any) -> dict[str, Any]:
+    rows = [int(r) for r in list(rows)[:MAX_ROWS_REPORTED]]
+    return {"error": error, "rows": rows}
+
+
+def _bad_mask(problems: list[dict], n: int) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    for p in problems:
+        mask[p["rows"]] = True
+    return mask
+
+
+def _null_column(spec: ColumnSpec, n: int) -> Column:
+    mask = np.ones(n, bool)
+    if spec.type == "int":
+        return Column(np.zeros(n, np.int64), mask)
+    if spec.type == "float":
+        return Column(np.full(n, np.nan), mask)
+    if spec.type == "bool":
+        return Column(np.zeros(n, bool), mask)
+    if spec.type == "timestamp":
+        return Column(np.full(n, np.datetime64("NaT"), "datetime64[us]"), mask)
+    return Column(np.full(n, None, dtype=object), mask)
+
+
+def _numbers(spec: ColumnSpec, raw: list[Any]) -> tuple[Column, list[dict]]:
+    n = len(raw)
+    types = set(map(type, raw))
+    problems: list[dict] = []
+    mask = None
+    if not types <= {int, float, _NONE}:
+        bad = [i for i, v in enumerate(raw) if type(v) not in (int, float, _NONE)]
+        problems.append(_problem(f"expected a number ({spec.type})", bad))
+        raw = [v if type(v) in (int, float) else None for v in raw]
+        types = {int, float, _NONE}
+    if _NONE in types:
+        mask = np.fromiter((v is None for v in raw), bool, n)
+        raw = [math.nan if v is None else v for v in raw]
+    try:
+        floats = np.array(raw, dtype=np.float64)
+    except OverflowError:  # an int beyond float range
+        floats = np.array([v if abs(v) < 1e308 else math.inf for v in raw], dtype=np.float64)
+    present = ~np.isnan(floats)
+    infinite = np.isinf(floats)
+    if infinite.any():
+        problems.append(_problem("value is out of range", np.flatnonzero(infinite)))
+        floats[infinite] = np.nan
+        present &= ~infinite
+    if spec.type == "int":
+        whole = np.zeros(n, bool)
+        whole[present] = (floats[present] == np.floor(floats[present])) & (np.abs(floats[present]) < _INT_LIMIT)
+        not_whole = present & ~whole
+        if not_whole.any():
+            problems.append(_problem("expected a whole number (int)", np.flatnonzero(not_whole)))
+        ints = np.zeros(n, np.int64)
+        if float in types or not_whole.any() or mask is not None:
+            ints[whole] = floats[whole].astype(np.int64)
+            # exact ints beyond 2**53 lose nothing: take them from the Python values
+            big = np.flatnonzero(whole & (np.abs(floats) > 2**53))
+            for i in big:
+                ints[i] = int(raw[i]) if -_INT_LIMIT <= int(raw[i]) < _INT_LIMIT else 0
+        else:
+            try:
+                ints = np.array(raw, dtype=np.int64)
+            except OverflowError:
+                over = [i for i, v in enumerate(raw) if not -_INT_LIMIT <= v < _INT_LIMIT]
+                problems.append(_problem("value is out of range", over))
+                ints = np.array([v if -_INT_LIMIT <= v < _INT_LIMIT else 0 for v in raw], dtype=np.int64)
+        values: np.ndarray = ints
+        compare = floats
+    else:
+        values = compare = floats
+    problems += _range_problems(spec, compare, present)
+    return Column(values, mask), problems
+
+
+def _range_problems(spec: ColumnSpec, values: np.ndarray, present: np.ndarray) -> list[dict]:
+    problems = []
+    with np.errstate(invalid="ignore"):
+        if spec.min is not None:
+            below = present & (values < spec.min)
+            if below.any():
+                problems.append(_problem(f"value is below the minimum {spec.min}", np.flatnonzero(below)))
+        if spec.max is not None:
+            above = present & (values > spec.max)
+            if above.any():
+                problems.append(_problem(f"value is above the maximum {spec.max}", np.flatnonzero(above)))
+    if spec.values is not None:
+        allowed = np.array([float(v) for v in spec.values if isinstance(v, int | float) and not isinstance(v, bool)])
+        outside = present & ~np.isin(values, allowed)
+        if outside.any():
+            problems.append(_problem(f"value is not one of {list(spec.values)}", np.flatnonzero(outside)))
+    return problems
+
+
+def _bools(raw: list[Any]) -> tuple[Column, list[dict]]:
+    n = len(raw)
+    problems: list[dict] = []
+    types = set(map(type, raw))
+    if not types <= {bool, _NONE}:
+        bad = [i for i, v in enumerate(raw) if type(v) not in (bool, _NONE)]
+        problems.append(_problem("expected true or false (bool)", bad))
+        raw = [v if type(v) is bool else None for v in raw]
+        types.add(_NONE)
+    mask = np.fromiter((v is None for v in raw), bool, n) if _NONE in types else None
+    values = np.array([bool(v) for v in raw], dtype=bool)
+    return Column(values, mask), problems
+
+
+def _strings(spec: ColumnSpec, raw: list[Any], regex: re.Pattern | None) -> tuple[Column, list[dict]]:
+    n = len(raw)
+    problems: list[dict] = []
+    types = set(map(type, raw))
+    if not types <= {str, _NONE}:
+        # a category whose values are numbers in YAML (values: [1, 2]) is stored as their text
+        if spec.type == "category":
+            raw = [str(v) if type(v) in (int, float) else v for v in raw]
+        bad = [i for i, v in enumerate(raw) if type(v) not in (str, _NONE)]
+        if bad:
+            problems.append(_problem("expected a string", bad))
+            raw = [v if type(v) is str else None for v in raw]
+        types = set(map(type, raw))
+    values = np.array(raw, dtype=object) if n else np.empty(0, dtype=object)
+    mask = np.fromiter((v is None for v in raw), bool, n) if _NONE in types else None
+    if spec.values is not None:
+        allowed = {str(v) for v in spec.values}
+        bad = [i for i, v in enumerate(raw) if v is not None and v not in allowed]
+        if bad:
+            problems.append(_problem(f"value is not one of {list(spec.values)}", bad))
+    if spec.max_length is not None:
+        bad = [i for i, v in enumerate(raw) if v is not None and len(v) > spec.max_length]
+        if bad:
+            problems.append(_problem(f"value is longer than max_length {spec.max_length}", bad))
+    if regex is not None:
+        bad = [i for i, v in enumerate(raw) if v is not None and regex.search(v) is None]
+        if bad:
+            problems.append(_problem(f"value does not match regex {spec.regex!r}", bad))
+    return Column(values, mask), problems
+
+
+def _timestamps(raw: list[Any]) -> tuple[Column, list[dict]]:
+    n = len(raw)
+    problems: list[dict] = []
+    types = set(map(type, raw))
+    if not types <= {str, _NONE}:
+        bad = [i for i, v in enumerate(raw) if type(v) not in (str, _NONE)]
+        problems.append(_problem("expected an ISO 8601 timestamp string", bad))
+        raw = [v if type(v) is str else None for v in raw]
+    values = parse_timestamps(raw)
+    present = np.fromiter((v is not None and v != "" for v in raw), bool, n)
+    unparsed = present & np.isnat(values)
+    if unparsed.any():
+        problems.append(_problem("not an ISO 8601 timestamp", np.flatnonzero(unparsed)))
+    nat = np.isnat(values)
+    return Column(values, nat if nat.any() else None), problems
+
+
+def parse_timestamps(raw: list[str | None]) -> np.ndarray:
+    """ISO 8601 text -> datetime64[us] naive UTC (NaT for null or unparseable), the ingest grammar."""
+    import pyarrow as pa
+
+    try:
+        # the common spelling (no offset) in one C++ cast
+        return np.asarray(pa.array(raw, type=pa.string()).cast(pa.timestamp("us")).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    import pandas as pd
+
+    from loopline.validation_coerce import coerce_column
+
+    typed, _ = coerce_column(pd.Series(raw, dtype=object), _TIMESTAMP_SPEC)
+    return typed.to_numpy(dtype="datetime64[us]")
+
+
+_TIMESTAMP_SPEC = ColumnSpec(name="timestamp", type="timestamp", nullable=True)
+
+
+def concat_rows(parts: list[TypedRows]) -> TypedRows:
+    """Rows of several requests as one batch (the micro-batcher's model input)."""
+    if len(parts) == 1:
+        return parts[0]
+    columns: dict[str, Column] = {}
+    for name in parts[0].columns:
+        pieces = [p.columns[name] for p in parts]
+        values = np.concatenate([c.values for c in pieces])
+        if all(c.mask is None for c in pieces):
+            mask = None
+        else:
+            mask = np.concatenate([c.mask if c.mask is not None else np.zeros(len(c), bool) for c in pieces])
+        columns[name] = Column(values, mask)
+    return TypedRows(columns, sum(p.n_rows for p in parts))
+
+
+def to_frame(rows: TypedRows):
+    """The rows as a pandas DataFrame with nullable dtypes (for the pandas transform path and the pyfunc)."""
+    import pandas as pd
+
+    data = {}
+    for name, col in rows.columns.items():
+        if col.values.dtype == np.int64:
+            data[name] = pd.arrays.IntegerArray(col.values, col.mask if col.mask is not None else np.zeros(len(col), bool))
+        elif col.values.dtype == bool and col.mask is not None:
+            data[name] = pd.arrays.BooleanArray(col.values, col.mask)
+        else:
+            data[name] = col.values
+    return pd.DataFrame(data, index=pd.RangeIndex(rows.n_rows))

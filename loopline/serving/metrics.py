@@ -1,0 +1,92 @@
+"""Prometheus metrics of one serving process (`GET /metrics`), on a registry of its own.
+
+Names follow Prometheus conventions (`_total` counters, `_seconds` and `_rows` histograms). Per-version
+series carry `version` and `role` (champion, challenger, shadow) so a canary's error rate and latency can be
+compared with the champion's from the same scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# latency buckets from 0.5 ms (one warm in-process request) to 10 s (a stalled model)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class ServingMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "loopline_serving_requests_total", "HTTP requests by route and status code", ["route", "code"], registry=r
+        )
+        self.errors = Counter(
+            "loopline_serving_errors_total",
+            "requests that failed, by reason (bad_json, bad_format, contract, too_large, model, ...)",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "loopline_serving_request_latency_seconds",
+            "scoring request latency (body read to response), by model version and role",
+            ["version", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.version_requests = Counter(
+            "loopline_serving_version_requests_total",
+            "scoring requests answered (or shadowed) per model version and role",
+            ["version", "role"],
+            registry=r,
+        )
+        self.version_errors = Counter(
+            "loopline_serving_version_errors_total",
+            "scoring requests that failed in the model, per version and role",
+            ["version", "role"],
+            registry=r,
+        )
+        self.rows = Counter(
+            "loopline_serving_rows_total", "rows scored per model version and role", ["version", "role"], registry=r
+        )
+        self.batch_rows = Histogram(
+            "loopline_serving_batch_rows", "rows per model call (dynamic batching)", ["version"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "loopline_serving_batch_requests",
+            "requests merged into one model call",
+            ["version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("loopline_serving_queue_rows", "rows waiting for a model call", registry=r)
+        self.in_flight = Gauge("loopline_serving_requests_in_flight", "scoring requests being handled", registry=r)
+        self.model_info = Gauge(
+            "loopline_serving_model_info", "loaded model versions (value 1)", ["model", "version", "role"], registry=r
+        )
+        self.model_loads = Counter(
+            "loopline_serving_model_loads_total", "model versions loaded (startup, poll, reload)", ["trigger"], registry=r
+        )
+        self.log_rows = Counter(
+            "loopline_serving_inference_log_rows_total", "rows appended to the inference log table", registry=r
+        )
+        self.log_dropped = Counter(
+            "loopline_serving_inference_log_dropped_rows_total",
+            "rows the inference log dropped because its queue was full (requests never wait for the log)",
+            registry=r,
+        )
+        self.log_queue = Gauge("loopline_serving_inference_log_queue_rows", "rows waiting to be written", registry=r)
+        self.log_write_errors = Counter(
+            "loopline_serving_inference_log_write_errors_total", "failed writes of the inference log", registry=r
+        )
+
+    def watch_queue(self, rows_waiting: Callable[[], float]) -> None:
+        self.queue_depth.set_function(rows_waiting)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,66 @@
+"""Where serving finds its models: the MLflow registry (aliases) and the pyfunc's bundle artifact.
+
+MLflow is imported here, at start-up and by the background poll, never on the request path. Only the
+version's bundle artifact (a few files) is downloaded, into `cache_dir/<model>/<version>`, not the whole
+pyfunc with its copied sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from loopline.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact name (loopline.pyfunc.BUNDLE_ARTIFACT; not imported: it imports mlflow.pyfunc)
+
+
+class RegistrySource:
+    def __init__(self, tracking_uri: str, cache_dir: str | Path):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.cache_dir = Path(cache_dir)
+
+    def resolve(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None when the alias (or the model) does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower():
+                return None
+            raise
+
+    def download(self, name: str, version: str) -> Path:
+        """The bundle directory of a model version (downloaded once per version)."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        target = self.cache_dir / name / str(version)
+        if (target / BUNDLE_ARTIFACT / "bundle.json").is_file():
+            return target / BUNDLE_ARTIFACT
+        tmp = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            root = self.client.get_model_version_download_uri(name, str(version)).rstrip("/")
+            path = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{root}/artifacts/{BUNDLE_ARTIFACT}", dst_path=str(tmp), tracking_uri=self.tracking_uri
+                )
+            )
+        except MlflowException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelError(f"model {name!r} version {version}: cannot download its bundle artifact: {exc}") from exc
+        if not (path / "bundle.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelError(f"model {name!r} version {version} is not a loopline bundle (no bundle.json)")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target / path.relative_to(tmp)

@@ -1,0 +1,124 @@
+"""`loopline serve`: wire the registry, the model manager, the inference log and the ASGI app, and run
+uvicorn (httptools + uvloop when installed) until SIGTERM/SIGINT.
+
+A graceful stop (SIGTERM) stops accepting connections, lets in-flight requests finish, drains the
+micro-batchers and writes out the inference log before the process exits. The port opens only after the
+champion is loaded, so `/ping` answering means ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from loopline.config import ServingConfig
+from loopline.errors import LooplineError, ModelError
+from loopline.serving.app import ServingApp
+from loopline.serving.manager import ModelManager, ModelSource
+from loopline.serving.metrics import ServingMetrics
+from loopline.serving.router import Router
+
+log = logging.getLogger(__name__)
+
+
+def build_app(
+    model: str,
+    cfg: ServingConfig,
+    *,
+    source: ModelSource | None,
+    home: str,
+    lake=None,
+    reload_token: str | None = None,
+) -> ServingApp:
+    """The ASGI app for model `model` (not started: uvicorn's lifespan, or `await app.startup()`)."""
+    _set_torch_threads(cfg.torch_threads)
+    metrics = ServingMetrics()
+    router = Router(challenger_weight=cfg.challenger_weight, shadow=cfg.shadow)
+    # one model thread: batches run one after another while the event loop parses the next requests
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopline-model")
+    holder: dict[str, ServingApp] = {}
+    manager = ModelManager(
+        model,
+        router=router,
+        metrics=metrics,
+        executor=executor,
+        source=source,
+        max_batch_rows=cfg.max_batch_size,
+        max_wait_ms=cfg.max_wait_ms,
+        device=cfg.device,
+        poll_seconds=cfg.poll_seconds,
+        pending=lambda: holder["app"].parsing,
+    )
+
+    async def after_load() -> None:
+        if cfg.inference_log:
+            from loopline.lake import Lake
+            from loopline.serving.inference_log import InferenceLog
+
+            app.inference_log = InferenceLog(
+                lake or Lake.from_env(home),
+                model,
+                router.champion.model.contract,
+                max_queue_rows=cfg.log_queue_rows,
+                flush_rows=cfg.log_flush_rows,
+                flush_seconds=cfg.log_flush_seconds,
+                metrics=metrics,
+            )
+
+    async def on_shutdown() -> None:
+        executor.shutdown(wait=True)
+
+    app = ServingApp(
+        manager=manager,
+        router=router,
+        metrics=metrics,
+        max_body_bytes=cfg.max_body_bytes,
+        reload_token=reload_token,
+        after_load=after_load,
+        on_shutdown=on_shutdown,
+    )
+    holder["app"] = app
+    return app
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home: str) -> None:
+    """Serve `models:/<model>@champion` until stopped (blocking). `tracking_uri` None: MLFLOW_TRACKING_URI or
+    sqlite:///<home>/mlflow.db."""
+    import uvicorn
+
+    from loopline.serving.registry_source import RegistrySource
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+    source = RegistrySource(uri, Path(home) / "serving" / "bundles")
+    app = build_app(model, cfg, source=source, home=home)
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        loop=_best("uvloop", "asyncio"),
+        http=_best("httptools", "h11"),
+        lifespan="on",
+        access_log=False,
+        log_level=os.environ.get("LOOPLINE_SERVING_LOG_LEVEL", "warning"),
+        timeout_graceful_shutdown=int(cfg.graceful_timeout_seconds),
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if app.startup_error is not None:
+        error = app.startup_error
+        raise error if isinstance(error, LooplineError) else ModelError(f"serving {model!r} failed to start: {error}")
+
+
+def _best(preferred: str, fallback: str) -> str:
+    import importlib.util
+
+    return preferred if importlib.util.find_spec(preferred) is not None else fallback
