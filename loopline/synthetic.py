@@ -144,11 +144,21 @@ def write_source(df: pd.DataFrame, path: str | Path, fmt: str = "parquet") -> Pa
         out = df.copy()
         for col in out.columns:
             if out[col].dtype == object:  # mixed types after injected violations: keep them as text
-                out[col] = out[col].map(lambda v: None if v is None else str(v))
+                out[col] = [None if _is_missing(v) else _text(v) for v in out[col]]
         out.to_parquet(path, index=False)
     else:
         raise ValueError(f"unknown format {fmt!r}; expected csv, parquet or jsonl")
     return path
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT
+
+
+def _text(value: object) -> str:
+    if isinstance(value, pd.Timestamp | np.datetime64):
+        return pd.Timestamp(value).isoformat()
+    return str(value)
 
 
 def generate_source(cfg: SyntheticConfig, directory: str | Path) -> Path:
