@@ -184,10 +184,10 @@ def apply_gpu_choice(count: int) -> list[str]:
     return uuids
 
 
-def visible_uuids() -> list[str]:
+def visible_uuids(samples: list[GpuSample] | None = None, env: str | None = None) -> list[str]:
     """UUIDs of the devices CUDA_VISIBLE_DEVICES allows (all when unset); indices and UUID prefixes."""
-    samples = read_samples()
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    samples = read_samples() if samples is None else samples
+    env = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
     if env is None:
         return [s.uuid for s in samples]
     chosen = []

@@ -30,6 +30,8 @@ OPERATIONAL_FIELDS = frozenset(
         "spot_poll_seconds",
         "gpu_price_per_hour",
         "gpu_sample_seconds",
+        "gpu_slot",
+        "gpu_slot_on_cpu",
     }
 )
 

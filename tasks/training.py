@@ -1,0 +1,194 @@
+"""The training task: a GPU slot, progress in the Prefect UI, retries that resume, an event at the end.
+
+Retries resume instead of restarting: every attempt has the same run key, so it continues from the
+latest checkpoint. Not retried in the same process: the user's mistakes (a bad config, a missing
+dataset) and a preemption by SIGTERM (the process is about to die; the next flow run resumes).
+A spot notice without SIGTERM is retried: the retry sees the notice again and stops at once, unless
+the notice was withdrawn.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import task
+
+from loopline.config import LifecycleConfig
+from tasks.common import emit, lake_for, run_logger
+
+PROGRESS_UPDATE_SECONDS = 2.0  # one API call per update: often enough for a human, cheap for the server
+
+
+def retry_training(task, task_run, state) -> bool:
+    """Crashes, OOMs and I/O errors: retry (it resumes). User errors and SIGTERM: do not."""
+    from loopline.errors import LooplineError
+    from loopline.train import Preempted, process_is_terminating
+
+    try:
+        state.result()
+    except Preempted:
+        return not process_is_terminating()
+    except LooplineError:
+        return False
+    except BaseException:
+        return True
+    return False
+
+
+def needs_gpu_slot(cfg: LifecycleConfig) -> bool:
+    """GPU runs take the slot; CPU runs only when `training.gpu_slot_on_cpu`. No torch import here."""
+    tcfg = cfg.training
+    if not tcfg.gpu_slot:
+        return False
+    if tcfg.gpu_slot_on_cpu or tcfg.device == "cuda":
+        return True
+    if tcfg.device == "cpu":
+        return False
+    from loopline.gpu import read_samples
+
+    return bool(read_samples())
+
+
+def ensure_concurrency_limit(name: str, occupy: int) -> int:
+    """The global concurrency limit `name`, created when missing with one slot per GPU on this host
+    (at least `occupy`, so the first run cannot deadlock on its own request). Returns its slot count."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    from loopline.errors import ConfigError
+    from loopline.gpu import read_samples
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            slots = max(len(read_samples()), occupy, 1)
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:  # another run created it first
+                pass
+            limit = client.read_global_concurrency_limit_by_name(name)
+    if limit.limit < occupy:
+        raise ConfigError(
+            f"training.devices is {occupy} but the Prefect global concurrency limit {name!r} has only "
+            f"{limit.limit} slot(s): raise it (`prefect gcl update {name} --limit {occupy}`) or use fewer devices"
+        )
+    return limit.limit
+
+
+@contextmanager
+def gpu_slot(name: str | None, occupy: int):
+    """Hold `occupy` slots of the global concurrency limit `name` (none when `name` is None)."""
+    if not name:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    ensure_concurrency_limit(name, occupy)
+    run_logger().info("waiting for %d slot(s) of concurrency limit %r", occupy, name)
+    with concurrency(name, occupy=occupy, strict=True):
+        yield
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact updated at most every PROGRESS_UPDATE_SECONDS."""
+
+    def __init__(self, key: str, description: str):
+        from prefect.artifacts import create_progress_artifact
+
+        self.description = description
+        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+        self._last = 0.0
+
+    def update(self, payload: dict[str, Any], *, force: bool = False) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_UPDATE_SECONDS:
+            return
+        self._last = now
+        total = max(1, int(payload.get("total_steps") or 1))
+        step = int(payload.get("step") or 0)
+        loss = payload.get("loss")
+        text = f"{self.description}: step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "")
+        try:
+            update_progress_artifact(
+                self.artifact_id, progress=min(100.0, 100.0 * step / total), description=text
+            )
+        except Exception as exc:  # the UI's progress bar must never stop training
+            run_logger().debug("progress update failed: %s", exc)
+
+
+def artifact_key(model_name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "training-" + (re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-") or "model")
+
+
+@task(
+    name="train-model",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_training,
+    task_run_name="train {dataset}",
+)
+def train_model(
+    cfg: LifecycleConfig,
+    dataset: str,
+    fresh: bool = False,
+    model_name: str | None = None,
+    features_version: int | None = None,
+) -> dict:
+    """Train on features/D, register a new version of model M (no alias), emit loopline.model.trained."""
+    from prefect.runtime import task_run
+
+    from loopline.train import run_training
+
+    log = run_logger()
+    model = model_name or cfg.model_name or dataset
+    attempt = task_run.run_count or 1
+    # --fresh applies to the first attempt only: a retry must resume what this run already did
+    start_fresh = fresh and attempt <= 1
+    if attempt > 1:
+        log.info("attempt %d: resuming from the latest checkpoint of this run key", attempt)
+    slot = cfg.training.gpu_slot if needs_gpu_slot(cfg) else None
+    with gpu_slot(slot, cfg.training.devices):
+        progress = ProgressArtifact(artifact_key(model), f"training {model} on {dataset}")
+        result = run_training(
+            cfg,
+            dataset,
+            lake=lake_for(cfg),
+            model_name=model,
+            fresh=start_fresh,
+            features_version=features_version,
+            on_progress=progress.update,
+        )
+        progress.update({"step": result["steps"], "total_steps": result["steps"]}, force=True)
+    log.info(
+        "trained %s: %d steps (resumed from %d), %.0f samples/s on %s, state %s",
+        result["model_uri"],
+        result["steps"],
+        result["resumed_from_step"],
+        result["samples_per_s"],
+        result["device"],
+        result["state_sha256"][:12],
+    )
+    emit(
+        "loopline.model.trained",
+        f"loopline.model.{model}",
+        {
+            "model_name": model,
+            "model_version": result["model_version"],
+            "model_uri": result["model_uri"],
+            "run_id": result["run_id"],
+            "dataset": dataset,
+            "features_version": result["features_version"],
+            "steps": result["steps"],
+            "resumed_from_step": result["resumed_from_step"],
+            "state_sha256": result["state_sha256"],
+        },
+    )
+    return result
