@@ -68,6 +68,9 @@ def _fail(exc: BaseException, as_json: bool) -> None:
     """One clear paragraph and the right exit code for errors a user can cause; a traceback otherwise."""
     from loopline.errors import DataQualityError, LooplineError
 
+    if type(exc).__name__ == "Preempted":  # SIGTERM / spot notice: the checkpoint is written, rerun resumes
+        typer.echo(f"preempted: {exc}. Run the same command again to resume.", err=True)
+        raise typer.Exit(143)
     if isinstance(exc, LooplineError):
         typer.echo(f"error: {exc}", err=True)
         if as_json:
@@ -123,6 +126,27 @@ def features(
 
 
 @app.command()
+def train(
+    dataset: Annotated[str | None, typer.Option(help="dataset name (default: the contract's)")] = None,
+    model: Annotated[str | None, typer.Option(help="registered model name (default: the dataset name)")] = None,
+    fresh: Annotated[bool, typer.Option(help="ignore checkpoints of this run key and start over")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train on features/D and register a new model version (not promoted); resumes from checkpoints."""
+    try:
+        cfg = _config(config, set_, [f"model_name={model}"] if model else [])
+        name = _dataset_name(cfg, dataset)
+        _quiet_prefect()
+        from flows.training import train_flow
+
+        _emit(train_flow(cfg, dataset=name, fresh=fresh), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
 def run(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Run the whole lifecycle (by default on the synthetic demo data)."""
     try:
@@ -153,6 +177,13 @@ def status(
         _emit(collect_status(cfg, dataset=dataset, model=model), as_json)
     except Exception as exc:
         _fail(exc, as_json)
+
+
+def _dataset_name(cfg, dataset: str | None) -> str:
+    from loopline.contracts import load_contract
+
+    _check_dataset(cfg, dataset)
+    return dataset or load_contract(cfg.data.contract).dataset
 
 
 def _check_dataset(cfg, dataset: str | None) -> None:

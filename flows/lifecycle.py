@@ -14,11 +14,14 @@ from loopline.config import LifecycleConfig
 def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
     from flows.features import features_flow
     from flows.ingest import ingest_flow
+    from flows.training import train_flow
 
     cfg = config or LifecycleConfig()
     result: dict = {}
     # Ingest + validate: land the batch, quarantine bad rows
     result["ingest"] = ingest_flow(cfg)
     # Features: versioned, incremental
-    result["features"] = features_flow(cfg)
+    result["features"] = features = features_flow(cfg)
+    # Train: on exactly the features version just built; resumes after any interruption
+    result["train"] = train_flow(cfg, dataset=features["dataset"], features_version=features["features_version"])
     return result
