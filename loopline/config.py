@@ -117,12 +117,22 @@ class TrainingConfig(_Section):
 
 class EvaluationConfig(_Section):
     primary_metric: str | None = Field(None, description="None: roc_auc (binary), accuracy (multiclass), rmse (regression)")
-    min_score: float | None = Field(None, description="absolute floor for the primary metric")
-    min_improvement: float = Field(0.0, description="over the champion; negative allows a lateral move")
-    max_slice_regression: float | None = Field(0.05, description="largest allowed drop on any slice")
+    min_score: float | None = Field(
+        None, description="absolute bar for the primary metric: a floor (roc_auc >= x), a ceiling for errors (rmse <= x)"
+    )
+    min_improvement: float = Field(
+        0.0, description="over the champion, in the primary metric's units; negative allows a lateral move"
+    )
+    max_slice_regression: float | None = Field(
+        0.05, description="largest allowed drop of the primary metric on any judged slice; None: slices do not gate"
+    )
+    min_slice_rows: int = Field(200, ge=1, description="smaller slices are reported, not judged: too noisy to block on")
     require_ci: bool = Field(False, description="the CI's lower bound must clear min_improvement")
-    bootstrap_samples: int = Field(1000, ge=10)
+    bootstrap_samples: int = Field(1000, ge=10, description="bootstrap replicates of candidate - champion")
     seed: int = 0
+    infra_sample_rows: int = Field(64, ge=1, description="real test rows scored by infra validation (plus edge rows)")
+    infra_timeout_seconds: float = Field(600.0, gt=0, description="limit for loading and scoring in a fresh process")
+    lock_timeout_seconds: float = Field(900.0, gt=0, description="wait for another promotion of the same model")
 
 
 class ServingConfig(_Section):

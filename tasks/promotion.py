@@ -1,0 +1,165 @@
+"""Tasks of the promotion stage: evaluate, promote (one at a time per model), roll back; model cards as
+artifacts; `loopline.model.promoted` / `loopline.model.rolled_back` events.
+
+Serialisation has two layers: here a Prefect global concurrency limit `promote-<model>` (one slot, created
+on first use) keeps promotions of a model apart across workers and hosts; in the core a file lock plus a
+check-and-set on `@champion` keeps them apart even without Prefect (loopline.champion).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from loopline import promote as core
+from loopline.config import LifecycleConfig
+from loopline.evaluate import tracking_uri_for
+from loopline.model_card import render_model_card
+from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
+
+
+def slug(name: str) -> str:
+    """Prefect artifact keys and limit names: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "model"
+
+
+def limit_name(model: str) -> str:
+    return f"promote-{slug(model)}"
+
+
+def ensure_limit(name: str, slots: int = 1) -> None:
+    """Create the global concurrency limit when it is missing (a missing limit would not limit anything)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:  # created by a concurrent run
+                pass
+
+
+@contextmanager
+def promotion_slot(model: str):
+    """The one slot of `promote-<model>`, held while the decision is made and the alias moves."""
+    from prefect.concurrency.sync import concurrency
+
+    name = limit_name(model)
+    ensure_limit(name)
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+@task(
+    name="evaluate-model",
+    task_run_name="evaluate {model} v{version}",
+    retries=2,
+    retry_delay_seconds=[5, 15],
+    retry_condition_fn=retry_unless_user_error,
+)
+def evaluate_model(cfg: LifecycleConfig, model: str, version: int | None = None) -> dict[str, Any]:
+    """Metrics of the version against @champion on the same rows; nothing moves. Card as an artifact."""
+    result = core.evaluate(cfg, model, version, lake=lake_for(cfg))
+    card = render_model_card(result)
+    create_markdown_artifact(
+        key=f"evaluation-{slug(model)}",
+        markdown=card,
+        description=f"evaluation of {model} v{result['candidate_version']}",
+    )
+    run_logger().info(
+        "%s v%s: %s %.4f (champion %s)",
+        model,
+        result["candidate_version"],
+        result["primary_metric"],
+        result["metrics"][result["primary_metric"]],
+        result["champion_version"],
+    )
+    return result
+
+
+# Retried only on I/O errors; a retry after a completed move finds the version already champion.
+@task(
+    name="promote-model",
+    task_run_name="promote {model} v{version}",
+    retries=2,
+    retry_delay_seconds=[5, 15],
+    retry_condition_fn=retry_unless_user_error,
+)
+def promote_model(cfg: LifecycleConfig, model: str, version: int | None = None) -> dict[str, Any]:
+    """Infra validation, evaluation against @champion, the gate, the alias move; card and event."""
+    log = run_logger()
+    log.info("waiting for the promotion slot of %s (limit %r)", model, limit_name(model))
+    with promotion_slot(model):
+        result = core.promote(cfg, model, version, lake=lake_for(cfg))
+    report_promotion(result)
+    verdict = "promoted" if result["promoted"] else "not promoted"
+    log.info("%s v%s %s: %s", model, result["candidate_version"], verdict, result["reason"])
+    return result
+
+
+def report_promotion(result: dict[str, Any]) -> None:
+    """The model card as a markdown artifact; `loopline.model.promoted` when the alias moved."""
+    model = result["model"]
+    create_markdown_artifact(
+        key=f"model-card-{slug(model)}",
+        markdown=render_model_card(result),
+        description=f"{model} v{result['candidate_version']}: {'promoted' if result['promoted'] else 'not promoted'}",
+    )
+    if result["promoted"]:
+        emit(
+            "loopline.model.promoted",
+            f"loopline.model.{model}",
+            {
+                "model": model,
+                "version": result["candidate_version"],
+                "champion_version": result["champion_version"],
+                "previous_version": result["previous_version"],
+                "reason": result["reason"],
+                "primary_metric": result["primary_metric"],
+                "metrics": result["metrics"],
+                "improvement": result["improvement"],
+                "ci": result["ci"],
+                "model_card_uri": result.get("model_card_uri"),
+            },
+        )
+
+
+@task(name="rollback-model", task_run_name="rollback {model}")
+def rollback_model(cfg: LifecycleConfig, model: str, reason: str = "manual") -> dict[str, Any]:
+    """@champion back to the previous champion; `loopline.model.rolled_back`."""
+    with promotion_slot(model):
+        result = core.rollback(
+            model,
+            tracking_uri=tracking_uri_for(cfg, None),
+            reason=reason,
+            home=cfg.home,
+            lock_timeout_s=cfg.evaluation.lock_timeout_seconds,
+        )
+    run_logger().info(
+        "%s rolled back from v%s to v%s (%s)",
+        model,
+        result["rolled_back_version"],
+        result["champion_version"],
+        reason,
+    )
+    lines = [
+        f"# Rollback of `{model}`",
+        "",
+        f"`@champion`: v{result['rolled_back_version']} → **v{result['champion_version']}**; "
+        f"`@previous`: {('v' + str(result['previous_version'])) if result['previous_version'] else 'none'}.",
+        "",
+        f"Reason: {reason}",
+    ]
+    create_markdown_artifact(
+        key=f"rollback-{slug(model)}", markdown="\n".join(lines), description=f"rollback of {model}"
+    )
+    emit("loopline.model.rolled_back", f"loopline.model.{model}", result)
+    return result
