@@ -179,8 +179,13 @@ class DriftConfig(_Section):
 
 
 class RetrainConfig(_Section):
-    cooldown_hours: float = Field(6.0, ge=0)
+    cooldown_hours: float = Field(
+        6.0, ge=0, description="no event-triggered retrain of a model within this time of the last one"
+    )
     min_new_rows: int = Field(1000, ge=0, description="new clean rows that trigger a retrain on ingest")
+    train_on_pool: bool = Field(
+        True, description="a deployed retrain runs the `train` deployment (work pool gpu) instead of training in-process"
+    )
 
 
 class LifecycleConfig(_Section):

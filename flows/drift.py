@@ -1,0 +1,86 @@
+"""Drift flow (`loopline drift`, the `drift-watch` deployment): the champion's current window against the
+reference profile stored with it at training time. Training data is never re-read.
+
+When drift is detected it emits `loopline.drift.detected` for `loopline.model.M`, which starts the
+`retrain` deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import Completed
+
+from loopline.config import LifecycleConfig
+from loopline.contracts import load_contract
+from loopline.retrain import SKIPPED_STATE
+from tasks.common import run_logger
+from tasks.drift import detect_window, find_champion, report_drift
+from tasks.retrain import resolve_config
+
+
+@flow(name="drift", log_prints=True)
+def drift_flow(
+    config: LifecycleConfig | None = None,
+    model: str | None = None,
+    current: str | None = None,
+    window_hours: float | None = None,
+) -> dict[str, Any]:
+    """Check `model` (default: config.model_name, else the dataset) for drift.
+
+    `current`: a data file (local or s3://), or `batch:ID` / `batch:latest` (a batch of clean/D);
+    default: what the champion scored in the last `window_hours` (default drift.window_hours).
+    Returns drift_detected, drift_share, prediction_drift, features {name: {method, score, threshold,
+    drift}}, event_emitted, plus the model version and the window.
+    """
+    cfg = resolve_config(config)
+    model_name = model or cfg.model_name or load_contract(cfg.data.contract).dataset
+    hours = float(window_hours or cfg.drift.window_hours)
+
+    # Reference: the champion's profile, stored with the model at training time
+    champion = find_champion(cfg, model_name)
+    if champion is None:
+        return _skipped(model_name, None, f"model {model_name!r} has no @champion yet: nothing to compare")
+    # Detect: stream the current window through the profile
+    detected = detect_window(cfg, champion, current, hours)
+    report, window = detected["report"], detected["window"]
+    if report is None:
+        return _skipped(
+            model_name, champion["version"], f"the window ({window['description']}) has no rows", window
+        )
+    # Report: artifacts, gauges, verdict table; the event that starts a retrain
+    emitted = report_drift(cfg, champion, report, window)
+    return {
+        "model": model_name,
+        "model_version": champion["version"],
+        "drift_detected": report["drift_detected"],
+        "drift_share": report["drift_share"],
+        "prediction_drift": report["prediction_drift"],
+        "features": report["features"],
+        "drifted_features": report["drifted_features"],
+        "prediction": report.get("prediction"),
+        "n_reference": report["n_reference"],
+        "n_current": report["n_current"],
+        "share_threshold": report["share_threshold"],
+        "skipped_features": report.get("skipped", {}),
+        "window": {k: v for k, v in window.items() if k != "needs_scoring"},
+        "event_emitted": emitted,
+    }
+
+
+def _skipped(model: str, version: str | None, message: str, window: dict | None = None) -> Completed:
+    run_logger().info("drift check of %s skipped: %s", model, message)
+    result = {
+        "model": model,
+        "model_version": version,
+        "drift_detected": False,
+        "drift_share": 0.0,
+        "prediction_drift": False,
+        "features": {},
+        "event_emitted": False,
+        "skipped": True,
+        "message": message,
+        "window": {k: v for k, v in (window or {}).items() if k != "needs_scoring"},
+    }
+    return Completed(name=SKIPPED_STATE, message=message, data=result)

@@ -1,0 +1,112 @@
+"""Retrain flow: the `retrain` deployment, started by `loopline.drift.detected` or `loopline.data.ingested`.
+
+Reads top-down as the decision it makes: cooldown -> freshness -> features -> train (on the `gpu` pool
+when deployed) -> evaluate + promote -> deploy. A run that stops at a gate ends in the state "Skipped"
+(completed) with the reason as its message and in its result, so the UI and the API both say why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from prefect import flow
+from prefect.states import Completed
+
+from loopline.config import LifecycleConfig
+from loopline.contracts import load_contract
+from loopline.retrain import SKIPPED_STATE
+from tasks.common import run_logger
+from tasks.retrain import check_cooldown, check_freshness, resolve_config, train_on_pool
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(
+    config: LifecycleConfig | None = None,
+    model: str | None = None,
+    reason: str = "manual",
+    event_payload: dict[str, Any] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Retrain `model` (default: config.model_name, else the dataset). `reason` is "drift" or
+    "new-data" when an event started the run (then the cooldown applies), "manual" otherwise;
+    `event_payload` is the triggering event's payload, recorded in the result. `force` skips the
+    freshness check (not the cooldown)."""
+    cfg = resolve_config(config)
+    dataset = load_contract(cfg.data.contract).dataset
+    # a new-data event names the dataset (loopline.dataset.D); its model is the config's for D
+    model_name = (cfg.model_name or dataset) if reason == "new-data" else (model or cfg.model_name or dataset)
+    result: dict[str, Any] = {
+        "model": model_name,
+        "dataset": dataset,
+        "reason": reason,
+        "event": event_payload or {},
+    }
+    if reason == "new-data" and model not in (None, dataset):
+        return _skipped(
+            result, f"the event is for dataset {model!r}; this config's contract is for {dataset!r}"
+        )
+
+    # Gate 1: cooldown (event-triggered runs only; a burst of events starts one retrain)
+    result["cooldown"] = check_cooldown(cfg, model or model_name, reason)
+    if not result["cooldown"]["proceed"]:
+        return _skipped(result, result["cooldown"]["message"])
+    # Gate 2: freshness (new labelled rows since the champion was trained)
+    result["freshness"] = check_freshness(cfg, model_name, dataset, reason)
+    if not result["freshness"]["proceed"] and not force:
+        return _skipped(result, result["freshness"]["message"])
+
+    # Features: bring features/D up to date with clean/D (cached when nothing changed)
+    from flows.features import features_flow
+
+    result["features"] = features_flow(cfg)
+    # Train: on the gpu pool when the `train` deployment exists and this run is a deployment run
+    result["train"] = _train(cfg.model_copy(update={"model_name": model_name}), dataset, result["features"])
+    # Evaluate + promote: the challenger against the champion
+    result["promotion"] = _promote(cfg, model_name, str(result["train"]["model_version"]))
+    # Deploy: serving picks up the new champion
+    result["deployment"] = _deploy(cfg, model_name, result["promotion"])
+    return result
+
+
+def _train(cfg: LifecycleConfig, dataset: str, features: dict[str, Any]) -> dict[str, Any]:
+    from prefect.runtime import flow_run
+
+    features_version = features.get("features_version")
+    if cfg.retrain.train_on_pool and flow_run.get_deployment_id():
+        trained = train_on_pool(cfg, dataset, features_version)
+        if trained is not None:
+            return trained
+    from flows.training import train_flow
+
+    return train_flow(cfg, dataset, features_version=features_version)
+
+
+def _promote(cfg: LifecycleConfig, model: str, version: str) -> dict[str, Any]:
+    if importlib.util.find_spec("flows.promotion") is None:
+        run_logger().warning(
+            "flows/promotion.py is not in this checkout: v%s is registered but not evaluated", version
+        )
+        return {"evaluated": False, "promoted": False, "reason": "no promotion flow in this checkout"}
+    from flows.promotion import promotion_flow
+
+    return promotion_flow(cfg, model=model, version=version)
+
+
+def _deploy(cfg: LifecycleConfig, model: str, promotion: dict[str, Any]) -> dict[str, Any]:
+    if not promotion.get("promoted"):
+        return {"deployed": False, "reason": "no new champion"}
+    if importlib.util.find_spec("flows.deployment") is None:
+        run_logger().warning(
+            "flows/deployment.py is not in this checkout: serving picks up @champion by polling"
+        )
+        return {"deployed": False, "reason": "no deployment flow in this checkout; serving polls @champion"}
+    from flows.deployment import deployment_flow
+
+    return deployment_flow(cfg, model=model)
+
+
+def _skipped(result: dict[str, Any], message: str) -> Completed:
+    run_logger().info("retrain of %s skipped: %s", result["model"], message)
+    result.update(skipped=True, message=message)
+    return Completed(name=SKIPPED_STATE, message=message, data=result)

@@ -1,0 +1,143 @@
+"""When an event-triggered retrain may run: the cooldown and the freshness check (no prefect here).
+
+Cooldown: no event-triggered retrain of model M within `retrain.cooldown_hours` of the last one. The
+runs are ordered by (created, id), so a burst of runs created together resolves the same way in every
+one of them: the earliest proceeds, every later one finds it and stops. A run that stopped itself
+(state "Skipped") or was cancelled did not retrain, so it does not start a cooldown; a failed one did
+try, so it does (a crashing retrain must not restart on every drift check).
+
+Freshness: retraining on the data the champion already saw gives the same model. New labelled rows are
+the clean rows added to clean/D after the Delta version the champion's training run recorded
+(`data.clean_version`); a drift retrain needs at least one, a new-data retrain `retrain.min_new_rows`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from loopline import delta
+from loopline.lake import Lake
+
+EVENT_REASONS = ("drift", "new-data")  # reasons set by deployment triggers; anything else is manual
+SKIPPED_STATE = "Skipped"
+NOT_RETRAINED_STATES = ("CANCELLED", "CANCELLING")
+
+
+@dataclass(frozen=True)
+class RetrainRun:
+    """A retrain flow run as the cooldown sees it."""
+
+    id: str
+    created: datetime
+    state_type: str
+    state_name: str
+    model: str | None
+    reason: str | None
+
+    @property
+    def event_triggered(self) -> bool:
+        return self.reason in EVENT_REASONS
+
+    @property
+    def retrained_or_may(self) -> bool:
+        """Running, finished or failed: it retrained or still may. Skipped or cancelled: it did not."""
+        return self.state_name != SKIPPED_STATE and self.state_type not in NOT_RETRAINED_STATES
+
+
+@dataclass(frozen=True)
+class Decision:
+    proceed: bool
+    message: str
+    details: dict[str, Any]
+
+
+def decide_cooldown(
+    runs: list[RetrainRun], me: RetrainRun, *, now: datetime, cooldown_hours: float
+) -> Decision:
+    """May `me` retrain? Only event-triggered runs of the same model count, and only earlier ones."""
+    if not me.event_triggered:
+        return Decision(True, f"reason {me.reason!r} is not an event: no cooldown", {})
+    since = now - timedelta(hours=cooldown_hours)
+    earlier = sorted(
+        (
+            r
+            for r in runs
+            if r.id != me.id
+            and r.model == me.model
+            and r.event_triggered
+            and r.retrained_or_may
+            and r.created >= since
+            and (r.created, r.id) < (me.created, me.id)
+        ),
+        key=lambda r: (r.created, r.id),
+    )
+    if not earlier:
+        return Decision(
+            True, f"no event-triggered retrain of {me.model} in the last {cooldown_hours:g} h", {}
+        )
+    last = earlier[-1]
+    until = last.created + timedelta(hours=cooldown_hours)
+    return Decision(
+        False,
+        f"cooldown: event-triggered retrain {last.id} of {me.model} started {last.created.isoformat()} "
+        f"({last.state_name}); the next may start after {until.isoformat()} (retrain.cooldown_hours={cooldown_hours:g})",
+        {"blocking_run": last.id, "blocking_state": last.state_name, "cooldown_until": until.isoformat()},
+    )
+
+
+def count_rows(lake: Lake, uri: str, version: int | None = None) -> int:
+    """Rows of a Delta table (at `version`) from its add actions: no data file is read."""
+    table = delta.open_table(lake, uri, version)
+    if table is None:
+        return 0
+    actions = table.get_add_actions(flatten=True)
+    if not actions.num_rows:
+        return 0
+    return int(sum(v or 0 for v in actions.column("num_records").to_pylist()))
+
+
+def new_clean_rows(lake: Lake, dataset: str, since_version: int | None) -> dict[str, Any]:
+    """Clean rows added after `since_version` of clean/D (all of them when None)."""
+    uri = lake.table_uri("clean", dataset)
+    current_version = delta.table_version(lake, uri)
+    now_rows = count_rows(lake, uri)
+    then_rows = 0 if since_version is None else count_rows(lake, uri, since_version)
+    return {
+        "clean_version": current_version,
+        "since_clean_version": since_version,
+        "new_rows": max(now_rows - then_rows, 0),
+        "rows": now_rows,
+    }
+
+
+def decide_freshness(
+    *,
+    reason: str,
+    new_rows: int,
+    min_new_rows: int,
+    champion_version: str | None,
+    since_clean_version: int | None,
+) -> Decision:
+    """Enough new labelled data to retrain on? No champion yet: always."""
+    details = {
+        "new_rows": new_rows,
+        "champion_version": champion_version,
+        "since_clean_version": since_clean_version,
+    }
+    if champion_version is None:
+        return Decision(True, "no champion yet: train the first one", details)
+    needed = min_new_rows if reason == "new-data" else 1
+    if new_rows >= needed:
+        return Decision(
+            True, f"{new_rows} new labelled row(s) since champion v{champion_version} was trained", details
+        )
+    what = (
+        f"only {new_rows} new labelled row(s) since champion v{champion_version} was trained "
+        f"(clean version {since_clean_version}); retrain.min_new_rows is {min_new_rows}"
+        if reason == "new-data"
+        else f"no new labelled data since champion v{champion_version} was trained (clean version "
+        f"{since_clean_version}): a retrain would learn nothing new"
+    )
+    return Decision(False, what, {**details, "needed": needed})

@@ -1,0 +1,139 @@
+"""Tasks of the retrain flow: the cooldown and freshness gates, and training on the `gpu` pool."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import task
+
+from loopline.config import LifecycleConfig, load_config
+from loopline.retrain import Decision, RetrainRun, decide_cooldown, decide_freshness, new_clean_rows
+from tasks.common import lake_for, retry_unless_user_error, run_logger
+
+RETRAIN_FLOW = "retrain"
+TRAIN_DEPLOYMENT = "train/train"
+RECENT_RUNS_LIMIT = 200  # retrain runs looked at for the cooldown; the trigger keeps bursts far below this
+
+
+def resolve_config(config: LifecycleConfig | dict | None) -> LifecycleConfig:
+    """The run's config: as given, else the YAML `loopline up --config` exported as LOOPLINE_CONFIG,
+    else the defaults (a deployment run started by an event carries no config of its own)."""
+    if isinstance(config, LifecycleConfig):
+        return config
+    if isinstance(config, dict):
+        return LifecycleConfig.model_validate(config)
+    return load_config(os.environ.get("LOOPLINE_CONFIG") or None)
+
+
+# the Prefect API may hiccup; the decision itself is pure
+@task(
+    name="check-cooldown", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error
+)
+def check_cooldown(cfg: LifecycleConfig, model: str, reason: str) -> dict[str, Any]:
+    """Compare this run with the other retrain runs of `model` the Prefect API knows."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.runtime import flow_run
+
+    me_id = flow_run.get_id()
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=RECENT_RUNS_LIMIT,
+            offset=0,
+        )
+        mine = next((r for r in runs if str(r.id) == me_id), None) or client.read_flow_run(me_id)
+    others = [_as_retrain_run(r) for r in runs]
+    me = _as_retrain_run(mine, model=model, reason=reason)
+    decision = decide_cooldown(others, me, now=datetime.now(UTC), cooldown_hours=cfg.retrain.cooldown_hours)
+    run_logger().info("cooldown: %s", decision.message)
+    return _as_dict(decision)
+
+
+@task(
+    name="check-freshness", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error
+)
+def check_freshness(cfg: LifecycleConfig, model: str, dataset: str, reason: str) -> dict[str, Any]:
+    """New labelled rows in clean/D since the champion's training data (the Delta version it recorded)."""
+    champion = champion_training_data(cfg, model)
+    since = champion["clean_version"] if champion else None
+    counted = new_clean_rows(lake_for(cfg), dataset, since)
+    decision = decide_freshness(
+        reason=reason,
+        new_rows=counted["new_rows"],
+        min_new_rows=cfg.retrain.min_new_rows,
+        champion_version=champion["version"] if champion else None,
+        since_clean_version=since,
+    )
+    run_logger().info("freshness: %s", decision.message)
+    out = _as_dict(decision)
+    out["details"].update(counted)
+    return out
+
+
+def champion_training_data(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
+    """The champion's version and the clean/D version its training run read; None without a champion."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from loopline.registry import default_tracking_uri
+
+    uri = default_tracking_uri(cfg.home)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(model, "champion")
+    except MlflowException:  # no such model, or no champion alias yet
+        return None
+    tags = client.get_run(version.run_id).data.tags if version.run_id else {}
+    clean = tags.get("data.clean_version") or ""
+    return {
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "clean_version": int(clean) if clean.strip().isdigit() else None,
+    }
+
+
+@task(name="train-on-gpu-pool")
+def train_on_pool(cfg: LifecycleConfig, dataset: str, features_version: int | None) -> dict[str, Any] | None:
+    """Run the `train` deployment (work pool `gpu`) as a child of this run and wait for it. None when
+    there is no such deployment (then the caller trains in this process)."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(TRAIN_DEPLOYMENT)
+        except ObjectNotFound:
+            return None
+    params = {"config": cfg.model_dump(mode="json"), "dataset": dataset, "features_version": features_version}
+    child = run_deployment(
+        TRAIN_DEPLOYMENT, parameters=params, as_subflow=True, timeout=None, poll_interval=2
+    )
+    if not child.state or not child.state.is_completed():
+        state = child.state.name if child.state else "unknown"
+        raise RuntimeError(
+            f"train run {child.name} ({child.id}) on the gpu pool ended {state}: {child.state.message if child.state else ''}"
+        )
+    run_logger().info("trained on the gpu pool: flow run %s", child.id)
+    return child.state.result()
+
+
+def _as_retrain_run(run, *, model: str | None = None, reason: str | None = None) -> RetrainRun:
+    params = run.parameters or {}
+    return RetrainRun(
+        id=str(run.id),
+        created=run.created or run.expected_start_time,
+        state_type=run.state.type.value if run.state else "SCHEDULED",
+        state_name=run.state.name if run.state else "Scheduled",
+        model=model or params.get("model"),
+        reason=reason or params.get("reason"),
+    )
+
+
+def _as_dict(decision: Decision) -> dict[str, Any]:
+    return {"proceed": decision.proceed, "message": decision.message, "details": dict(decision.details)}
