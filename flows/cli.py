@@ -85,7 +85,9 @@ def _fail(exc: BaseException, as_json: bool) -> None:
 @app.command()
 def ingest(
     contract: Annotated[Path, typer.Option(help="dataset contract YAML")] = Path("contracts/demo.yaml"),
-    source: Annotated[str | None, typer.Option(help="file, folder or s3:// URI; default: the synthetic demo batch")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="file, folder or s3:// URI; default: the synthetic demo batch")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -95,7 +97,9 @@ def ingest(
         from loopline.contracts import load_contract
 
         load_contract(contract)  # a broken contract is exit 2 before anything starts
-        cfg = _config(config, set_, [f"data.contract={contract}"] + ([f"data.source={source}"] if source else []))
+        cfg = _config(
+            config, set_, [f"data.contract={contract}"] + ([f"data.source={source}"] if source else [])
+        )
         _quiet_prefect()
         from flows.ingest import ingest_flow
         from loopline.ingest import summarise_dicts
@@ -128,7 +132,9 @@ def features(
 @app.command()
 def train(
     dataset: Annotated[str | None, typer.Option(help="dataset name (default: the contract's)")] = None,
-    model: Annotated[str | None, typer.Option(help="registered model name (default: the dataset name)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="registered model name (default: the dataset name)")
+    ] = None,
     fresh: Annotated[bool, typer.Option(help="ignore checkpoints of this run key and start over")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -142,6 +148,68 @@ def train(
         from flows.training import train_flow
 
         _emit(train_flow(cfg, dataset=name, fresh=fresh), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="registered model name (default: the dataset name)")
+]
+VersionOpt = Annotated[int | None, typer.Option("--version", help="model version (default: the newest)")]
+
+
+@app.command()
+def evaluate(
+    model: ModelOpt = None,
+    version: VersionOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a version and @champion on the same held-out test split; nothing moves."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_prefect()
+        from flows.promotion import evaluation_flow
+
+        _emit(evaluation_flow(cfg, model=model, version=version), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def promote(
+    model: ModelOpt = None,
+    version: VersionOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Infra-validate, evaluate against @champion and promote through the gate (or refuse, with the reason)."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_prefect()
+        from flows.promotion import promotion_flow
+
+        _emit(promotion_flow(cfg, model=model, version=version), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Option("--model", help="registered model name")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move @champion back to the previous champion (repeatable down the history)."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_prefect()
+        from flows.promotion import rollback_flow
+
+        _emit(rollback_flow(model, cfg), as_json)
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -211,7 +279,11 @@ def _run_summary(result: dict, cfg) -> str:
         f"  MLflow:       mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}",
     ]
     api = os.environ.get("PREFECT_API_URL")
-    lines.append(f"  Prefect UI:   {api.removesuffix('/api')}" if api else "  Prefect UI:   start one with `loopline up` (this run used an ephemeral API)")
+    lines.append(
+        f"  Prefect UI:   {api.removesuffix('/api')}"
+        if api
+        else "  Prefect UI:   start one with `loopline up` (this run used an ephemeral API)"
+    )
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from loopline.config import LifecycleConfig
 def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
     from flows.features import features_flow
     from flows.ingest import ingest_flow
+    from flows.promotion import promotion_flow
     from flows.training import train_flow
 
     cfg = config or LifecycleConfig()
@@ -23,5 +24,11 @@ def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
     # Features: versioned, incremental
     result["features"] = features = features_flow(cfg)
     # Train: on exactly the features version just built; resumes after any interruption
-    result["train"] = train_flow(cfg, dataset=features["dataset"], features_version=features["features_version"])
+    result["train"] = trained = train_flow(
+        cfg, dataset=features["dataset"], features_version=features["features_version"]
+    )
+    # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place
+    result["promote"] = promotion_flow(
+        cfg, model=trained["model_name"], version=int(trained["model_version"])
+    )
     return result
