@@ -30,9 +30,16 @@ LOW_CARDINALITY_MAX = 5
 TRACKED_VALUES_MAX = 64
 
 
-def sort_finite(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Sorted finite values and how many were NaN or +-inf (dropped, as Evidently drops them)."""
-    xs = np.sort(np.asarray(values, dtype=np.float64))  # NaN sorts last, after +inf
+def sort_finite(values: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, int]:
+    """Sorted finite values and how many were NaN or +-inf (dropped, as Evidently drops them).
+
+    `in_place` sorts the caller's float64 array itself (no copy): only for arrays nobody else holds.
+    """
+    xs = np.asarray(values, dtype=np.float64)
+    if in_place:
+        xs.sort()  # NaN sorts last, after +inf
+    else:
+        xs = np.sort(xs)
     lo = int(np.searchsorted(xs, -np.inf, side="right"))
     hi = int(np.searchsorted(xs, np.inf, side="left"))
     return xs[lo:hi], len(xs) - (hi - lo)
@@ -65,7 +72,6 @@ class NumericSummary:
     equal: np.ndarray = field(default=None)  # type: ignore[assignment]  # K+1
     coarse_counts: np.ndarray = field(default=None)  # type: ignore[assignment]
     total: float = 0.0
-    total_sq: float = 0.0
     minimum: float = np.inf
     maximum: float = -np.inf
     # distinct value -> count while there are at most TRACKED_VALUES_MAX of them; None: too many / off
@@ -111,7 +117,6 @@ class NumericSummary:
         self.coarse_counts += coarse
         self.n += n
         self.total += float(xs.sum())
-        self.total_sq += float(np.dot(xs, xs))
         self.minimum = min(self.minimum, float(xs[0]))
         self.maximum = max(self.maximum, float(xs[-1]))
         if self.values is not None:

@@ -62,9 +62,14 @@ def summary_to_dict(summary: NumericSummary) -> dict[str, Any]:
     }
 
 
-def profile_numeric(values: np.ndarray, *, bins: int, cdf_bins: int, raw_max_rows: int) -> dict[str, Any]:
-    """Profile of one numeric column from its raw values (NaN/inf are counted as missing)."""
-    xs, dropped = sort_finite(values)
+def profile_numeric(
+    values: np.ndarray, *, bins: int, cdf_bins: int, raw_max_rows: int, in_place: bool = False
+) -> dict[str, Any]:
+    """Profile of one numeric column from its raw values (NaN/inf are counted as missing).
+
+    `in_place`: sort `values` itself instead of a copy (the chunked builder's own spilled column).
+    """
+    xs, dropped = sort_finite(values, in_place=in_place)
     out: dict[str, Any] = {"n": len(xs), "n_missing": dropped}
     if len(xs) == 0:
         return out
@@ -303,11 +308,13 @@ class ProfileBuilder:
         profile = self._profile
         try:
             for name in self._numeric:
-                profile["numeric"][name] = profile_numeric(self._read_spilled(f"n:{name}"), **self._opts)
+                column = self._read_spilled(f"n:{name}")
+                profile["numeric"][name] = profile_numeric(column, in_place=True, **self._opts)
+                del column  # one column in memory at a time
             for name in self._categorical:
                 profile["categorical"][name] = _categorical_entry(*self._categories[name])
             if self._prediction_kind == "numeric":
-                entry = profile_numeric(self._read_spilled("p"), **self._opts)
+                entry = profile_numeric(self._read_spilled("p"), in_place=True, **self._opts)
                 profile["prediction"] = {"kind": "numeric", **entry}
             elif self._prediction_kind == "categorical":
                 profile["prediction"] = {
