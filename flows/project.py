@@ -33,11 +33,13 @@ def deploy_project(
     env: dict[str, str] | None = None,
     prefect_file: Path | None = None,
     trigger_within_seconds: dict[str, float] | None = None,
+    only: list[str] | None = None,
 ) -> list[str]:
     """Create or update every deployment of prefect.yaml whose entrypoint exists in this checkout.
 
     `trigger_within_seconds` overrides a trigger's `within` by the event it expects (e.g. the retrain
-    cooldown from the config). Returns the deployed names as `flow/deployment`.
+    cooldown from the config); `only` limits it to these deployment names. Returns the deployed names
+    as `flow/deployment`.
     """
     from prefect.utilities.templating import apply_values
 
@@ -45,6 +47,8 @@ def deploy_project(
     env = dict(os.environ if env is None else env)
     deployed = []
     for raw in spec.get("deployments", []):
+        if only is not None and raw["name"] not in only:
+            continue
         entry_file = PROJECT_DIR / raw["entrypoint"].split(":")[0]
         if not entry_file.exists():
             continue  # a stage not in this checkout yet; the rest still deploys

@@ -63,7 +63,7 @@ def retrain_flow(
     # Train: on the gpu pool when the `train` deployment exists and this run is a deployment run
     result["train"] = _train(cfg.model_copy(update={"model_name": model_name}), dataset, result["features"])
     # Evaluate + promote: the challenger against the champion
-    result["promotion"] = _promote(cfg, model_name, str(result["train"]["model_version"]))
+    result["promotion"] = _promote(cfg, model_name, int(result["train"]["model_version"]))
     # Deploy: serving picks up the new champion
     result["deployment"] = _deploy(cfg, model_name, result["promotion"])
     return result
@@ -82,7 +82,7 @@ def _train(cfg: LifecycleConfig, dataset: str, features: dict[str, Any]) -> dict
     return train_flow(cfg, dataset, features_version=features_version)
 
 
-def _promote(cfg: LifecycleConfig, model: str, version: str) -> dict[str, Any]:
+def _promote(cfg: LifecycleConfig, model: str, version: int) -> dict[str, Any]:
     if importlib.util.find_spec("flows.promotion") is None:
         run_logger().warning(
             "flows/promotion.py is not in this checkout: v%s is registered but not evaluated", version

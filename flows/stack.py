@@ -113,7 +113,7 @@ def up(
         client_env = _client_env(root, state, config_path, worker_poll_seconds)
         state["work_pools"] = create_work_pools(prefect_api_url)
         state["concurrency_limits"] = create_concurrency_limits(prefect_api_url)
-        state["blocks"] = register_blocks(client_env, root)
+        state["blocks"] = register_blocks(prefect_api_url)
         state["deployments"] = deploy_all(client_env, config_path) if deploy else []
         if with_workers:
             for pool in WORK_POOLS:
@@ -213,14 +213,19 @@ def count_gpus() -> int:
         return 0
 
 
-def register_blocks(env: dict[str, str], root: Path) -> list[str]:
-    """`prefect block register -m blocks`: the loopline block types show in the UI's block catalogue."""
-    _run_cli(
-        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],
-        env,
-        root / "logs" / "blocks.log",
-    )
-    return ["loopline-lake-storage"]
+def register_blocks(api_url: str) -> list[str]:
+    """What `prefect block register -m blocks` does: every Block type in `blocks` shows in the UI's
+    catalogue (in-process: a CLI subprocess would pay Prefect's import again)."""
+    from prefect.blocks.core import Block
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import blocks
+
+    types = [obj for obj in vars(blocks).values() if isinstance(obj, type) and issubclass(obj, Block)]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        for block_type in types:
+            block_type.register_type_and_schema()
+    return sorted(t.get_block_type_slug() for t in types)
 
 
 def deploy_all(env: dict[str, str], config_path: str | None) -> list[str]:
@@ -453,15 +458,6 @@ def _wait_workers(api_url: str, state: dict[str, Any], timeout: float) -> None:
             time.sleep(0.5)
     if waiting:
         raise StackError(f"no worker came online for pool(s) {sorted(waiting)} within {timeout:.0f} s")
-
-
-def _run_cli(cmd: list[str], env: dict[str, str], log: Path) -> None:
-    with open(log, "ab") as fh:
-        done = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, stdout=fh, stderr=subprocess.STDOUT, timeout=300)
-    if done.returncode != 0:
-        raise StackError(
-            f"`{' '.join(cmd[2:])}` failed (exit {done.returncode}); see {log}:\n{_tail(str(log))}"
-        )
 
 
 def _write_stack(root: Path, state: dict[str, Any]) -> None:

@@ -77,13 +77,14 @@ def decide_cooldown(
         return Decision(
             True, f"no event-triggered retrain of {me.model} in the last {cooldown_hours:g} h", {}
         )
-    last = earlier[-1]
-    until = last.created + timedelta(hours=cooldown_hours)
+    opener = earlier[0]  # the run that opened this cooldown window (only one per window can pass)
+    until = opener.created + timedelta(hours=cooldown_hours)
     return Decision(
         False,
-        f"cooldown: event-triggered retrain {last.id} of {me.model} started {last.created.isoformat()} "
-        f"({last.state_name}); the next may start after {until.isoformat()} (retrain.cooldown_hours={cooldown_hours:g})",
-        {"blocking_run": last.id, "blocking_state": last.state_name, "cooldown_until": until.isoformat()},
+        f"cooldown: event-triggered retrain {opener.id} of {me.model} started {opener.created.isoformat()} "
+        f"({opener.state_name}); the next may start after {until.isoformat()} "
+        f"(retrain.cooldown_hours={cooldown_hours:g})",
+        {"blocking_run": opener.id, "blocking_state": opener.state_name, "cooldown_until": until.isoformat()},
     )
 
 
@@ -120,15 +121,24 @@ def decide_freshness(
     champion_version: str | None,
     since_clean_version: int | None,
 ) -> Decision:
-    """Enough new labelled data to retrain on? No champion yet: always."""
+    """Enough new labelled data to retrain on? A new-data retrain needs `min_new_rows`, any other one
+    row; with no champion yet every clean row is new."""
     details = {
         "new_rows": new_rows,
         "champion_version": champion_version,
         "since_clean_version": since_clean_version,
     }
-    if champion_version is None:
-        return Decision(True, "no champion yet: train the first one", details)
     needed = min_new_rows if reason == "new-data" else 1
+    if champion_version is None:
+        if new_rows >= needed:
+            return Decision(
+                True, f"no champion yet: train the first one on {new_rows} labelled row(s)", details
+            )
+        return Decision(
+            False,
+            f"no champion yet and only {new_rows} labelled row(s); retrain.min_new_rows is {min_new_rows}",
+            {**details, "needed": needed},
+        )
     if new_rows >= needed:
         return Decision(
             True, f"{new_rows} new labelled row(s) since champion v{champion_version} was trained", details

@@ -32,26 +32,33 @@ def resolve_config(config: LifecycleConfig | dict | None) -> LifecycleConfig:
     name="check-cooldown", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error
 )
 def check_cooldown(cfg: LifecycleConfig, model: str, reason: str) -> dict[str, Any]:
-    """Compare this run with the other retrain runs of `model` the Prefect API knows."""
+    """May this run retrain, given the other retrain runs of `model` the Prefect API knows?"""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.runtime import flow_run
 
-    me_id = flow_run.get_id()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            limit=RECENT_RUNS_LIMIT,
-            offset=0,
-        )
-        mine = next((r for r in runs if str(r.id) == me_id), None) or client.read_flow_run(me_id)
-    others = [_as_retrain_run(r) for r in runs]
-    me = _as_retrain_run(mine, model=model, reason=reason)
-    decision = decide_cooldown(others, me, now=datetime.now(UTC), cooldown_hours=cfg.retrain.cooldown_hours)
+        decision = cooldown_decision(client, flow_run.get_id(), model, reason, cfg.retrain.cooldown_hours)
     run_logger().info("cooldown: %s", decision.message)
     return _as_dict(decision)
+
+
+def cooldown_decision(
+    client, run_id: str, model: str, reason: str, cooldown_hours: float, now: datetime | None = None
+) -> Decision:
+    """The cooldown verdict for flow run `run_id` from the recent runs of the retrain flow."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=RECENT_RUNS_LIMIT,
+        offset=0,
+    )
+    mine = next((r for r in runs if str(r.id) == str(run_id)), None) or client.read_flow_run(run_id)
+    me = _as_retrain_run(mine, model=model, reason=reason)
+    others = [_as_retrain_run(r) for r in runs]
+    return decide_cooldown(others, me, now=now or datetime.now(UTC), cooldown_hours=cooldown_hours)
 
 
 @task(
