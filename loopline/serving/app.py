@@ -123,7 +123,9 @@ class ServingApp:
         handler = self._routes.get((method, path))
         if handler is None:
             status = 405 if path in self._paths else 404
-            error = RequestError(status, f"{method} {path}: " + ("method not allowed" if status == 405 else "no such route"))
+            error = RequestError(
+                status, f"{method} {path}: " + ("method not allowed" if status == 405 else "no such route")
+            )
             self.metrics.requests.labels("other", str(status)).inc()
             await _respond(send, status, error.body(), _JSON)
             return
@@ -140,7 +142,8 @@ class ServingApp:
                 body = await self._read_body(headers, receive)
                 cols = parse_body(body)
                 slot, shadow = self.router.pick(headers.get(b"x-request-key"))
-                rows = slot.model.checker.check(cols)
+                # no rows: nothing to check a column against (records carry no names), nothing to score
+                rows = slot.model.checker.check(cols) if cols.n_rows else TypedRows({}, 0)
             finally:
                 self.parsing -= 1
             request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:200] or os.urandom(8).hex()
@@ -156,15 +159,21 @@ class ServingApp:
             await _respond(
                 send,
                 200,
-                encode_predictions(predictions if not hasattr(predictions, "dtype") or predictions.dtype != object else predictions.tolist()),
-                [*_JSON, (b"x-model-version", version.encode()), (b"x-request-id", request_id.encode("latin-1"))],
+                encode_predictions(predictions),
+                [
+                    *_JSON,
+                    (b"x-model-version", version.encode()),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ],
             )
             self.metrics.requests.labels("invocations", "200").inc()
             self.metrics.version_requests.labels(version, slot.role).inc()
             self.metrics.rows.labels(version, slot.role).inc(rows.n_rows)
             self.metrics.latency.labels(version, slot.role).observe(time.perf_counter() - started)
             if rows.n_rows and self.inference_log is not None:
-                self.inference_log.append(rows, predictions, version=version, role=slot.role, request_id=request_id)
+                self.inference_log.append(
+                    rows, predictions, version=version, role=slot.role, request_id=request_id
+                )
             if shadow is not None and rows.n_rows:
                 self._start_shadow(shadow, cols_rows=rows, request_id=request_id)
         except RequestError as exc:
@@ -178,17 +187,27 @@ class ServingApp:
         except _ModelFailure as exc:
             self.metrics.requests.labels("invocations", "500").inc()
             self.metrics.errors.labels("model").inc()
-            await _respond(send, 500, orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"model call failed: {exc}"}), _JSON)
+            await _respond(
+                send,
+                500,
+                orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"model call failed: {exc}"}),
+                _JSON,
+            )
         finally:
             self.metrics.in_flight.dec()
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Callable) -> bytes:
         content_type = headers.get(b"content-type", b"application/json").lower()
         if b"json" not in content_type:
-            raise RequestError(415, f"content type {content_type.decode('latin-1')!r} is not supported; send application/json")
+            raise RequestError(
+                415,
+                f"content type {content_type.decode('latin-1')!r} is not supported; send application/json",
+            )
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise RequestError(413, f"request body of {int(declared)} bytes is over the limit of {self.max_body_bytes}")
+            raise RequestError(
+                413, f"request body of {int(declared)} bytes is over the limit of {self.max_body_bytes}"
+            )
         chunks = []
         size = 0
         while True:
@@ -245,7 +264,11 @@ class ServingApp:
 
     def version_info(self) -> dict[str, Any]:
         champion, challenger = self.router.champion, self.router.challenger
-        info: dict[str, Any] = champion.model.describe() if champion is not None else {"model": self.manager.name, "version": None}
+        info: dict[str, Any] = (
+            champion.model.describe()
+            if champion is not None
+            else {"model": self.manager.name, "version": None}
+        )
         info["challenger"] = challenger.model.describe() if challenger is not None else None
         info["challenger_weight"] = self.router.challenger_weight
         info["shadow"] = self.router.shadow
@@ -259,20 +282,27 @@ class ServingApp:
         if self.inference_log is not None:
             self.metrics.log_queue.set(self.inference_log.queued_rows)
         self.metrics.requests.labels("metrics", "200").inc()
-        await _respond(send, 200, self.metrics.render(), [(b"content-type", self.metrics.content_type.encode())])
+        await _respond(
+            send, 200, self.metrics.render(), [(b"content-type", self.metrics.content_type.encode())]
+        )
 
     async def _reload(self, scope, receive, send) -> None:
         """Check the registry now and swap if an alias moved; answers with /version after the swap."""
         headers = dict(scope["headers"])
         given = headers.get(b"x-reload-token") or _bearer(headers.get(b"authorization"))
         if not self.reload_token:
-            status, body = 403, RequestError(403, f"reload is disabled: set {RELOAD_TOKEN_ENV} for the server").body()
+            status, body = (
+                403,
+                RequestError(403, f"reload is disabled: set {RELOAD_TOKEN_ENV} for the server").body(),
+            )
         elif given is None or not hmac.compare_digest(given, self.reload_token.encode()):
             status, body = 401, RequestError(401, "missing or wrong reload token").body()
         else:
             summary = await self.manager.refresh("reload")
             status = 200 if summary["error"] is None else 502
-            body = orjson.dumps({**self.version_info(), "changed": summary["changed"], "error": summary["error"]})
+            body = orjson.dumps(
+                {**self.version_info(), "changed": summary["changed"], "error": summary["error"]}
+            )
         self.metrics.requests.labels("reload", str(status)).inc()
         await _respond(send, status, body, _JSON)
 
@@ -289,7 +319,9 @@ class _ModelFailure(Exception):
 
 
 def _reason(exc: RequestError) -> str:
-    return {400: "bad_request", 413: "too_large", 415: "media_type", 422: "contract"}.get(exc.status, str(exc.status))
+    return {400: "bad_request", 413: "too_large", 415: "media_type", 422: "contract"}.get(
+        exc.status, str(exc.status)
+    )
 
 
 def _bearer(value: bytes | None) -> bytes | None:
@@ -304,7 +336,11 @@ def _as_columns(rows: TypedRows):
 
     data = {}
     for name, col in rows.columns.items():
-        values = col.values.tolist() if col.values.dtype.kind != "M" else [None if v is None else v.isoformat() for v in col.values.astype(object)]
+        values = (
+            col.values.tolist()
+            if col.values.dtype.kind != "M"
+            else [None if v is None else v.isoformat() for v in col.values.astype(object)]
+        )
         if col.mask is not None:
             values = [None if m else v for v, m in zip(values, col.mask.tolist(), strict=True)]
         data[name] = values
@@ -312,5 +348,11 @@ def _as_columns(rows: TypedRows):
 
 
 async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -52,7 +52,11 @@ class _Entry:
 
 def log_schema(contract: Contract) -> pa.Schema:
     """The predictions/M schema for a contract (see the module docstring)."""
-    fields = [pa.field(c, _ARROW_TYPES[contract.columns[c].type]) for c in contract.column_names if c != contract.label]
+    fields = [
+        pa.field(c, _ARROW_TYPES[contract.columns[c].type])
+        for c in contract.column_names
+        if c != contract.label
+    ]
     label = contract.columns[contract.label]
     prediction_type = _ARROW_TYPES[label.type] if contract.task == "multiclass" else pa.float64()
     if contract.task == "multiclass" and label.type == "category":
@@ -92,7 +96,9 @@ class InferenceLog:
         self._thread: threading.Thread | None = None
 
     # -- request side: never blocks ---------------------------------------------------------------
-    def append(self, rows: TypedRows, predictions: np.ndarray, *, version: str, role: str, request_id: str) -> bool:
+    def append(
+        self, rows: TypedRows, predictions: np.ndarray, *, version: str, role: str, request_id: str
+    ) -> bool:
         """Queue scored rows for the log; False (and counted) when the queue is full."""
         n = rows.n_rows
         if self.queued_rows + n > self.max_queue_rows or self._stopping:
@@ -100,7 +106,9 @@ class InferenceLog:
             if self.metrics is not None:
                 self.metrics.log_dropped.inc(n)
             return False
-        entry = _Entry(rows, predictions, version, role, request_id, np.datetime64(time.time_ns() // 1000, "us"))
+        entry = _Entry(
+            rows, predictions, version, role, request_id, np.datetime64(time.time_ns() // 1000, "us")
+        )
         with self._lock:  # the writer thread decrements the same counter
             self._items.append(entry)
             self.queued_rows += n
@@ -178,7 +186,9 @@ class InferenceLog:
             name = field.name
             if name == PREDICTION:
                 values = np.concatenate([np.asarray(e.predictions) for e in entries])
-                arrays.append(pa.array(values.tolist() if values.dtype == object else values, type=field.type))
+                arrays.append(
+                    pa.array(values.tolist() if values.dtype == object else values, type=field.type)
+                )
             elif name == "_scored_at":
                 stamps = np.concatenate([np.full(e.rows.n_rows, e.scored_at) for e in entries])
                 arrays.append(pa.array(stamps, type=pa.timestamp("us")).cast(field.type))
@@ -206,4 +216,3 @@ def _column_array(columns, arrow_type: pa.DataType) -> pa.Array:
     if values.dtype == object:
         return pa.array(values, type=arrow_type, from_pandas=True)
     return pa.array(values, type=arrow_type, mask=mask)
-

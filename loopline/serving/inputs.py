@@ -55,7 +55,9 @@ class InputChecker:
         self.contract = contract
         self.feature_columns = contract.feature_columns
         self.kept = [c for c in contract.column_names if c != contract.label]  # features + id
-        self.optional = {contract.id, contract.label} | {c for c in self.feature_columns if contract.columns[c].nullable}
+        self.optional = {contract.id, contract.label} | {
+            c for c in self.feature_columns if contract.columns[c].nullable
+        }
         self.numeric = [c for c in self.kept if contract.columns[c].is_numeric]
         self.regex = {n: re.compile(s.regex) for n, s in contract.columns.items() if s.regex}
 
@@ -80,7 +82,9 @@ class InputChecker:
             column, problems = check_column(known[name], raw, self.regex.get(name))
             errors += [{"field": name, **p} for p in problems]
             typed[name] = column
-        if self.contract.label in cols.data:  # a label may come along (scored rows with ground truth); type-check it
+        if (
+            self.contract.label in cols.data
+        ):  # a label may come along (scored rows with ground truth); type-check it
             _, problems = check_column(known[self.contract.label], cols.data[self.contract.label], None)
             errors += [{"field": self.contract.label, **p} for p in problems]
         if errors:
@@ -106,17 +110,23 @@ class InputChecker:
             return {}
         try:
             matrix = np.array([cols.data[n] for n in names], dtype=np.float64)
-        except OverflowError:
+        except (OverflowError, ValueError):  # an int beyond float range: the column path names it
             return {}
         with np.errstate(invalid="ignore"):
-            ok = np.isfinite(matrix) & (matrix >= np.array(lows)[:, None]) & (matrix <= np.array(highs)[:, None])
+            ok = (
+                np.isfinite(matrix)
+                & (matrix >= np.array(lows)[:, None])
+                & (matrix <= np.array(highs)[:, None])
+            )
             ok &= np.abs(matrix) <= 2**53  # ints beyond this need exact handling
         good = ok.all(axis=1)
         out: dict[str, Column] = {}
         for i, name in enumerate(names):
             if good[i]:
                 row = matrix[i]
-                out[name] = Column(row.astype(np.int64) if self.contract.columns[name].type == "int" else row, None)
+                out[name] = Column(
+                    row.astype(np.int64) if self.contract.columns[name].type == "int" else row, None
+                )
         return out
 
 
@@ -187,13 +197,17 @@ def _numbers(spec: ColumnSpec, raw: list[Any]) -> tuple[Column, list[dict]]:
         floats[infinite] = np.nan
         present &= ~infinite
     if spec.type == "int":
-        whole = np.zeros(n, bool)
-        whole[present] = (floats[present] == np.floor(floats[present])) & (np.abs(floats[present]) < _INT_LIMIT)
-        not_whole = present & ~whole
+        integral = np.zeros(n, bool)
+        integral[present] = floats[present] == np.floor(floats[present])
+        too_big = integral & (np.abs(floats) >= _INT_LIMIT)
+        whole = integral & ~too_big
+        not_whole = present & ~integral
         if not_whole.any():
             problems.append(_problem("expected a whole number (int)", np.flatnonzero(not_whole)))
+        if too_big.any():
+            problems.append(_problem("value is out of range", np.flatnonzero(too_big)))
         ints = np.zeros(n, np.int64)
-        if float in types or not_whole.any() or mask is not None:
+        if float in types or not_whole.any() or too_big.any() or mask is not None:
             ints[whole] = floats[whole].astype(np.int64)
             # exact ints beyond 2**53 lose nothing: take them from the Python values
             big = np.flatnonzero(whole & (np.abs(floats) > 2**53))
@@ -226,7 +240,9 @@ def _range_problems(spec: ColumnSpec, values: np.ndarray, present: np.ndarray) -
             if above.any():
                 problems.append(_problem(f"value is above the maximum {spec.max}", np.flatnonzero(above)))
     if spec.values is not None:
-        allowed = np.array([float(v) for v in spec.values if isinstance(v, int | float) and not isinstance(v, bool)])
+        allowed = np.array(
+            [float(v) for v in spec.values if isinstance(v, int | float) and not isinstance(v, bool)]
+        )
         outside = present & ~np.isin(values, allowed)
         if outside.any():
             problems.append(_problem(f"value is not one of {list(spec.values)}", np.flatnonzero(outside)))
@@ -301,7 +317,9 @@ def parse_timestamps(raw: list[str | None]) -> np.ndarray:
 
     try:
         # the common spelling (no offset) in one C++ cast
-        return np.asarray(pa.array(raw, type=pa.string()).cast(pa.timestamp("us")).to_numpy(zero_copy_only=False))
+        return np.asarray(
+            pa.array(raw, type=pa.string()).cast(pa.timestamp("us")).to_numpy(zero_copy_only=False)
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     import pandas as pd
@@ -338,7 +356,9 @@ def to_frame(rows: TypedRows):
     data = {}
     for name, col in rows.columns.items():
         if col.values.dtype == np.int64:
-            data[name] = pd.arrays.IntegerArray(col.values, col.mask if col.mask is not None else np.zeros(len(col), bool))
+            data[name] = pd.arrays.IntegerArray(
+                col.values, col.mask if col.mask is not None else np.zeros(len(col), bool)
+            )
         elif col.values.dtype == bool and col.mask is not None:
             data[name] = pd.arrays.BooleanArray(col.values, col.mask)
         else:

@@ -62,7 +62,9 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_bundle_model(bundle_dir: str | os.PathLike, *, name: str, version: str, alias: str, device: str = "auto") -> LoadedModel:
+def load_bundle_model(
+    bundle_dir: str | os.PathLike, *, name: str, version: str, alias: str, device: str = "auto"
+) -> LoadedModel:
     """Load a bundle directory for serving and warm it up with one row (first-call costs stay off requests)."""
     from loopline.bundle import load_predictor
 

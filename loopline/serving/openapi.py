@@ -10,7 +10,13 @@ from typing import Any
 
 from loopline.contracts import Contract
 
-_JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "string": "string", "category": "string"}
+_JSON_TYPES = {
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "string": "string",
+    "category": "string",
+}
 
 
 def column_schema(spec) -> dict[str, Any]:
@@ -59,31 +65,71 @@ def openapi_document(contract: Contract | None, max_body_bytes: int) -> dict[str
                     }
                 },
             },
-            {"type": "object", "required": ["dataframe_records"], "properties": {"dataframe_records": {"type": "array", "items": row}}},
-            {"type": "object", "required": ["instances"], "properties": {"instances": {"type": "array", "items": row}}},
-            {"type": "object", "required": ["inputs"], "properties": {"inputs": {"type": "array", "items": row}}},
+            {
+                "type": "object",
+                "required": ["dataframe_records"],
+                "properties": {"dataframe_records": {"type": "array", "items": row}},
+            },
+            {
+                "type": "object",
+                "required": ["instances"],
+                "properties": {"instances": {"type": "array", "items": row}},
+            },
+            {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {"inputs": {"type": "array", "items": row}},
+            },
         ]
     }
-    error = {"type": "object", "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}, "fields": {"type": "array"}}}
+    error = {
+        "type": "object",
+        "properties": {
+            "error_code": {"type": "string"},
+            "message": {"type": "string"},
+            "fields": {"type": "array"},
+        },
+    }
 
     def err(description: str) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": error}}}
 
     return {
         "openapi": "3.0.3",
-        "info": {"title": "loopline serving", "version": "1", "description": f"MLflow scoring protocol; bodies up to {max_body_bytes} bytes"},
+        "info": {
+            "title": "loopline serving",
+            "version": "1",
+            "description": f"MLflow scoring protocol; bodies up to {max_body_bytes} bytes",
+        },
         "paths": {
             "/invocations": {
                 "post": {
                     "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                     "parameters": [
-                        {"name": "X-Request-Key", "in": "header", "required": False, "schema": {"type": "string"}},
-                        {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"}},
+                        {
+                            "name": "X-Request-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "X-Request-Id",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
                         "200": {
                             "description": "one prediction per row",
-                            "content": {"application/json": {"schema": {"type": "object", "properties": {"predictions": {"type": "array"}}}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"predictions": {"type": "array"}},
+                                    }
+                                }
+                            },
                         },
                         "400": err("not JSON, or no MLflow input format"),
                         "413": err("body too large"),

@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+# the name of the Series loopline.pyfunc.LooplineModel.predict returns (a test compares with mlflow's answer)
+PREDICTION_KEY = "prediction"
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _ALLOWED_KEYS = frozenset((*FORMATS, "params"))
 
@@ -65,7 +67,9 @@ def parse_body(body: bytes) -> Columns:
 
 def parse_document(doc: Any) -> Columns:
     if not isinstance(doc, dict):
-        raise RequestError(400, f"the request body must be a JSON object with one of the keys {list(FORMATS)}")
+        raise RequestError(
+            400, f"the request body must be a JSON object with one of the keys {list(FORMATS)}"
+        )
     keys = [k for k in doc if k in FORMATS]
     unknown = [k for k in doc if k not in _ALLOWED_KEYS]
     if len(keys) != 1 or unknown:
@@ -97,16 +101,24 @@ def _parse_split(payload: Any) -> Columns:
         raise RequestError(400, "dataframe_split.columns must be a list of column names")
     if len(set(columns)) != len(columns):
         dupes = sorted({c for c in columns if columns.count(c) > 1})
-        raise RequestError(422, f"duplicate column(s) {dupes}", fields=[{"field": c, "error": "duplicate column"} for c in dupes])
+        raise RequestError(
+            422,
+            f"duplicate column(s) {dupes}",
+            fields=[{"field": c, "error": "duplicate column"} for c in dupes],
+        )
     if not isinstance(data, list):
         raise RequestError(400, "dataframe_split.data must be a list of rows")
     width = len(columns)
     for i, row in enumerate(data):
         if type(row) is not list or len(row) != width:
-            raise RequestError(400, f"dataframe_split.data[{i}] must be a list of {width} values (one per column)")
+            raise RequestError(
+                400, f"dataframe_split.data[{i}] must be a list of {width} values (one per column)"
+            )
     if not data:
         return Columns({c: [] for c in columns}, 0, "dataframe_split")
-    return Columns(dict(zip(columns, map(list, zip(*data)), strict=True)), len(data), "dataframe_split")
+    return Columns(
+        dict(zip(columns, map(list, zip(*data, strict=True)), strict=True)), len(data), "dataframe_split"
+    )
 
 
 def _parse_records(payload: Any, fmt: str) -> Columns:
@@ -137,10 +149,14 @@ def _parse_columnar(payload: dict[str, Any]) -> Columns:
     if all(n is None for n in lengths.values()):  # one row given as scalars
         return Columns({k: [v] for k, v in payload.items()}, 1, "inputs")
     if any(n is None for n in lengths.values()) or len(set(lengths.values())) != 1:
-        raise RequestError(400, f"inputs: every column must be a list of the same length; got lengths {lengths}")
+        raise RequestError(
+            400, f"inputs: every column must be a list of the same length; got lengths {lengths}"
+        )
     return Columns({k: v for k, v in payload.items()}, next(iter(lengths.values())), "inputs")
 
 
 def encode_predictions(predictions: Any) -> bytes:
-    """`{"predictions": [...]}` as `mlflow models serve` answers for a pyfunc returning a Series."""
-    return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    """The response body `mlflow models serve` writes for the loopline pyfunc: its predict returns a Series
+    named "prediction", which MLflow turns into records: `{"predictions": [{"prediction": v}, ...]}`."""
+    values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+    return orjson.dumps({"predictions": [{PREDICTION_KEY: v} for v in values]})

@@ -33,7 +33,10 @@ class RegistrySource:
         try:
             return str(self.client.get_model_version_by_alias(name, alias).version)
         except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower():
+            if (
+                "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", ""))
+                or "not found" in str(exc).lower()
+            ):
                 return None
             raise
 
@@ -52,12 +55,16 @@ class RegistrySource:
             root = self.client.get_model_version_download_uri(name, str(version)).rstrip("/")
             path = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{root}/artifacts/{BUNDLE_ARTIFACT}", dst_path=str(tmp), tracking_uri=self.tracking_uri
+                    artifact_uri=f"{root}/artifacts/{BUNDLE_ARTIFACT}",
+                    dst_path=str(tmp),
+                    tracking_uri=self.tracking_uri,
                 )
             )
         except MlflowException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelError(f"model {name!r} version {version}: cannot download its bundle artifact: {exc}") from exc
+            raise ModelError(
+                f"model {name!r} version {version}: cannot download its bundle artifact: {exc}"
+            ) from exc
         if not (path / "bundle.json").is_file():
             shutil.rmtree(tmp, ignore_errors=True)
             raise ModelError(f"model {name!r} version {version} is not a loopline bundle (no bundle.json)")

@@ -37,7 +37,13 @@ def build_app(
     metrics = ServingMetrics()
     router = Router(challenger_weight=cfg.challenger_weight, shadow=cfg.shadow)
     # one model thread: batches run one after another while the event loop parses the next requests
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopline-model")
+    # torch's OpenMP thread count is per calling thread: set it on the model thread itself
+    executor = ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="loopline-model",
+        initializer=_set_torch_threads,
+        initargs=(cfg.torch_threads,),
+    )
     holder: dict[str, ServingApp] = {}
     manager = ModelManager(
         model,
@@ -96,7 +102,11 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
 
     from loopline.serving.registry_source import RegistrySource
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+    uri = (
+        tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+    )
     source = RegistrySource(uri, Path(home) / "serving" / "bundles")
     app = build_app(model, cfg, source=source, home=home)
     config = uvicorn.Config(
@@ -115,7 +125,11 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
     server.run()
     if app.startup_error is not None:
         error = app.startup_error
-        raise error if isinstance(error, LooplineError) else ModelError(f"serving {model!r} failed to start: {error}")
+        raise (
+            error
+            if isinstance(error, LooplineError)
+            else ModelError(f"serving {model!r} failed to start: {error}")
+        )
 
 
 def _best(preferred: str, fallback: str) -> str:

@@ -121,6 +121,8 @@ def _timestamp(parts: list[str]) -> StepFn:
     def fn(col: Column, n: int) -> np.ndarray:
         ts = col.values.astype("datetime64[us]")
         nat = np.isnat(ts)
+        if nat.any():  # NaT arithmetic warns; the parts of a null are 0 (below), like pandas' na_value
+            ts = np.where(nat, np.datetime64(0, "us"), ts)
         days = ts.astype("datetime64[D]")
         years = ts.astype("datetime64[Y]")
         cols = []

@@ -1,0 +1,262 @@
+"""Shared helpers for the serving tests and bench/serving: real models, request bodies, server processes.
+
+`build_registered_model` runs the real pipeline (synthetic source -> ingest -> features -> training ->
+MLflow registry); `make_bundle` writes a real bundle (fitted transform, an untrained MLP) without MLflow for
+fast in-process tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONTRACT = REPO / "contracts" / "demo.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_rows(n: int, seed: int = 0, *, with_id: bool = True) -> pd.DataFrame:
+    """n valid demo rows (feature columns, plus the id) as a frame of JSON-ready Python values."""
+    from loopline.config import SyntheticConfig
+    from loopline.contracts import load_contract
+    from loopline.synthetic import generate_frame
+
+    contract = load_contract(DEMO_CONTRACT)
+    frame = generate_frame(SyntheticConfig(rows=n, seed=seed, id_offset=10_000_000 + seed * n))
+    cols = ([contract.id] if with_id else []) + contract.feature_columns
+    frame = frame[cols].copy()
+    frame["signup_at"] = frame["signup_at"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def payloads(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The same rows in MLflow's four input formats."""
+    records = frame.to_dict("records")
+    return {
+        "dataframe_split": {
+            "dataframe_split": {"columns": list(frame.columns), "data": frame.values.tolist()}
+        },
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs": {"inputs": {c: frame[c].tolist() for c in frame.columns}},
+    }
+
+
+def pyfunc_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows as the pyfunc takes them in Python (its signature types signup_at as datetime)."""
+    out = frame.copy()
+    out["signup_at"] = pd.to_datetime(out["signup_at"])
+    for col in out.columns:
+        if col.startswith("f") or col in ("age", "customer_id"):
+            out[col] = pd.to_numeric(out[col])
+    return out
+
+
+def make_bundle(directory: Path, seed: int = 0, contract_path: Path = DEMO_CONTRACT) -> Path:
+    """A real bundle: transform fitted on synthetic rows, an MLP with seeded random weights."""
+    import torch
+
+    from loopline.bundle import BundleMeta, write_bundle
+    from loopline.config import FeaturesConfig, SyntheticConfig, TrainingConfig
+    from loopline.contracts import load_contract
+    from loopline.features import fit_transform
+    from loopline.models import mlp
+    from loopline.synthetic import generate_frame
+
+    contract = load_contract(contract_path)
+    transform = fit_transform(generate_frame(SyntheticConfig(rows=500, seed=1)), contract, FeaturesConfig())
+    cfg = TrainingConfig(hidden_sizes=[32])
+    torch.manual_seed(seed)
+    model = mlp(len(transform.feature_names), 1, cfg)
+    meta = BundleMeta(
+        factory="loopline.models:mlp",
+        input_dim=len(transform.feature_names),
+        output_dim=1,
+        task="binary",
+        classes=[0, 1],
+        model_config=cfg.model_dump(mode="json"),
+        feature_names=transform.feature_names,
+        data_versions={},
+        contract_hash=contract.hash,
+    )
+    return write_bundle(directory, model.state_dict(), meta, transform, contract)
+
+
+def build_registered_model(
+    home: Path, *, versions: int = 1, rows: int = 3000, max_steps: int = 20
+) -> dict[str, Any]:
+    """The real pipeline into `home`: synthetic source -> ingest -> features -> train `versions` times
+    (different seeds: different versions). Version 1 gets @champion. Returns tracking_uri, model, versions."""
+    from loopline.config import LifecycleConfig, SyntheticConfig
+    from loopline.contracts import load_contract
+    from loopline.features import build_features
+    from loopline.ingest import ingest_source
+    from loopline.lake import Lake
+    from loopline.synthetic import generate_source
+
+    home.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    lake = Lake(root=str(home / "lake"))
+    contract = load_contract(DEMO_CONTRACT)
+    cfg = LifecycleConfig(home=str(home), data={"contract": str(DEMO_CONTRACT)})
+    source = generate_source(SyntheticConfig(rows=rows, seed=3), home / "landing")
+    ingest_source(str(source), contract, lake, cfg)
+    build_features(lake, contract, cfg.features)
+    from loopline.train import run_training
+
+    found = []
+    for i in range(versions):
+        tcfg = cfg.model_copy(
+            update={
+                "training": cfg.training.model_copy(
+                    update={"max_steps": max_steps, "seed": i, "hidden_sizes": [32]}
+                )
+            }
+        )
+        result = run_training(tcfg, contract.dataset, lake=lake, tracking_uri=tracking_uri)
+        found.append(str(result["model_version"]))
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).set_registered_model_alias(contract.dataset, "champion", found[0])
+    return {
+        "tracking_uri": tracking_uri,
+        "model": contract.dataset,
+        "versions": found,
+        "home": str(home),
+        "lake": lake,
+    }
+
+
+class ServerProcess:
+    """`python -m loopline.serving` in a subprocess on a free port; stop() sends SIGTERM (graceful)."""
+
+    def __init__(
+        self, model: str, home: str, tracking_uri: str, *args: str, env: dict[str, str] | None = None
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(home) / f"serve-{self.port}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "loopline.serving",
+            "--model",
+            model,
+            "--port",
+            str(self.port),
+            "--home",
+            home,
+        ]
+        cmd += ["--tracking-uri", tracking_uri, *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "wb"),
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise TimeoutError(f"server did not come up: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def mlflow_serve(model_uri: str, tracking_uri: str, home: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve --env-manager local` on a free port (not yet ready: wait on /ping)."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "--env-manager",
+            "local",
+        ],
+        cwd=home,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(Path(home) / f"mlflow-serve-{port}.log", "wb"),
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def close(a: Any, b: Any, tol: float = 1e-6) -> bool:
+    return np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=0, atol=tol)

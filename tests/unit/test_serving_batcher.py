@@ -1,0 +1,136 @@
+"""Dynamic micro-batching: concurrent requests share model calls, each gets its own rows back."""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from loopline.serving.batcher import MicroBatcher
+from loopline.serving.inputs import Column, TypedRows
+
+
+def rows_of(values: list[float]) -> TypedRows:
+    return TypedRows({"x": Column(np.array(values, dtype=np.float64), None)}, len(values))
+
+
+class Model:
+    """Doubles its input; records the batch sizes it saw; can be made slow or failing."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.batches: list[int] = []
+        self.delay = delay
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, rows: TypedRows) -> np.ndarray:
+        self.gate.wait(5)
+        self.batches.append(rows.n_rows)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        if self.delay:
+            threading.Event().wait(self.delay)
+        return rows.columns["x"].values * 2
+
+
+async def _run(model: Model, requests: list[list[float]], **kwargs) -> list:
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(
+            model, executor=executor, **{"max_batch_rows": 1000, "max_wait_ms": 0, **kwargs}
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *[batcher.submit(rows_of(r)) for r in requests], return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows():
+    model = Model()
+    model.gate.clear()  # hold the first call so the others queue behind it
+
+    async def main():
+        task = asyncio.ensure_future(_run(model, [[i, i + 0.5] for i in range(50)]))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await task
+
+    results = asyncio.run(main())
+    for i, out in enumerate(results):
+        assert out.tolist() == [2 * i, 2 * i + 1]
+    assert sum(model.batches) == 100
+    assert len(model.batches) < 50  # batched
+
+
+def test_batches_respect_max_rows_but_never_split_a_request():
+    model = Model()
+    model.gate.clear()
+
+    async def main():
+        task = asyncio.ensure_future(_run(model, [[1.0] * 3] * 10 + [[1.0] * 12], max_batch_rows=7))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await task
+
+    results = asyncio.run(main())
+    assert all(len(r) in (3, 12) for r in results)
+    assert 12 in model.batches  # the big request alone
+    assert all(b <= 7 for b in model.batches if b != 12)
+
+
+def test_waits_for_requests_being_parsed_but_not_for_idle_clients():
+    model = Model()
+    pending = {"n": 0}
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(
+                model, executor=executor, max_batch_rows=100, max_wait_ms=200, pending=lambda: pending["n"]
+            )
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await batcher.submit(rows_of([1.0]))  # nobody else is parsing: no wait
+            alone = loop.time() - started
+            pending["n"] = 1  # another request is being parsed: the batch waits for it
+
+            async def late():
+                await asyncio.sleep(0.05)
+                pending["n"] = 0
+                return await batcher.submit(rows_of([2.0]))
+
+            a, b = await asyncio.gather(batcher.submit(rows_of([3.0])), late())
+            await batcher.stop()
+            return alone, a, b
+
+    alone, a, b = asyncio.run(main())
+    assert alone < 0.15
+    assert a.tolist() == [6.0] and b.tolist() == [4.0]
+    assert model.batches == [1, 2]
+
+
+def test_a_model_failure_fails_that_batch_only():
+    model = Model(fail=True)
+    results = asyncio.run(_run(model, [[1.0], [2.0]]))
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_stop_finishes_queued_requests_and_refuses_new_ones():
+    model = Model(delay=0.01)
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(model, executor=executor, max_batch_rows=1, max_wait_ms=0)
+            batcher.start()
+            futures = [asyncio.ensure_future(batcher.submit(rows_of([float(i)]))) for i in range(5)]
+            await asyncio.sleep(0)
+            await batcher.stop()
+            with pytest.raises(RuntimeError):
+                await batcher.submit(rows_of([1.0]))
+            return [f.result().tolist() for f in futures]
+
+    assert asyncio.run(main()) == [[0.0], [2.0], [4.0], [6.0], [8.0]]
