@@ -29,5 +29,5 @@ class LooplineModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        predictions = self.predictor.predict(frame)
-        return pd.Series(np.asarray(predictions), name="prediction")
+        # a plain array: the scoring server answers {"predictions": [...]}, as for any sklearn model
+        return np.asarray(self.predictor.predict(frame))

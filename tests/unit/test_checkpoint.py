@@ -27,11 +27,22 @@ def _state(step: int, **extra) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.ones(4, 3)).sum().backward()
     optimizer.step()
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "rng": capture_rng_state(), **extra}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng": capture_rng_state(),
+        **extra,
+    }
 
 
 def _draws() -> tuple:
-    return (torch.rand(5).tolist(), np.random.rand(5).tolist(), [random.random() for _ in range(5)], np.random.randn(3).tolist())
+    return (
+        torch.rand(5).tolist(),
+        np.random.rand(5).tolist(),
+        [random.random() for _ in range(5)],
+        np.random.randn(3).tolist(),
+    )
 
 
 def test_round_trip_restores_every_rng_and_the_optimizer(store):
@@ -48,7 +59,9 @@ def test_round_trip_restores_every_rng_and_the_optimizer(store):
     loaded = store.load(uri)
     restore_rng_state(loaded["rng"])
     assert _draws() == expected
-    assert loaded["step"] == 7 and loaded["best_metric"] == 0.25 and loaded["config"]["hidden_sizes"] == [4, 2]
+    assert (
+        loaded["step"] == 7 and loaded["best_metric"] == 0.25 and loaded["config"]["hidden_sizes"] == [4, 2]
+    )
     assert state_sha256(loaded["model"]) == state_sha256(state["model"])
     for key, value in state["optimizer"]["state"][0].items():
         assert torch.equal(loaded["optimizer"]["state"][0][key], value)

@@ -12,7 +12,9 @@ from loopline.gpu import GpuSample, GpuSampler, choose_gpus, prometheus_text, su
 GIB = 2**30
 
 
-def sample(uuid="GPU-aaa", index=0, t=0.0, util=50.0, used=10 * GIB, power=300.0, energy=None, **kw) -> GpuSample:
+def sample(
+    uuid="GPU-aaa", index=0, t=0.0, util=50.0, used=10 * GIB, power=300.0, energy=None, **kw
+) -> GpuSample:
     return GpuSample(
         index=index,
         uuid=uuid,
@@ -71,7 +73,10 @@ def test_prometheus_text_uses_dcgm_names_and_labels():
     mig = sample(uuid="MIG-123", util=None, power=None, mig_instance=3, mig_profile="1g.10gb")
     text = prometheus_text([sample(util=87.0, used=2048 * 2**20, power=250.5), mig], hostname="node1")
     assert "# TYPE DCGM_FI_DEV_GPU_UTIL gauge" in text
-    assert 'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-aaa",device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="node1"} 87' in text
+    assert (
+        'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-aaa",device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="node1"} 87'
+        in text
+    )
     assert 'DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-aaa"' in text and "} 2048\n" in text
     assert "DCGM_FI_DEV_POWER_USAGE" in text and "250.5" in text
     assert 'GPU_I_ID="3",GPU_I_PROFILE="1g.10gb"' in text

@@ -40,7 +40,9 @@ def make_data(task: str, n: int = 600, d: int = 6, seed: int = 0) -> TrainingDat
     else:
         y = (50 + 10 * score).astype(np.float32)
     cut = int(n * 0.8)
-    return TrainingData(X[:cut], y[:cut], task, X[cut:], y[cut:], n_classes=3 if task == "multiclass" else None)
+    return TrainingData(
+        X[:cut], y[:cut], task, X[cut:], y[cut:], n_classes=3 if task == "multiclass" else None
+    )
 
 
 def cfg(**overrides) -> TrainingConfig:
@@ -123,7 +125,13 @@ def test_spot_notice_file_triggers_preemption(tmp_path):
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     data = make_data("binary")
-    config = cfg(max_steps=400, eval_every_steps=5, early_stopping_patience=2, lr=0.05, early_stopping_metric="val_loss")
+    config = cfg(
+        max_steps=400,
+        eval_every_steps=5,
+        early_stopping_patience=2,
+        lr=0.05,
+        early_stopping_metric="val_loss",
+    )
     store = store_at(tmp_path, "early")
     result = train_loop(config, data, store=store, device=CPU)
     assert result.stopped_early and result.steps < 400
@@ -138,11 +146,20 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 def test_unknown_early_stopping_metric_is_a_config_error():
     with pytest.raises(ConfigError, match="early_stopping_metric"):
-        train_loop(cfg(early_stopping_patience=2, early_stopping_metric="rmse"), make_data("binary"), store=None, device=CPU)
+        train_loop(
+            cfg(early_stopping_patience=2, early_stopping_metric="rmse"),
+            make_data("binary"),
+            store=None,
+            device=CPU,
+        )
 
 
 def test_models_learn_each_task():
-    for task, metric, good in (("binary", "roc_auc", 0.9), ("multiclass", "accuracy", 0.7), ("regression", "r2", 0.8)):
+    for task, metric, good in (
+        ("binary", "roc_auc", 0.9),
+        ("multiclass", "accuracy", 0.7),
+        ("regression", "r2", 0.8),
+    ):
         result = train_loop(cfg(max_steps=150, dropout=0.0), make_data(task, n=2000), store=None, device=CPU)
         assert result.val_metrics[metric] > good, (task, result.val_metrics)
 
@@ -174,6 +191,8 @@ def test_roc_auc_matches_pairwise_definition():
     scores = rng.integers(0, 5, 200).astype(float)  # many ties
     labels = rng.random(200) < 0.4
     pos, neg = scores[labels], scores[~labels]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
     assert roc_auc(scores, labels) == pytest.approx(pairwise)
     assert np.isnan(roc_auc(scores, np.zeros(200, dtype=bool)))

@@ -54,7 +54,9 @@ def test_importing_bundle_and_train_stays_light():
         "heavy = [m for m in ('mlflow', 'prefect', 'torch') if m in sys.modules];"
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""
 
 
@@ -65,6 +67,10 @@ def test_factories_resolve_and_name_the_key_when_they_do_not():
     for bad in ("loopline.models", "no_such_module:f", "loopline.models:nope"):
         with pytest.raises(ConfigError, match="training.model"):
             resolve_factory(bad)
-    assert output_dim_for("binary", 2) == 1 and output_dim_for("multiclass", 4) == 4 and output_dim_for("regression", None) == 1
+    assert (
+        output_dim_for("binary", 2) == 1
+        and output_dim_for("multiclass", 4) == 4
+        and output_dim_for("regression", None) == 1
+    )
     with pytest.raises(ConfigError):
         output_dim_for("multiclass", 1)
