@@ -215,6 +215,119 @@ def rollback(
 
 
 @app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option("--model", help="registered model name (default: the dataset name)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
+    challenger_weight: Annotated[
+        float | None, typer.Option(help="share of traffic routed to @challenger")
+    ] = None,
+    shadow: Annotated[bool, typer.Option(help="score @challenger in the shadow, never return it")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve models:/M@champion over MLflow's scoring protocol (no Prefect in this process)."""
+    try:
+        extra = [
+            f"serving.{k}={v}"
+            for k, v in (("host", host), ("port", port), ("challenger_weight", challenger_weight))
+            if v is not None
+        ]
+        cfg = _config(config, set_, extra + (["serving.shadow=true"] if shadow else []))
+        _use_stack()
+        from loopline.contracts import load_contract
+        from loopline.serving import run_server
+
+        name = model or cfg.model_name or load_contract(cfg.data.contract).dataset
+        run_server(name, cfg.serving, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), home=cfg.home)
+    except Exception as exc:
+        _fail(exc, False)
+
+
+@app.command()
+def drift(
+    model: Annotated[
+        str | None, typer.Option("--model", help="registered model name (default: the dataset name)")
+    ] = None,
+    current: Annotated[
+        str | None,
+        typer.Option(
+            help="a data file (local or s3://) or batch:ID / batch:latest; default: the serving log"
+        ),
+    ] = None,
+    window_hours: Annotated[
+        float | None, typer.Option(help="hours of predictions/M to compare (default drift.window_hours)")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare a window of data with the champion's reference profile; emit loopline.drift.detected on drift."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_prefect()
+        from flows.drift import drift_flow
+
+        _emit(drift_flow(cfg, model=model, current=current, window_hours=window_hours), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def up(
+    postgres_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL URL for the Prefect server (default: SQLite)")
+    ] = None,
+    no_workers: Annotated[
+        bool, typer.Option("--no-workers", help="do not start the cpu/gpu process workers")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a real Prefect server, an MLflow server, work pools, limits, blocks, deployments and workers."""
+    try:
+        cfg = _config(config, set_)
+        from flows.stack import up as stack_up
+
+        info = stack_up(
+            cfg.home,
+            postgres_url=postgres_url,
+            with_workers=not no_workers,
+            config_path=str(config) if config else None,
+        )
+        _emit(info, as_json, human=_up_summary(info))
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def down(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop what `loopline up` started for this LOOPLINE_HOME, and only that."""
+    try:
+        cfg = _config(config, set_)
+        from flows.stack import down as stack_down
+
+        _emit(stack_down(cfg.home), as_json)
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+def _up_summary(info: dict) -> str:
+    return "\n".join(
+        [
+            "loopline stack is up.",
+            f"  Prefect UI:  {info.get('prefect_ui_url')}   (API {info.get('prefect_api_url')})",
+            f"  MLflow UI:   {info.get('mlflow_ui_url')}",
+            f"  deployments: {', '.join(info.get('deployments') or [])}",
+            "Every loopline command in this LOOPLINE_HOME now uses this stack; `loopline down` stops it.",
+        ]
+    )
+
+
+@app.command()
 def run(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Run the whole lifecycle (by default on the synthetic demo data)."""
     try:
