@@ -35,7 +35,10 @@ def sample_rows(contract: Contract, real: pd.DataFrame | None, n_real: int) -> p
     """Feature columns only: up to n_real real rows, then edge rows that stay inside the contract."""
     columns = contract.feature_columns
     base = real[columns].head(n_real).reset_index(drop=True) if real is not None and len(real) else None
-    n_edge = max([3] + [len(contract.columns[c].values or []) for c in columns])
+    # enough rows for every category value plus a null row (the last) where the column is nullable
+    n_edge = max(
+        [3] + [len(contract.columns[c].values or []) + contract.columns[c].nullable for c in columns]
+    )
     edge: dict[str, list[Any]] = {}
     for name in columns:
         spec = contract.columns[name]
@@ -56,7 +59,7 @@ def sample_rows(contract: Contract, real: pd.DataFrame | None, n_real: int) -> p
                 values[1] = spec.max
             values = [int(v) if spec.type == "int" and v is not None else v for v in values]
         if spec.nullable:
-            values[2] = None
+            values[-1] = None
         edge[name] = values
     edge_frame = pd.DataFrame(edge)
     for name in columns:
