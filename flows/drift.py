@@ -14,6 +14,7 @@ from prefect.states import Completed
 
 from loopline.config import LifecycleConfig
 from loopline.contracts import load_contract
+from loopline.errors import ModelError
 from loopline.retrain import SKIPPED_STATE
 from tasks.common import run_logger
 from tasks.drift import detect_window, find_champion, report_drift
@@ -26,11 +27,14 @@ def drift_flow(
     model: str | None = None,
     current: str | None = None,
     window_hours: float | None = None,
+    skip_unknown_model: bool = False,
 ) -> dict[str, Any]:
     """Check `model` (default: config.model_name, else the dataset) for drift.
 
     `current`: a data file (local or s3://), or `batch:ID` / `batch:latest` (a batch of clean/D);
     default: what the champion scored in the last `window_hours` (default drift.window_hours).
+    `skip_unknown_model`: a model not registered yet ends the run as Skipped instead of an error (the
+    scheduled drift-watch on a fresh stack).
     Returns drift_detected, drift_share, prediction_drift, features {name: {method, score, threshold,
     drift}}, event_emitted, plus the model version and the window.
     """
@@ -39,7 +43,12 @@ def drift_flow(
     hours = float(window_hours or cfg.drift.window_hours)
 
     # Reference: the champion's profile, stored with the model at training time
-    champion = find_champion(cfg, model_name)
+    try:
+        champion = find_champion(cfg, model_name)
+    except ModelError as exc:
+        if not skip_unknown_model:
+            raise
+        return _skipped(model_name, None, str(exc))
     if champion is None:
         return _skipped(model_name, None, f"model {model_name!r} has no @champion yet: nothing to compare")
     # Detect: stream the current window through the profile

@@ -70,10 +70,10 @@ def retrain_flow(
 
 
 def _train(cfg: LifecycleConfig, dataset: str, features: dict[str, Any]) -> dict[str, Any]:
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment
 
     features_version = features.get("features_version")
-    if cfg.retrain.train_on_pool and flow_run.get_deployment_id():
+    if cfg.retrain.train_on_pool and deployment.id:
         trained = train_on_pool(cfg, dataset, features_version)
         if trained is not None:
             return trained

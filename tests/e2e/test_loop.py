@@ -1,0 +1,191 @@
+"""The closed loop on a real stack: `up` starts `prefect server start`, `mlflow server` and a process
+worker per pool and deploys prefect.yaml; a champion is trained and promoted; a shifted batch lands;
+the drift flow detects it and emits `loopline.drift.detected`; the `retrain` deployment's run (cpu
+pool) trains on the `gpu` pool, evaluates and promotes the new version. Everything is asserted through
+the Prefect API and MLflow. A later burst of drift events starts nothing (cooldown). `down` stops it all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+TINY = {
+    "synthetic": {"rows": 2000},
+    "training": {
+        "max_steps": 20,
+        "hidden_sizes": [16],
+        "batch_size": 256,
+        "eval_every_steps": 20,
+        "checkpoint_every_steps": 20,
+    },
+    # a lateral move is enough here: the test is about the loop, not about beating the champion
+    "evaluation": {"bootstrap_samples": 50, "min_improvement": -1.0, "max_slice_regression": None},
+    # ingest events must not retrain in this test: only the drift event should
+    "retrain": {"min_new_rows": 1_000_000, "cooldown_hours": 6},
+}
+SHIFTED = [f"f{i:02d}" for i in range(24)]  # 24 of 30 numeric features: over the 0.5 share threshold
+
+
+def api(stack: dict, path: str, body: dict) -> list | dict:
+    """Raw HTTP with every paging field set (the 3.8.8 client's nulls are a 422 on this server)."""
+    response = httpx.post(stack["prefect_api_url"] + path, json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def flow_runs(stack: dict, deployment: str) -> list[dict]:
+    flow_name, name = deployment.split("/")
+    deps = api(
+        stack, "/deployments/filter", {"deployments": {"name": {"any_": [name]}}, "limit": 10, "offset": 0}
+    )
+    ids = [d["id"] for d in deps]
+    body = {
+        "deployments": {"id": {"any_": ids}},
+        "sort": "EXPECTED_START_TIME_ASC",
+        "limit": 200,
+        "offset": 0,
+    }
+    return api(stack, "/flow_runs/filter", body)
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def drift_runs(stack):
+    return [r for r in flow_runs(stack, "retrain/retrain") if r["parameters"].get("reason") == "drift"]
+
+
+def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.stack import down, read_stack, up
+    from loopline.config import load_config
+
+    home = tmp_path / "home"
+    config_file = tmp_path / "loopline.yaml"
+    config_file.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setenv("LOOPLINE_HOME", str(home))
+    monkeypatch.delenv("LOOPLINE_LAKE_URI", raising=False)
+
+    stack = up(str(home), config_path=str(config_file), worker_poll_seconds=1)
+    try:
+        assert read_stack(home)["pids"] == stack["pids"]
+        assert {"retrain/retrain", "drift/drift-watch", "train/train"} <= set(stack["deployments"])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", stack["mlflow_tracking_uri"])
+        cfg = load_config(config_file, [f"home={home}"])
+        with temporary_settings(updates={PREFECT_API_URL: stack["prefect_api_url"]}):
+            v1 = _train_a_champion(cfg)
+            report = _land_a_shifted_batch_and_detect_drift(cfg)
+        assert report["drift_detected"] and report["event_emitted"]
+        assert set(SHIFTED[:20]) <= set(report["drifted_features"])
+
+        # the event started exactly one retrain run, which completed (not skipped) ...
+        (run,) = wait_for(
+            lambda: [
+                r for r in drift_runs(stack) if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")
+            ],
+            300,
+            "the drift-triggered retrain run to finish",
+        )
+        assert run["state"]["name"] == "Completed", run["state"]
+        assert run["parameters"]["model"] == "demo"
+        assert run["parameters"]["event_payload"]["drift_share"] == pytest.approx(report["drift_share"])
+        # ... and trained on the gpu pool through the train deployment, as its child
+        trains = [r for r in flow_runs(stack, "train/train") if r["parent_task_run_id"]]
+        assert trains and all(r["state"]["type"] == "COMPLETED" for r in trains)
+        assert trains[-1]["work_pool_name"] == "gpu"
+
+        # MLflow: a new version, evaluated against v1 by the promotion flow
+        client = MlflowClient(stack["mlflow_tracking_uri"])
+        versions = sorted(int(v.version) for v in client.search_model_versions("name='demo'"))
+        assert versions[-1] > v1
+        new = client.get_model_version("demo", str(versions[-1]))
+        assert "loopline.last_decision" in new.tags
+        decisions = client.search_runs(
+            [client.get_experiment_by_name("loopline-demo").experiment_id],
+            filter_string=f"tags.`loopline.candidate_version` = '{versions[-1]}'",
+        )
+        assert decisions and decisions[0].data.tags["loopline.kind"] == "promotion"
+        assert "candidate.roc_auc" in decisions[0].data.metrics
+        assert client.get_model_version_by_alias("demo", "champion").version == str(versions[-1])
+
+        # a burst of 5 more drift events inside the cooldown starts nothing
+        _post_drift_events(stack, "demo", 5)
+        time.sleep(8)
+        assert len(drift_runs(stack)) == 1
+    finally:
+        stopped = down(str(home))
+    assert set(stopped["stopped"]) == set(stack["pids"])
+    assert not (home / "stack.json").exists()
+    for pid in stack["pids"].values():
+        assert not _alive(pid)
+
+
+def _train_a_champion(cfg) -> int:
+    from flows.features import features_flow
+    from flows.ingest import ingest_flow
+    from flows.promotion import promotion_flow
+    from flows.training import train_flow
+
+    ingest_flow(cfg)
+    features = features_flow(cfg)
+    trained = train_flow(cfg, dataset="demo", features_version=features["features_version"])
+    promoted = promotion_flow(cfg, model="demo", version=int(trained["model_version"]))
+    assert promoted["promoted"], promoted["reason"]
+    return int(trained["model_version"])
+
+
+def _land_a_shifted_batch_and_detect_drift(cfg) -> dict:
+    from flows.drift import drift_flow
+    from flows.ingest import ingest_flow
+
+    shifted = cfg.model_copy(deep=True)
+    shifted.synthetic.rows = 1500
+    shifted.synthetic.seed = 7
+    shifted.synthetic.id_offset = 1_000_000
+    shifted.synthetic.drift_columns = SHIFTED
+    shifted.synthetic.drift_mean_shift = 2.0
+    ingest_flow(shifted)
+    return drift_flow(cfg, model="demo", current="batch:latest")
+
+
+def _post_drift_events(stack: dict, model: str, n: int) -> None:
+    now = datetime.now(UTC).isoformat()
+    events = [
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": now,
+            "event": "loopline.drift.detected",
+            "resource": {"prefect.resource.id": f"loopline.model.{model}"},
+            "payload": {"model": model, "drift_share": 0.9, "features": ["f00"]},
+        }
+        for _ in range(n)
+    ]
+    httpx.post(stack["prefect_api_url"] + "/events", json=events, timeout=30).raise_for_status()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
