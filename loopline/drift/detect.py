@@ -131,6 +131,7 @@ class DriftAccumulator:
                 _numeric_column(pred, bins) if pred["kind"] == "numeric" else _CategoricalColumn(pred)
             )
         self._prediction_rows = 0
+        self._predictions_ignored = False
         self.n_current = 0
 
     def update(self, chunk: pd.DataFrame, predictions: np.ndarray | None = None) -> None:
@@ -147,6 +148,8 @@ class DriftAccumulator:
         for name, column in self._categorical.items():
             counts, missing = count_categories(chunk, name, "current")
             _add_counts(column, counts, missing)
+        if predictions is not None and self._prediction is None:
+            self._predictions_ignored = True
         if predictions is not None and self._prediction is not None:
             if len(predictions) != len(chunk):
                 raise DriftError(f"{len(predictions)} predictions for a chunk of {len(chunk)} rows")
@@ -168,6 +171,8 @@ class DriftAccumulator:
         cfg = cfg or DriftConfig()
         features: dict[str, dict[str, Any]] = {}
         skipped = dict(self._skipped)
+        if self._predictions_ignored:
+            skipped[PREDICTION] = "the reference profile has no predictions"
         for name, column in {**self._numeric, **self._categorical}.items():
             result = _score(name, column, cfg.methods.get(name), cfg)
             if result is None:

@@ -305,6 +305,13 @@ def test_prediction_drift_alone_sets_the_verdict():
     assert moved.prediction["method"] == "wasserstein"
 
 
+def test_predictions_without_a_reference_profile_are_reported_not_scored():
+    frame = pd.DataFrame({"a": rng(1).normal(0, 1, 2000)})
+    report = detect_drift(build_reference_profile(frame, ["a"], []), frame, predictions=np.zeros(2000))
+    assert report.prediction is None and not report.prediction_drift
+    assert report.skipped == {"prediction": "the reference profile has no predictions"}
+
+
 def test_class_probability_predictions_are_profiled_as_labels():
     g = rng(10)
     frame = pd.DataFrame({"a": g.normal(0, 1, 3000)})
