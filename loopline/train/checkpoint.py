@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -64,10 +65,13 @@ class CheckpointStore:
         """Write `state` (must carry `step`) atomically, then drop all but the newest `keep_last`."""
         started = time.perf_counter()
         payload = {"format": FORMAT, **state}
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
         uri = self.uri_for(int(state["step"]))
-        self.lake.put_bytes(uri, buffer.getvalue())
+        if self.lake.is_s3:
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            self.lake.put_bytes(uri, buffer.getvalue())  # one PUT: S3 objects appear whole or not at all
+        else:
+            _save_local_atomically(payload, Path(uri))
         self.last_write_seconds = time.perf_counter() - started
         self.prune()
         return uri
@@ -116,3 +120,22 @@ class CheckpointStore:
         for _, uri in steps:
             self.lake.delete(uri)
         return len(steps)
+
+
+def _save_local_atomically(payload: dict[str, Any], path: Path) -> None:
+    """torch.save streamed into a temp file (no second in-memory copy of a large state), fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

@@ -136,10 +136,10 @@ def test_async_writer_snapshots_state_before_it_changes(store):
 def test_async_writer_surfaces_a_failed_write(store, monkeypatch):
     writer = AsyncCheckpointWriter(store)
 
-    def broken(self, uri, data):
+    def broken(payload, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Lake, "put_bytes", broken)
+    monkeypatch.setattr("loopline.train.checkpoint._save_local_atomically", broken)
     writer.submit(_state(3))
     with pytest.raises(OSError, match="disk full"):
         writer.wait()
