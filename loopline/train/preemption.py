@@ -69,6 +69,7 @@ class PreemptionWatch:
         self._thread: threading.Thread | None = None
         self._previous_handler = None
         self._installed = False
+        self._got_sigterm = False
 
     def request(self, reason: str) -> None:
         if self.requested is None:
@@ -99,6 +100,7 @@ class PreemptionWatch:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         _terminating.set()
+        self._got_sigterm = True
         self.request("SIGTERM")
 
     def __enter__(self) -> PreemptionWatch:
@@ -123,5 +125,10 @@ class PreemptionWatch:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
+            previous = self._previous_handler
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             self._installed = False
+            if self._got_sigterm and callable(previous):
+                # A host that handles SIGTERM itself (Prefect's flow engine turns it into a cancellation
+                # or a crash) gets the signal it was owed, now that the checkpoint is written.
+                os.kill(os.getpid(), signal.SIGTERM)

@@ -196,3 +196,26 @@ def test_roc_auc_matches_pairwise_definition():
     )
     assert roc_auc(scores, labels) == pytest.approx(pairwise)
     assert np.isnan(roc_auc(scores, np.zeros(200, dtype=bool)))
+
+
+def test_sigterm_is_caught_then_handed_on_to_the_host_handler():
+    """Under Prefect the host's handler turns SIGTERM into a cancellation: it must still get the signal,
+    after the checkpoint. (A subprocess: SIGTERM marks the whole process as terminating.)"""
+    import subprocess
+    import sys
+
+    code = """
+import os, signal
+from loopline.train.preemption import PreemptionWatch, process_is_terminating
+calls = []
+signal.signal(signal.SIGTERM, lambda *a: calls.append("host"))
+with PreemptionWatch() as watch:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert watch.requested == "SIGTERM" and calls == [] and process_is_terminating()
+assert calls == ["host"], calls
+with PreemptionWatch() as again:  # a retry in this process stops at once
+    assert again.requested.startswith("SIGTERM")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
