@@ -209,7 +209,13 @@ class ServerProcess:
 def mlflow_serve(model_uri: str, tracking_uri: str, home: str) -> tuple[subprocess.Popen, str]:
     """`mlflow models serve --env-manager local` on a free port (not yet ready: wait on /ping)."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # it starts `uvicorn` through bash: the venv's bin must be on PATH
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),

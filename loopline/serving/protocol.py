@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
-# the name of the Series loopline.pyfunc.LooplineModel.predict returns (a test compares with mlflow's answer)
-PREDICTION_KEY = "prediction"
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _ALLOWED_KEYS = frozenset((*FORMATS, "params"))
 
@@ -156,7 +155,9 @@ def _parse_columnar(payload: dict[str, Any]) -> Columns:
 
 
 def encode_predictions(predictions: Any) -> bytes:
-    """The response body `mlflow models serve` writes for the loopline pyfunc: its predict returns a Series
-    named "prediction", which MLflow turns into records: `{"predictions": [{"prediction": v}, ...]}`."""
+    """The body `mlflow models serve` writes for the loopline pyfunc, whose predict returns a numpy array:
+    `{"predictions": [v, ...]}` (a test holds both servers to the same bytes-level JSON)."""
+    if isinstance(predictions, np.ndarray) and predictions.dtype != object:
+        return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
-    return orjson.dumps({"predictions": [{PREDICTION_KEY: v} for v in values]})
+    return orjson.dumps({"predictions": values})

@@ -92,7 +92,7 @@ def test_all_formats_answer_the_predictors_predictions(harness):
         resp = harness.post(body)
         assert resp.status_code == 200, (name, resp.text)
         assert resp.headers["x-model-version"] == "1"
-        got = [p["prediction"] for p in resp.json()["predictions"]]
+        got = resp.json()["predictions"]
         assert np.allclose(got, expected, atol=1e-6, rtol=0), name
 
 

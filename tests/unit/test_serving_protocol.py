@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from loopline.serving.protocol import PREDICTION_KEY, RequestError, encode_predictions, parse_body
+from loopline.serving.protocol import RequestError, encode_predictions, parse_body
 
 ROWS = [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
 
@@ -66,12 +66,9 @@ def test_duplicate_columns_are_422_naming_them():
     assert info.value.fields[0]["field"] == "a"
 
 
-def test_predictions_are_encoded_like_mlflow_encodes_a_named_series():
+def test_predictions_are_encoded_like_mlflow_encodes_an_array():
     import numpy as np
 
-    assert orjson.loads(encode_predictions(np.array([0.25, 0.5]))) == {
-        "predictions": [{PREDICTION_KEY: 0.25}, {PREDICTION_KEY: 0.5}]
-    }
-    assert orjson.loads(encode_predictions(np.array(["a", "b"], dtype=object)))["predictions"][1] == {
-        PREDICTION_KEY: "b"
-    }
+    assert orjson.loads(encode_predictions(np.array([0.25, 0.5]))) == {"predictions": [0.25, 0.5]}
+    assert orjson.loads(encode_predictions(np.array(["a", "b"], dtype=object))) == {"predictions": ["a", "b"]}
+    assert orjson.loads(encode_predictions(np.array([3, 1]))) == {"predictions": [3, 1]}
