@@ -183,3 +183,22 @@ def test_the_model_card_shows_decision_data_metrics_gate_and_slices():
     assert "[+0.0200, +0.0800]" in card
     assert "| segment | retail | 500 | 0.8100 | 0.7600 | +0.0500 | yes |" in card
     assert "## Infra validation" in card and "70 contract rows: passed" in card
+
+
+def test_the_promotion_lock_excludes_processes(tmp_path):
+    import subprocess
+    import sys
+
+    # each process appends "enter"/"leave" under the lock: with exclusion the log strictly alternates
+    log = tmp_path / "log.txt"
+    code = (
+        "import sys, time\n"
+        "from loopline.champion import promotion_lock\n"
+        "for _ in range(5):\n"
+        "    with promotion_lock(sys.argv[1], 'm'):\n"
+        "        open(sys.argv[2], 'a').write('enter\\n'); time.sleep(0.01); open(sys.argv[2], 'a').write('leave\\n')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(log)]) for _ in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    lines = log.read_text().split()
+    assert lines == ["enter", "leave"] * 20
