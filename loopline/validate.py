@@ -57,6 +57,7 @@ __all__ = ["BatchVerdict", "ChunkVerdict", "Gate", "coerce_chunk", "CoercedChunk
 
 log = logging.getLogger(__name__)
 REASON_SEPARATOR = "; "
+EXAMPLE_CHARS = 80  # examples end up in artifacts and logs: long values are cut
 
 
 @dataclass
@@ -191,7 +192,8 @@ class Gate:
         quarantine["_reasons"] = pd.Series(self._reasons(masks, bad_pos, n), dtype=object)
         quarantine["_row"] = pd.Series(rows[bad_pos], dtype=np.int64)
         good_pos = np.flatnonzero(~bad)
-        clean = _to_clean_dtypes(typed.iloc[good_pos].reset_index(drop=True), self.contract)
+        clean = typed if not len(bad_pos) else typed[~bad].reset_index(drop=True)  # a filter beats a take
+        clean = _to_clean_dtypes(clean, self.contract)
 
         self._queue_for_gx(typed, bad_pos, good_pos)
         self._seq += n
@@ -225,7 +227,7 @@ class Gate:
         limit = self.cfg.bad_row_examples
         for check in self.checks:
             mask = masks[check.key]
-            hits = int(mask.sum())
+            hits = int(np.count_nonzero(mask))
             if not hits:
                 continue
             self._counts[check.key] += hits
@@ -233,7 +235,7 @@ class Gate:
             if len(examples) < limit:
                 for i in np.flatnonzero(mask)[: limit - len(examples)]:
                     value = raw[check.column].iat[i]
-                    examples.append({"row": int(rows[i]), "value": None if _missing(value) else str(value)})
+                    examples.append({"row": int(rows[i]), "value": _example(value)})
 
     def _reasons(self, masks: dict[str, np.ndarray], bad_pos: np.ndarray, n: int) -> list[str]:
         slot = np.full(n, -1, dtype=np.int64)
@@ -259,14 +261,27 @@ class Gate:
             self._run_gx(self._take_pending())
 
     def _sample_accepted(self, typed: pd.DataFrame, good_pos: np.ndarray, index: np.ndarray) -> None:
-        """A uniform sample of accepted rows over the whole batch: keep the k smallest random keys."""
+        """A uniform sample of accepted rows over the whole batch: the k rows with the smallest random keys.
+
+        Once k rows are kept, with largest key t, a new row only matters if its key is below t: so draw
+        how many rows of this chunk do (binomial), which ones, and their keys (uniform below t) - the same
+        distribution as a key per row, at a cost proportional to the sample instead of the chunk.
+        """
         k = self.cfg.gx_sample_rows
-        if k == 0 or not len(good_pos):
+        m = len(good_pos)
+        if k == 0 or not m:
             return
-        keys = self._rng.random(len(good_pos))
-        if len(keys) > k:
-            keep = np.argpartition(keys, k - 1)[:k]
-            keys, good_pos = keys[keep], good_pos[keep]
+        if len(self._sample_keys) == k:
+            threshold = float(self._sample_keys.max())
+            picked = np.sort(self._rng.choice(m, size=self._rng.binomial(m, threshold), replace=False))
+            keys, good_pos = self._rng.random(len(picked)) * threshold, good_pos[picked]
+        else:
+            keys = self._rng.random(m)
+            if m > k:
+                keep = np.argpartition(keys, k - 1)[:k]
+                keys, good_pos = keys[keep], good_pos[keep]
+        if not len(keys):
+            return
         rows = typed.iloc[good_pos].set_axis(pd.Index(index[good_pos]))
         frame = pd.concat([self._sample, rows]) if len(self._sample) else rows
         all_keys = np.concatenate([self._sample_keys, keys])
@@ -390,6 +405,14 @@ def _plain(values: pd.Series) -> np.ndarray:
     if pd.api.types.is_string_dtype(values.dtype):
         return values.to_numpy(dtype=object)
     return values.to_numpy()
+
+
+def _example(value) -> str | None:
+    """A bad value as an example in reports: its text, cut at EXAMPLE_CHARS."""
+    if _missing(value):
+        return None
+    text = str(value)
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 3] + "..."
 
 
 def _missing(value) -> bool:

@@ -13,14 +13,16 @@ contract type has one grammar, so the same value gets the same verdict whatever 
   naive value is taken as UTC; stored as naive UTC microseconds.
 - string/category: the text as received (no trimming).
 
-Typed output: int -> Int64, float -> float64, bool -> boolean, string/category -> string,
-timestamp -> datetime64[us]; a value that fails to parse becomes null and is reported in `type_failures`.
+Typed output: int -> Int64 (int64 when a reader typed the column, so it holds no nulls), float -> float64,
+bool -> boolean, string/category -> string, timestamp -> datetime64[us]; a value that fails to parse becomes
+null and is reported in `type_failures`.
 The grammars run in pyarrow (C++): a column that casts cleanly costs one cast; only a column with a bad value
 pays for the regex that finds it (the float regex accepts exactly what pyarrow's parser accepts).
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +34,8 @@ from loopline.contracts import ColumnSpec, Contract
 
 FLOAT_PATTERN = r"^[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))$"
 INT_PATTERN = r"^[+-]?[0-9]+$"
+NAIVE_TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?$"
+_FLOAT_RE = re.compile(FLOAT_PATTERN)
 BOOL_TRUE = ("true", "1")
 BOOL_FALSE = ("false", "0")
 # floats represent every integer exactly up to 2**53; beyond that "1e20" would not be the int it looks like
@@ -92,8 +96,12 @@ def _coerce_typed(values: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, np.nd
     is_bool = pd.api.types.is_bool_dtype(dtype)
     is_number = pd.api.types.is_numeric_dtype(dtype) and not is_bool
     if spec.type == "float" and is_number:
+        if dtype == np.float64:
+            return pd.Series(values.to_numpy(copy=False)), no_failures
         return pd.Series(values.to_numpy(dtype=np.float64, na_value=np.nan)), no_failures
     if spec.type == "int" and pd.api.types.is_integer_dtype(dtype):
+        if isinstance(dtype, np.dtype):  # numpy ints hold no nulls: stay int64, no copy
+            return pd.Series(values.to_numpy(dtype=np.int64, copy=False)), no_failures
         return values.astype("Int64").reset_index(drop=True), no_failures
     if spec.type == "int" and pd.api.types.is_float_dtype(dtype):
         return _floats_to_int(values.to_numpy(dtype=np.float64, na_value=np.nan))
@@ -143,18 +151,39 @@ def _keep(text: pa.Array, ok: pa.Array) -> pa.Array:
 
 # -- grammars --------------------------------------------------------------------------------------------
 def _parse_float(text: pa.Array) -> tuple[pd.Series, np.ndarray]:
-    # fast path: one cast of the text as received; it fails on blanks, "" and bad values alike, and then
-    # the grammar (the same one, plus blanks) finds which values are bad
+    # fast path: one cast of the text as received. It fails on "", blanks and bad values alike; then the
+    # grammar (in RE2) sorts the values it accepts as they are from the few left, which Python looks at
+    # one by one (blanks around a number, "" and the truly bad ones)
+    n = len(text)
+    failed = np.zeros(n, bool)
     try:
-        parsed = pc.cast(text, pa.float64())
-        failed = np.zeros(len(text), bool)
+        return pd.Series(_floats(pc.cast(text, pa.float64()))), failed
     except pa.ArrowInvalid:
-        text = _normalise(text)
-        ok = pc.match_substring_regex(text, FLOAT_PATTERN)
-        parsed = pc.cast(_keep(text, ok), pa.float64())
-        failed = _failures(text, ok)
+        pass
+    ok = pc.fill_null(pc.match_substring_regex(text, FLOAT_PATTERN), False)
+    values = _floats(pc.cast(_keep(text, ok), pa.float64()))
+    for i, raw in _leftovers(text, ok):
+        stripped = raw.strip()
+        if not stripped:
+            continue  # "" is null
+        if _FLOAT_RE.fullmatch(stripped):
+            values[i] = float(stripped)
+        else:
+            failed[i] = True
     # nan is null for every check (pandas and GX treat NaN as missing)
-    return pd.Series(parsed.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)), failed
+    return pd.Series(values), failed
+
+
+def _floats(parsed: pa.Array) -> np.ndarray:
+    return np.array(parsed.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _leftovers(text: pa.Array, ok: pa.Array) -> list[tuple[int, str]]:
+    """(position, value) of the non-null values the vectorised grammar did not accept."""
+    rest = np.flatnonzero(_failures(text, ok))
+    if not rest.size:
+        return []
+    return list(zip(rest.tolist(), text.take(pa.array(rest)).to_pylist(), strict=True))
 
 
 def _parse_int(text: pa.Array) -> tuple[pd.Series, np.ndarray]:
@@ -235,23 +264,37 @@ def _parse_bool(text: pa.Array) -> tuple[pd.Series, np.ndarray]:
 
 def _parse_timestamp(text: pa.Array) -> tuple[pd.Series, np.ndarray]:
     n = len(text)
-    try:
-        parsed = pc.cast(text, pa.timestamp("us")).to_numpy(zero_copy_only=False)
-        return pd.Series(np.asarray(parsed, dtype="datetime64[us]")), np.zeros(n, bool)
+    failed = np.zeros(n, bool)
+    try:  # fast path: arrow reads naive ISO 8601 ("2024-01-01T00:00:00", "2024-01-01 00:00")
+        return pd.Series(_stamps(pc.cast(text, pa.timestamp("us")))), failed
     except pa.ArrowInvalid:
-        text = _normalise(text)
-    # mixed spellings (offsets, dates, odd precision): pandas' ISO 8601 reader, then arrow for what it left
-    strings = pd.Series(text.to_pandas(types_mapper=None), dtype=object)
-    stamps = pd.to_datetime(strings, format="ISO8601", utc=True, errors="coerce")
-    result = stamps.dt.tz_convert(None).astype("datetime64[us]").to_numpy()
-    present = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
-    failed = present & np.isnat(result)
-    for i in np.flatnonzero(failed):
-        value = _arrow_timestamp(strings.iat[i])
-        if value is not None:
-            result[i] = value
-            failed[i] = False
+        pass
+    ok = pc.fill_null(pc.match_substring_regex(text, NAIVE_TIMESTAMP_PATTERN), False)
+    try:
+        result = _stamps(pc.cast(_keep(text, ok), pa.timestamp("us")))
+    except pa.ArrowInvalid:  # shaped like a timestamp but not one (month 13 ...): every value the slow way
+        ok = pa.array(np.zeros(n, bool))
+        result = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+    # the rest (offsets, dates, odd precision, blanks, garbage): pandas' ISO 8601 reader, then arrow per value
+    rest = [(i, raw.strip()) for i, raw in _leftovers(text, ok)]
+    rest = [(i, value) for i, value in rest if value]  # "" is null
+    if rest:
+        stamps = pd.to_datetime(
+            pd.Series([v for _, v in rest], dtype=object), format="ISO8601", utc=True, errors="coerce"
+        )
+        parsed = stamps.dt.tz_convert(None).astype("datetime64[us]").to_numpy()
+        for (i, value), stamp in zip(rest, parsed, strict=True):
+            if np.isnat(stamp):
+                stamp = _arrow_timestamp(value)
+            if stamp is None or np.isnat(stamp):
+                failed[i] = True
+            else:
+                result[i] = stamp
     return pd.Series(result), failed
+
+
+def _stamps(parsed: pa.Array) -> np.ndarray:
+    return np.array(parsed.to_numpy(zero_copy_only=False), dtype="datetime64[us]")
 
 
 def _arrow_timestamp(text: str) -> np.datetime64 | None:

@@ -83,7 +83,8 @@ class GxValidator:
                 name=name,
                 validation_definitions=[definition],
                 actions=actions,
-                result_format={"result_format": "COMPLETE"},
+                # COMPLETE names every failing row; the index query string (a copy of that list) is dropped
+                result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False},
             )
         )
 
@@ -96,10 +97,9 @@ class GxValidator:
         unexpected: dict[str, np.ndarray] = {}
         for item in validation.results:
             key = (item.expectation_config.meta or {}).get("loopline_key")
-            if item.exception_info and item.exception_info.get("raised_exception"):
-                raise EngineMismatchError(
-                    f"GX raised on {key}: {item.exception_info.get('exception_message')}"
-                )
+            error = _raised(item.exception_info)
+            if error is not None:
+                raise EngineMismatchError(f"GX could not evaluate {key}: {error}")
             unexpected[key] = np.asarray(item.result.get("unexpected_index_list") or [])
         page = None
         if self.data_docs_dir:
@@ -162,7 +162,7 @@ def to_gx_frame(typed: pd.DataFrame) -> pd.DataFrame:
         if isinstance(col.dtype, pd.Int64Dtype):
             if not col.isna().any():
                 col = col.astype(np.int64)
-            elif col.abs().max(skipna=True) < MAX_EXACT_FLOAT_INT or col.notna().sum() == 0:
+            elif not col.notna().any() or col.abs().max(skipna=True) < MAX_EXACT_FLOAT_INT:
                 col = col.astype(np.float64)
         elif isinstance(col.dtype, pd.BooleanDtype) and not col.isna().any():
             col = col.astype(bool)
@@ -189,6 +189,18 @@ def cross_check(run: GxRun, frame: pd.DataFrame, checks: list[Check]) -> dict[st
                 f"(rows only numpy flags: {only_ours}; only GX: {only_gx}; run {run.run_name})"
             )
     return masks
+
+
+def _raised(info) -> str | None:
+    """GX's exception_info is either one dict or a dict of them keyed by metric: the first error, if any."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
 
 
 def _url_to_path(url: str) -> str:

@@ -301,6 +301,27 @@ def test_batch_fails_when_too_many_rows_are_bad(tmp_path):
     assert "qty: expect_column_values_to_be_between" in result.reason
 
 
+def test_an_empty_batch_is_accepted_without_a_gx_run():
+    gate = Gate(CONTRACT, cfg=ValidationConfig(data_docs=False))
+    verdict = gate.validate_chunk(rows({}).iloc[:0], 0)
+    assert len(verdict.clean) == len(verdict.quarantine) == 0
+    result = gate.finish()
+    assert (result.rows_in, result.accepted, result.gx_success, result.gx_runs) == (0, True, True, [])
+    with pytest.raises(RuntimeError):
+        gate.validate_chunk(rows({}), 0)
+
+
+def test_examples_are_cut_and_counted_per_check():
+    gate = Gate(CONTRACT, cfg=ValidationConfig(data_docs=False, bad_row_examples=2))
+    gate.validate_chunk(rows({"note": "y" * 500}, {"note": "z" * 6}, {"note": "w" * 7}), 0)
+    entry = next(
+        e for e in gate.finish().per_expectation if e["column"] == "note" and e["check"] == "max_length"
+    )
+    assert entry["unexpected_count"] == entry["gx_unexpected_count"] == 3
+    assert [e["row"] for e in entry["examples"]] == [0, 1]
+    assert len(entry["examples"][0]["value"]) == 80 and entry["examples"][1]["value"] == "zzzzzz"
+
+
 def test_missing_and_unexpected_columns_fail_the_whole_batch():
     gate = Gate(CONTRACT, cfg=NO_GX)
     gate.check_columns(CONTRACT.column_names, file="ok.csv")

@@ -1,0 +1,360 @@
+"""bench/data_plane: the validation gate vs a plain Great Expectations run, and ingest vs the numpy limit.
+
+The demo source (contracts/demo.yaml: 38 columns, 64 GX expectations plus the gate's type and new-id checks),
+1M rows with 1% bad rows of every violation kind, one Parquet file of text (as an upstream hands it over).
+Timed side by side in one process, interleaved, best of --repeat (wall and CPU seconds):
+
+- ours (the number compared): `loopline.validate.Gate` over the 250k-row chunks of the typed frame -
+  numpy pass, row verdicts, clean/quarantine frames, and the GX audit run through a Checkpoint (COMPLETE on
+  the rejected rows plus a 10k-row sample of the accepted ones, cross-checked row by row). Data Docs off,
+  because the peer writes none (their cost is reported apart).
+- ours from text: the same gate fed the text chunks the source reader yields (it parses every value, which
+  the peer and the limit do not pay for: they start from the typed frame).
+- peer: a plain GX 1.x ValidationDefinition with the same suite on the same typed frame, result_format
+  COMPLETE with unexpected_index_column_names=[id] (what per-row quarantining needs).
+- limit: the same checks as one vectorised numpy pass over the typed frame (+ write_deltalake of the clean
+  and quarantine rows for the data-plane limit).
+- ingest + features: `loopline.ingest.ingest_source` (read, gate, raw/clean/quarantine Delta commits, ledger)
+  and `loopline.features.build_features` on a fresh lake, against the limit above.
+Verdicts: the peer's failing ids per expectation must equal the numpy pass's on the same frame, and the
+gate's counts must equal the peer's for every per-value expectation (uniqueness differs by design: GX fails
+every member of a duplicate group, the gate quarantines later arrivals only).
+
+    python -m bench data_plane [--rows 1000000] [--bad-fraction 0.01] [--repeat 3] [--big-rows 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PEER_NAME = (
+    "Great Expectations 1.24 ValidationDefinition, result_format COMPLETE + unexpected_index_column_names"
+)
+CHUNK_ROWS = 250_000
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = f", {int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.0f} GiB RAM"
+    except OSError:
+        mem = ""
+    return f"{model}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def timed(fn, repeat: int) -> tuple[dict, object]:
+    """Best-of-`repeat` wall and CPU seconds (the best is the run least disturbed by other load)."""
+    walls, cpus, result = [], [], None
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return {"s": min(walls), "cpu_s": min(cpus), "all_s": [round(w, 3) for w in walls]}, result
+
+
+def load_source(rows: int, bad_fraction: float, data_dir: Path):
+    from loopline.config import SyntheticConfig
+    from loopline.synthetic import generate_source
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return generate_source(SyntheticConfig(rows=rows, bad_fraction=bad_fraction, format="parquet"), data_dir)
+
+
+def read_text_chunks(path: Path, contract) -> list[pd.DataFrame]:
+    """The chunks exactly as ingest's reader yields them (text)."""
+    from loopline import sources
+
+    src = sources.SourceFile(uri=str(path), local_path=str(path), fmt="parquet")
+    return [c[contract.column_names] for c in sources.read_chunks(src, contract.column_names, CHUNK_ROWS)]
+
+
+# -- the contenders ------------------------------------------------------------------------------------------
+def run_gate(contract, chunks: list[pd.DataFrame], docs_dir: str | None = None):
+    from loopline.config import ValidationConfig
+    from loopline.validate import Gate
+
+    cfg = ValidationConfig(data_docs=docs_dir is not None, quarantine_max_fraction=0.2)
+    gate = Gate(
+        contract, existing_ids=np.array([], dtype=np.int64), cfg=cfg, data_docs_dir=docs_dir, batch_id="bench"
+    )
+    offset = 0
+    for chunk in chunks:
+        gate.validate_chunk(chunk, row_offset=offset)
+        offset += len(chunk)
+    return gate.finish()
+
+
+def make_peer(contract):
+    """A plain GX setup: ephemeral context, pandas data source, the suite, one ValidationDefinition."""
+    from loopline.gx_suite import build_suite
+    from loopline.validation_gx import import_gx
+
+    gx = import_gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # as the gate runs it
+    batch = (
+        context.data_sources.add_pandas("bench")
+        .add_dataframe_asset("demo")
+        .add_batch_definition_whole_dataframe("all")
+    )
+    suite = context.suites.add(build_suite(contract))
+    return context.validation_definitions.add(gx.ValidationDefinition(name="bench", data=batch, suite=suite))
+
+
+def run_peer(definition, frame: pd.DataFrame, id_column: str):
+    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]}
+    return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+
+
+def run_limit(contract, frame: pd.DataFrame, out_dir: Path | None):
+    """The same checks as one numpy pass (+ plain write_deltalake of clean and quarantine rows)."""
+    from loopline.gx_suite import compile_checks
+    from loopline.validation_gx import evaluate
+
+    masks = evaluate(frame, compile_checks(contract))
+    bad = np.zeros(len(frame), dtype=bool)
+    for mask in masks.values():
+        bad |= mask
+    if out_dir is not None:
+        from deltalake import write_deltalake
+
+        shutil.rmtree(out_dir, ignore_errors=True)
+        write_deltalake(str(out_dir / "clean"), frame[~bad], mode="append")
+        write_deltalake(str(out_dir / "quarantine"), frame[bad], mode="append")
+    return masks
+
+
+def run_ingest(contract, source: Path, home: Path):
+    from loopline.config import LifecycleConfig
+    from loopline.features import build_features
+    from loopline.ingest import ingest_source
+    from loopline.lake import Lake
+
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    cfg = LifecycleConfig(home=str(home))
+    cfg.validation.quarantine_max_fraction = 0.2
+    lake = Lake(root=str(home / "lake"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    results = ingest_source(str(source), contract, lake, cfg)
+    ingest = (time.perf_counter() - t0, time.process_time() - c0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    features = build_features(lake, contract, cfg.features)
+    feats = (time.perf_counter() - t0, time.process_time() - c0)
+    return {
+        "ingest": ingest,
+        "features": feats,
+        "results": [r.as_dict() for r in results],
+        "features_result": features,
+    }
+
+
+# -- verdicts --------------------------------------------------------------------------------------------
+def compare_verdicts(contract, frame: pd.DataFrame, peer_result, masks: dict, gate_verdict) -> dict:
+    ids = frame[contract.id].to_numpy()
+    mismatches = []
+    peer_counts = {}
+    for item in peer_result.results:
+        key = item.expectation_config.meta["loopline_key"]
+        peer_ids = {row[contract.id] for row in item.result.get("unexpected_index_list") or []}
+        peer_counts[key] = int(item.result.get("unexpected_count") or 0)
+        ours_ids = set(ids[masks[key]].tolist())
+        if peer_ids != ours_ids or peer_counts[key] != int(masks[key].sum()):
+            mismatches.append(f"{key}: peer {peer_counts[key]} rows, numpy {int(masks[key].sum())}")
+    for entry in gate_verdict.per_expectation:
+        key = f"{entry['column']}:{entry['check']}"
+        if (
+            entry["gx_expectation"]
+            and entry["check"] != "unique"
+            and entry["unexpected_count"] != peer_counts[key]
+        ):
+            mismatches.append(f"{key}: gate {entry['unexpected_count']} rows, peer {peer_counts[key]}")
+    return {
+        "identical": not mismatches,
+        "mismatches": mismatches,
+        "expectations": len(peer_counts),
+        "failing_expectations": sum(1 for v in peer_counts.values() if v),
+        "peer_unexpected_rows": int(sum(peer_counts.values())),
+    }
+
+
+# -- 10M rows, bounded memory ------------------------------------------------------------------------------
+def run_big(rows: int, bad_fraction: float) -> dict:
+    """The gate over `rows` generated chunk by chunk in a child process: time and peak RSS."""
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(REPO)!r}); from bench.data_plane import big_child; "
+        f"print(json.dumps(big_child({rows}, {bad_fraction!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def big_child(rows: int, bad_fraction: float) -> dict:
+    """One 250k-row text chunk of the source, replayed with fresh ids until `rows` went through one gate."""
+    from loopline.config import ValidationConfig
+    from loopline.contracts import load_contract
+    from loopline.validate import Gate
+    from loopline.validation_gx import import_gx
+
+    import_gx()
+    contract = load_contract(REPO / "contracts" / "demo.yaml")
+    source = load_source(
+        CHUNK_ROWS, bad_fraction, Path(f"/tmp/loopline-bench-data-plane/r{CHUNK_ROWS}-b{bad_fraction:g}")
+    )
+    (template,) = read_text_chunks(source, contract)
+    gate = Gate(contract, cfg=ValidationConfig(data_docs=False, quarantine_max_fraction=0.2), batch_id="big")
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    for offset in range(0, rows, CHUNK_ROWS):
+        chunk = template.copy()
+        chunk[contract.id] = pd.array((offset + np.arange(len(chunk))).astype(str), dtype="str")
+        gate.validate_chunk(chunk, row_offset=offset)
+    verdict = gate.finish()
+    return {
+        "rows": verdict.rows_in,
+        "gate_s": round(time.perf_counter() - t0, 2),
+        "rows_quarantined": verdict.rows_quarantined,
+        "gx_rows_validated": verdict.gx_rows_validated,
+        "gx_runs": len(verdict.gx_runs),
+        "peak_rss_mib_before": round(rss_start / 1024),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def print_table(result: dict) -> None:
+    d = result["details"]
+    rows = [
+        ("validate: ours (gate, typed chunks, GX audit)", d["ours"]),
+        ("validate: ours from text (parses every value)", d["ours_text"]),
+        ("validate: ours + Data Docs", d["ours_docs"]),
+        (f"validate: peer ({result['peer_name'][:38]})", d["peer"]),
+        ("validate: limit (numpy pass)", d["limit"]),
+        ("data plane limit (numpy + write_deltalake)", d["limit_write"]),
+    ]
+    if "ingest" in d:
+        rows += [
+            ("ingest_source (ours, from the file)", d["ingest"]),
+            ("build_features (ours)", d["features"]),
+        ]
+    print(
+        f"\nbench/data_plane  {result['params']['rows']:,} rows x 38 columns, {result['params']['bad_fraction']:.0%} bad"
+    )
+    print(f"on {result['machine']}\n")
+    print(f"{'':56s} {'wall s':>8s} {'cpu s':>8s}")
+    for label, t in rows:
+        print(f"{label:56s} {t['s']:8.3f} {t['cpu_s']:8.3f}")
+    print(f"\nratio peer/ours: {result['ratio']:.2f}x wall, {d['ratio_cpu']:.2f}x cpu (goal >= 2x)")
+    print(f"verdicts identical: {d['verdicts']['identical']} {d['verdicts']['mismatches'][:3]}")
+    if "big" in d:
+        b = d["big"]
+        print(f"{b['rows']:,} rows through the gate: {b['gate_s']} s, peak RSS {b['peak_rss_mib']} MiB")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench data_plane", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the batch")
+    parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of rows with a violation")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per contender (best counts)")
+    parser.add_argument("--skip-ingest", action="store_true", help="skip ingest_source + build_features")
+    parser.add_argument(
+        "--big-rows", type=int, default=0, help="also push this many rows through the gate (child)"
+    )
+    parser.add_argument("--data-dir", default=None, help="where the source file is cached")
+    args = parser.parse_args(argv)
+
+    from loopline.contracts import load_contract
+    from loopline.validation_coerce import coerce_chunk
+    from loopline.validation_gx import import_gx, to_gx_frame
+
+    import_gx()  # import cost (about 6 s) is paid once, outside every timing
+    contract = load_contract(REPO / "contracts" / "demo.yaml")
+    data_dir = Path(args.data_dir or f"/tmp/loopline-bench-data-plane/r{args.rows}-b{args.bad_fraction:g}")
+    source = load_source(args.rows, args.bad_fraction, data_dir)
+    text_chunks = read_text_chunks(source, contract)
+    typed = pd.concat([coerce_chunk(c, contract).frame for c in text_chunks], ignore_index=True)
+    frame = to_gx_frame(typed)  # the frame peer and limit see: GX's fast dtypes, RangeIndex
+    typed_chunks = [frame.iloc[i : i + CHUNK_ROWS] for i in range(0, len(frame), CHUNK_ROWS)]
+    definition = make_peer(contract)
+    work = Path(tempfile.mkdtemp(prefix="loopline-bench-"))
+    details: dict = {}
+    try:
+        details["ours"], verdict = timed(lambda: run_gate(contract, typed_chunks), args.repeat)
+        details["peer"], peer_result = timed(lambda: run_peer(definition, frame, contract.id), args.repeat)
+        details["ours_text"], _ = timed(lambda: run_gate(contract, text_chunks), args.repeat)
+        details["limit"], masks = timed(lambda: run_limit(contract, frame, None), args.repeat)
+        details["limit_write"], _ = timed(lambda: run_limit(contract, frame, work / "limit"), args.repeat)
+        details["ours_docs"], _ = timed(lambda: run_gate(contract, typed_chunks, str(work / "docs")), 1)
+        details["verdicts"] = compare_verdicts(contract, frame, peer_result, masks, verdict)
+        details["gate"] = {
+            "rows_quarantined": verdict.rows_quarantined,
+            "gx_rows_validated": verdict.gx_rows_validated,
+            "gx_runs": len(verdict.gx_runs),
+        }
+        if not args.skip_ingest:
+            best = None
+            for _ in range(max(1, min(args.repeat, 2))):
+                run = run_ingest(contract, source, work / "home")
+                if best is None or run["ingest"][0] < best["ingest"][0]:
+                    best = run
+            details["ingest"] = {"s": best["ingest"][0], "cpu_s": best["ingest"][1]}
+            details["features"] = {"s": best["features"][0], "cpu_s": best["features"][1]}
+            details["ingest_result"] = {
+                k: best["results"][0][k] for k in ("rows_in", "rows_clean", "rows_quarantined", "accepted")
+            }
+        if args.big_rows:
+            details["big"] = run_big(args.big_rows, args.bad_fraction)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    details["ratio_cpu"] = details["peer"]["cpu_s"] / details["ours"]["cpu_s"]
+    result = {
+        "name": "data_plane",
+        "machine": machine(),
+        "params": {
+            "rows": args.rows,
+            "bad_fraction": args.bad_fraction,
+            "columns": len(contract.columns),
+            "gx_expectations": details["verdicts"]["expectations"],
+            "chunk_rows": CHUNK_ROWS,
+            "repeat": args.repeat,
+            "metric": "seconds to validate one batch with per-row verdicts (best of repeat, wall)",
+        },
+        "ours": details["ours"]["s"],
+        "peer": details["peer"]["s"],
+        "ratio": details["peer"]["s"] / details["ours"]["s"],
+        "unit": "s",
+        "peer_name": PEER_NAME,
+        "details": details,
+    }
+    print_table(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "data_plane.json"
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\nwrote {out.relative_to(REPO)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
