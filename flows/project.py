@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,24 @@ def deploy_project(
         if not entry_file.exists():
             continue  # a stage not in this checkout yet; the rest still deploys
         triggers = copy.deepcopy(raw.get("triggers") or [])  # event templates stay for the server
-        conf = apply_values({k: v for k, v in raw.items() if k != "triggers"}, env, remove_notset=False)
-        pull = apply_values(conf.get("pull", spec.get("pull")) or [], env, remove_notset=False)
+        with _environ(env):  # prefect resolves `{{ $VAR }}` from os.environ only
+            conf = apply_values({k: v for k, v in raw.items() if k != "triggers"}, {}, remove_notset=False)
+            pull = apply_values(conf.get("pull", spec.get("pull")) or [], {}, remove_notset=False)
         deployment_id, flow_name = _create_deployment(client, conf, pull)
         _replace_triggers(client, deployment_id, conf["name"], triggers, trigger_within_seconds or {})
         deployed.append(f"{flow_name}/{conf['name']}")
     return sorted(deployed)
+
+
+@contextmanager
+def _environ(env: dict[str, str]):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _create_deployment(client, conf: dict[str, Any], pull: list[dict[str, Any]]):

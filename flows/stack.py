@@ -74,6 +74,8 @@ def up(
         if _stack_alive(existing):
             return {**existing, "already_running": True}
         down(str(root))  # a stale stack.json (a crash, a reboot): clear what is left of it
+    if postgres_url:
+        asyncpg_url(postgres_url)  # a malformed URL is exit 2 before anything starts
     if config_path:
         from loopline.config import load_config
 
@@ -290,9 +292,20 @@ def _base_env(root: Path) -> dict[str, str]:
 def _server_env(root: Path, postgres_url: str | None) -> dict[str, str]:
     env = _base_env(root)
     env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
-    if postgres_url:
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = postgres_url  # env only: never on a command line
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if postgres_url:  # env only: never on a command line, where `ps` shows the password
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = asyncpg_url(postgres_url)
     return env
+
+
+def asyncpg_url(url: str) -> str:
+    """Prefect's server talks to Postgres through asyncpg: `postgresql://` becomes `postgresql+asyncpg://`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql", "postgresql+asyncpg"):
+        raise ConfigError(
+            f"postgres URL {redact_url(url)!r}: expected postgresql://user:password@host:port/database"
+        )
+    return f"postgresql+asyncpg://{rest}"
 
 
 def _client_env(
