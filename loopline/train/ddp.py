@@ -1,9 +1,12 @@
 """DDP: `training.devices: N` runs N worker processes under torchrun (gloo on CPU, nccl on GPU).
 
-The parent (run_training) keeps the MLflow run, the GPU sampler and the preemption watch; it writes a
-spec, starts `python -m torch.distributed.run --standalone --nproc-per-node N -m loopline.train.worker
-SPEC`, relays rank 0's progress lines, and forwards SIGTERM to torchrun when preemption is requested
-(torchrun passes it on to every worker; they agree on the step, rank 0 checkpoints, all exit 143).
+The parent (run_training) keeps the MLflow run, the GPU sampler and the preemption watch. It has read
+the split once; it hands the arrays to the workers as .npy files (so every
+rank sees exactly the same rows and no worker imports Delta or MLflow), writes a spec, starts
+`python -m torch.distributed.run --standalone --nproc-per-node N -m loopline.train.worker SPEC`, relays
+rank 0's progress and metric lines to the callbacks (MLflow), and forwards SIGTERM to torchrun when
+preemption is requested (torchrun passes it on to every worker; they agree on the step, rank 0
+checkpoints, all exit 143).
 Every worker loads the latest checkpoint at start, so a rerun resumes whatever killed the last one.
 """
 
@@ -21,9 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from loopline.lake import Lake
+from loopline.train.loop import TrainingData
 from loopline.train.outcome import TrainOutcome
 from loopline.train.preemption import Preempted, PreemptionWatch
 
@@ -60,22 +65,47 @@ def worker_env(lake: Lake, nproc: int) -> dict[str, str]:
     return env
 
 
+def write_arrays(data: TrainingData, folder: Path) -> dict[str, Any]:
+    """The split as .npy files each worker loads; returns the spec's `data` entry."""
+    arrays = {}
+    for name in ("X_train", "y_train", "X_valid", "y_valid"):
+        value = getattr(data, name)
+        if value is not None:
+            path = folder / f"{name}.npy"
+            np.save(path, value)
+            arrays[name] = str(path)
+    return {"arrays": arrays, "task": data.task, "n_classes": data.n_classes}
+
+
+def read_arrays(entry: dict[str, Any]) -> TrainingData:
+    loaded = {name: np.load(path) for name, path in entry["arrays"].items()}
+    return TrainingData(
+        X_train=loaded["X_train"],
+        y_train=loaded["y_train"],
+        task=entry["task"],
+        X_valid=loaded.get("X_valid"),
+        y_valid=loaded.get("y_valid"),
+        n_classes=entry["n_classes"],
+    )
+
+
 def launch_ddp(
     spec: dict[str, Any],
+    data: TrainingData,
     *,
     lake: Lake,
     nproc: int,
     watch: PreemptionWatch,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainOutcome:
     """Run the workers and return rank 0's outcome (weights included). Raises Preempted or RuntimeError."""
     with tempfile.TemporaryDirectory(prefix="loopline-ddp-") as tmp:
-        paths = {
-            name: str(Path(tmp) / name)
-            for name in ("spec.json", "result.json", "weights.pt", "progress.jsonl", "torchrun.log")
-        }
+        names = ("spec.json", "result.json", "weights.pt", "progress.jsonl", "torchrun.log")
+        paths = {name: str(Path(tmp) / name) for name in names}
         spec = {
             **spec,
+            "data": write_arrays(data, Path(tmp)),
             "lake": {"root": lake.root, "endpoint_url": lake.endpoint_url, "region": lake.region},
             "result_path": paths["result.json"],
             "weights_path": paths["weights.pt"],
@@ -94,9 +124,9 @@ def launch_ddp(
                     forwarded_at = time.monotonic()
                 if forwarded_at is not None and time.monotonic() - forwarded_at > TERMINATE_GRACE_SECONDS:
                     proc.kill()
-                progress_offset = _relay_progress(paths["progress.jsonl"], progress_offset, on_progress)
+                progress_offset = _relay(paths["progress.jsonl"], progress_offset, on_progress, on_metrics)
                 time.sleep(POLL_SECONDS)
-            _relay_progress(paths["progress.jsonl"], progress_offset, on_progress)
+            _relay(paths["progress.jsonl"], progress_offset, on_progress, on_metrics)
         result = (
             json.loads(Path(paths["result.json"]).read_text())
             if Path(paths["result.json"]).exists()
@@ -125,7 +155,13 @@ def launch_ddp(
         return outcome
 
 
-def _relay_progress(path: str, offset: int, on_progress: Callable[[dict[str, Any]], None] | None) -> int:
+def _relay(
+    path: str,
+    offset: int,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None,
+) -> int:
+    """Pass rank 0's complete lines on: {"progress": {...}} or {"metrics": {...}, "step": n}."""
     if not os.path.exists(path):
         return offset
     with open(path, "rb") as fh:
@@ -133,9 +169,14 @@ def _relay_progress(path: str, offset: int, on_progress: Callable[[dict[str, Any
         data = fh.read()
     complete = data[: data.rfind(b"\n") + 1]
     for line in complete.splitlines():
-        if on_progress and line.strip():
-            try:
-                on_progress(json.loads(line))
-            except Exception as exc:  # a progress consumer must not kill training
-                log.debug("progress callback failed: %s", exc)
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if "progress" in item and on_progress:
+                on_progress(item["progress"])
+            elif "metrics" in item and on_metrics:
+                on_metrics(int(item["step"]), item["metrics"])
+        except Exception as exc:  # a progress consumer must not kill training
+            log.debug("relaying %r failed: %s", line[:200], exc)
     return offset + len(complete)

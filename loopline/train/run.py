@@ -137,16 +137,17 @@ def run_training(
 
                     spec = {
                         "config": cfg.model_dump(mode="json"),
-                        "dataset": dataset,
-                        "features_version": inputs.features_version,
                         "checkpoint_prefix": store.prefix_uri,
                         "checkpoint_meta": checkpoint_meta,
-                        "tracking_uri": tracking_uri,
-                        "run_id": run_id,
                     }
-                    metric_logger.close()  # rank 0 logs this run's metrics while the workers run
                     outcome = launch_ddp(
-                        spec, lake=lake, nproc=tcfg.devices, watch=watch, on_progress=on_progress
+                        spec,
+                        inputs.data,
+                        lake=lake,
+                        nproc=tcfg.devices,
+                        watch=watch,
+                        on_progress=on_progress,
+                        on_metrics=metric_logger.log,
                     )
                 else:
                     from loopline.train.loop import train_loop

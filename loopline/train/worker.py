@@ -1,8 +1,9 @@
 """One DDP worker: `python -m torch.distributed.run ... -m loopline.train.worker SPEC` (see ddp.py).
 
-Reads the pinned features version, joins the process group, runs the shared training loop; rank 0
-writes checkpoints, logs metrics to the parent's MLflow run, appends progress lines and reports the
+Memory-maps the arrays the parent wrote, joins the process group, runs the shared training loop; rank 0
+writes checkpoints, appends progress and metric lines (the parent sends them to MLflow) and reports the
 outcome (and the final weights) in files the parent reads. Exit 143 when preempted, resumable.
+Imports torch and numpy only: no Delta, no MLflow, so workers start fast.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from loopline.config import LifecycleConfig
 from loopline.lake import Lake
 from loopline.train.checkpoint import CheckpointStore
-from loopline.train.inputs import load_training_inputs
+from loopline.train.ddp import read_arrays
 from loopline.train.loop import resolve_device, train_loop
 from loopline.train.outcome import TrainOutcome
 from loopline.train.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch
@@ -49,32 +50,29 @@ def main(argv: list[str] | None = None) -> int:
         access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
     )
-    inputs = load_training_inputs(lake, spec["dataset"], spec["features_version"])
+    data = read_arrays(spec["data"])
     store = CheckpointStore(lake, spec["checkpoint_prefix"], tcfg.keep_last_checkpoints)
-    metric_logger = None
-    if rank == 0 and spec.get("run_id"):
-        from loopline.train.tracking import MlflowMetricLogger
 
-        metric_logger = MlflowMetricLogger(spec["tracking_uri"], spec["run_id"])
-
-    def on_progress(payload: dict) -> None:
+    def append(item: dict) -> None:
         with open(spec["progress_path"], "a") as fh:
-            fh.write(json.dumps(payload) + "\n")
+            fh.write(json.dumps(item) + "\n")
 
     code = 0
     try:
         with PreemptionWatch(handle_sigterm=True) as watch:
             result = train_loop(
                 tcfg,
-                inputs.data,
+                data,
                 store=store,
                 device=device,
                 meta=spec.get("checkpoint_meta") or {},
                 rank=rank,
                 world_size=world_size,
                 watch=watch,
-                on_metrics=metric_logger.log if metric_logger else None,
-                on_progress=on_progress if rank == 0 else None,
+                on_metrics=(lambda step, metrics: append({"step": step, "metrics": metrics}))
+                if rank == 0
+                else None,
+                on_progress=(lambda payload: append({"progress": payload})) if rank == 0 else None,
             )
         if rank == 0:
             outcome = TrainOutcome.from_loop(result, world_size=world_size)
@@ -91,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
             Path(spec["result_path"]).write_text(json.dumps({"preempted": info}))
         code = PREEMPTED_EXIT_CODE
     finally:
-        if metric_logger is not None:
-            metric_logger.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     return code
