@@ -1,6 +1,9 @@
 """The whole loop as one flow. Each stage is a subflow, so every step shows in the Prefect UI.
 
 Its one parameter is the LifecycleConfig, which the Prefect UI renders as a form.
+
+ingest -> validate -> monitor the new batch against the champion (drift; the event starts `retrain` on a
+server) -> features -> train -> evaluate + promote -> deploy to the model server.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from loopline.config import LifecycleConfig
 
 @flow(name="lifecycle", log_prints=True)
 def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
+    from flows.deployment import deployment_flow
+    from flows.drift import drift_flow
     from flows.features import features_flow
     from flows.ingest import ingest_flow
     from flows.promotion import promotion_flow
@@ -19,16 +24,21 @@ def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
 
     cfg = config or LifecycleConfig()
     result: dict = {}
-    # Ingest + validate: land the batch, quarantine bad rows
-    result["ingest"] = ingest_flow(cfg)
+    # Ingest + validate: land the batch, quarantine bad rows (a rejected batch stops the run here)
+    result["ingest"] = batches = ingest_flow(cfg)
+    # Monitor: is the new data still what the champion was trained on? (skipped before the first champion)
+    fresh = [b for b in batches if b["accepted"] and not b["duplicate_batch"]]
+    if fresh:
+        model = cfg.model_name or fresh[-1]["dataset"]
+        result["drift"] = drift_flow(cfg, model=model, current=f"batch:{fresh[-1]['batch_id']}", skip_unknown_model=True)
     # Features: versioned, incremental
     result["features"] = features = features_flow(cfg)
     # Train: on exactly the features version just built; resumes after any interruption
-    result["train"] = trained = train_flow(
-        cfg, dataset=features["dataset"], features_version=features["features_version"]
-    )
+    result["train"] = trained = train_flow(cfg, dataset=features["dataset"], features_version=features["features_version"])
     # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place
-    result["promote"] = promotion_flow(
-        cfg, model=trained["model_name"], version=int(trained["model_version"])
-    )
+    result["promote"] = promoted = promotion_flow(cfg, model=trained["model_name"], version=int(trained["model_version"]))
+    # Deploy: the model server serves @champion (started if none runs); an unhealthy swap rolls back
+    if cfg.serving.deploy:
+        result["deploy"] = deployment_flow(cfg, model=trained["model_name"], start_if_missing=True)
+    result["champion_version"] = promoted.get("champion_version")
     return result
