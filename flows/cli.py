@@ -305,12 +305,15 @@ def up(
 
 @app.command()
 def down(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Stop what `loopline up` started for this LOOPLINE_HOME, and only that."""
+    """Stop what `loopline up` (and the deploy stage) started for this LOOPLINE_HOME, and only that."""
     try:
         cfg = _config(config, set_)
         from flows.stack import down as stack_down
+        from loopline.deploy import stop_all_servers
 
-        _emit(stack_down(cfg.home), as_json)
+        result = {"model_servers_stopped": stop_all_servers(cfg.home)}
+        result.update(stack_down(cfg.home))
+        _emit(result, as_json)
     except Exception as exc:
         _fail(exc, as_json)
 

@@ -189,3 +189,12 @@ def champion_version(tracking_uri: str, model: str) -> int:
     from loopline.evaluate import registry_client
 
     return int(registry_client(tracking_uri).get_model_version_by_alias(model, "champion").version)
+
+
+def stop_all_servers(home: str) -> list[str]:
+    """Stop every model server the deployment stage started for this home (`loopline down`)."""
+    record = _serving_dir(home) / "servers.json"
+    entries = json.loads(record.read_text() or "[]") if record.exists() else []
+    for entry in entries:
+        stop_server(home, Server(**entry))
+    return [e["url"] for e in entries]
