@@ -156,7 +156,8 @@ class ServingConfig(_Section):
     log_flush_seconds: float = Field(5.0, gt=0, description="inference-log write cadence (one Delta commit each)")
     log_flush_rows: int = Field(100_000, ge=1, description="write sooner once this many rows wait")
     graceful_timeout_seconds: float = Field(30.0, gt=0, description="on SIGTERM: time for in-flight requests")
-    confirm_timeout_seconds: float = Field(60.0, gt=0)
+    deploy: bool = Field(True, description="the lifecycle puts a promoted champion into service (starts a server if none runs)")
+    confirm_timeout_seconds: float = Field(60.0, gt=0, description="deployment: wait this long for /version to show the champion")
     canary_seconds: float = Field(0.0, ge=0, description="canary period after a promotion; 0 disables")
     canary_weight: float = Field(0.1, ge=0, le=1)
 
