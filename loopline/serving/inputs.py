@@ -59,6 +59,11 @@ class InputChecker:
             c for c in self.feature_columns if contract.columns[c].nullable
         }
         self.numeric = [c for c in self.kept if contract.columns[c].is_numeric]
+        # numeric columns the one-pass check can take (no `values` list) and the JSON types it accepts
+        self.numeric_simple = [c for c in self.numeric if contract.columns[c].values is None]
+        self.int_columns = {c for c in self.numeric if contract.columns[c].type == "int"}
+        self.allowed_types = {c: {int} if c in self.int_columns else {int, float} for c in self.numeric}
+        self._bounds: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self.regex = {n: re.compile(s.regex) for n, s in contract.columns.items() if s.regex}
 
     def check(self, cols: Columns) -> TypedRows:
@@ -95,38 +100,45 @@ class InputChecker:
     def _check_numbers_at_once(self, cols: Columns) -> dict[str, Column]:
         """The common case in one numpy pass: number columns without nulls, all in range. A column that
         fails here (or is not that simple) goes through `check_column`, which names the problem."""
-        names, lows, highs = [], [], []
-        for name in self.numeric:
-            raw = cols.data.get(name)
-            if raw is None:
-                continue
-            spec = self.contract.columns[name]
-            types = set(map(type, raw))
-            if types <= ({int} if spec.type == "int" else {int, float}) and spec.values is None:
+        data = cols.data
+        names = []
+        for name in self.numeric_simple:
+            raw = data.get(name)
+            if raw is not None and set(map(type, raw)) <= self.allowed_types[name]:
                 names.append(name)
-                lows.append(-np.inf if spec.min is None else spec.min)
-                highs.append(np.inf if spec.max is None else spec.max)
         if not names or cols.n_rows == 0:
             return {}
         try:
-            matrix = np.array([cols.data[n] for n in names], dtype=np.float64)
+            matrix = np.array([data[n] for n in names], dtype=np.float64)
         except (OverflowError, ValueError):  # an int beyond float range: the column path names it
             return {}
-        with np.errstate(invalid="ignore"):
-            ok = (
-                np.isfinite(matrix)
-                & (matrix >= np.array(lows)[:, None])
-                & (matrix <= np.array(highs)[:, None])
+        key = tuple(names)
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            if len(self._bounds) > 64:  # clients sending ever new column subsets: stay bounded
+                self._bounds.clear()
+            lows = np.array(
+                [
+                    self.contract.columns[n].min if self.contract.columns[n].min is not None else -np.inf
+                    for n in names
+                ]
             )
+            highs = np.array(
+                [
+                    self.contract.columns[n].max if self.contract.columns[n].max is not None else np.inf
+                    for n in names
+                ]
+            )
+            bounds = self._bounds[key] = (lows[:, None], highs[:, None])
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(matrix) & (matrix >= bounds[0]) & (matrix <= bounds[1])
             ok &= np.abs(matrix) <= 2**53  # ints beyond this need exact handling
         good = ok.all(axis=1)
         out: dict[str, Column] = {}
         for i, name in enumerate(names):
             if good[i]:
                 row = matrix[i]
-                out[name] = Column(
-                    row.astype(np.int64) if self.contract.columns[name].type == "int" else row, None
-                )
+                out[name] = Column(row.astype(np.int64) if name in self.int_columns else row, None)
         return out
 
 

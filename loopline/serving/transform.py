@@ -23,33 +23,96 @@ _TS_SCALE = {"hour": 23.0, "dayofweek": 6.0, "month": 11.0, "dayofyear": 365.0, 
 
 def compile_transform(transform: Any) -> Callable[[TypedRows], np.ndarray] | None:
     """A function TypedRows -> float32 [n, d] equal to `transform.transform(frame)`, or None if a step
-    kind is unknown here."""
-    steps: list[tuple[str, StepFn, int]] = []
+    kind is unknown here. Numeric steps run together as one [n, k] array (per-column constants as
+    vectors: the same elementwise IEEE operations, so the same bits); the other steps run per column."""
+    numeric = _NumericBlock()
+    others: list[tuple[str, StepFn, int]] = []  # (column, fn, first output position)
+    j = 0
     for step in transform.steps:
+        if step["kind"] == "numeric" and step["op"] in _NUMERIC_OPS:
+            numeric.add(step, j)
+            j += 2 if step["nullable"] else 1
+            continue
         compiled = _compile_step(step)
         if compiled is None:
             return None
-        steps.append((step["column"], *compiled))
+        fn, width = compiled
+        others.append((step["column"], fn, j))
+        j += width
     width = len(transform.feature_names)
-    if sum(w for _, _, w in steps) != width:
+    if j != width:
         return None
+    numeric.freeze()
 
     def apply(rows: TypedRows) -> np.ndarray:
         n = rows.n_rows
         out = np.empty((n, width), dtype=np.float32)
-        j = 0
-        for column, fn, w in steps:
-            out[:, j : j + w] = fn(rows.columns[column], n)
-            j += w
+        numeric.apply(rows, out)
+        for column, fn, start in others:
+            block = fn(rows.columns[column], n)
+            out[:, start : start + block.shape[1]] = block
         return out
 
     return apply
 
 
+_NUMERIC_OPS = ("passthrough", "standardise", "log1p", "clip")
+
+
+class _NumericBlock:
+    """All numeric steps as one array: loopline.features._apply_step's arithmetic, column-vectorised."""
+
+    def __init__(self) -> None:
+        self.columns: list[str] = []
+        self.positions: list[int] = []
+        self.steps: list[dict[str, Any]] = []
+
+    def add(self, step: dict[str, Any], position: int) -> None:
+        self.columns.append(step["column"])
+        self.positions.append(position)
+        self.steps.append(step)
+
+    def freeze(self) -> None:
+        steps = self.steps
+        ops = np.array([s["op"] for s in steps], dtype=object)
+        self.log1p = np.flatnonzero(ops == "log1p")
+        self.clip = np.flatnonzero(ops == "clip")
+        self.lo = np.array([steps[i]["lo"] for i in self.clip], dtype=np.float64)
+        self.hi = np.array([steps[i]["hi"] for i in self.clip], dtype=np.float64)
+        self.scaled = np.flatnonzero(ops != "passthrough")
+        self.mean = np.array([steps[i]["mean"] for i in self.scaled], dtype=np.float64)
+        self.std = np.array([steps[i]["std"] for i in self.scaled], dtype=np.float64)
+        # a missing value becomes 0 after scaling, the training mean when passed through
+        self.fill = np.array(
+            [0.0 if s["op"] != "passthrough" else s["mean"] for s in steps], dtype=np.float64
+        )
+        self.value_at = np.array(self.positions, dtype=np.int64)
+        self.nullable = np.flatnonzero(np.array([bool(s["nullable"]) for s in steps], dtype=bool))
+        self.null_at = self.value_at[self.nullable] + 1
+
+    def apply(self, rows: TypedRows, out: np.ndarray) -> None:
+        if not self.columns:
+            return
+        values = np.empty((rows.n_rows, len(self.columns)), dtype=np.float64)
+        for i, name in enumerate(self.columns):
+            values[:, i] = _as_float(rows.columns[name])
+        missing = ~np.isfinite(values)
+        with np.errstate(invalid="ignore"):
+            if self.log1p.size:
+                block = values[:, self.log1p]
+                values[:, self.log1p] = np.sign(block) * np.log1p(np.abs(block))
+            if self.clip.size:
+                values[:, self.clip] = np.clip(values[:, self.clip], self.lo, self.hi)
+            if self.scaled.size:
+                values[:, self.scaled] = (values[:, self.scaled] - self.mean) / self.std
+        values = np.where(missing, self.fill, values)
+        out[:, self.value_at] = values
+        if self.nullable.size:
+            out[:, self.null_at] = missing[:, self.nullable]
+
+
 def _compile_step(step: dict[str, Any]) -> tuple[StepFn, int] | None:
     kind = step["kind"]
-    if kind == "numeric" and step["op"] in ("passthrough", "standardise", "log1p", "clip"):
-        return _numeric(step), 2 if step["nullable"] else 1
     if kind == "category" and step["op"] in ("onehot", "index"):
         return _category(step), len(step["vocab"]) + 1 if step["op"] == "onehot" else 1
     if kind == "bool":
@@ -66,29 +129,6 @@ def _as_float(col: Column) -> np.ndarray:
     if col.mask is not None:
         values[col.mask] = np.nan
     return values
-
-
-def _numeric(step: dict[str, Any]) -> StepFn:
-    op, nullable = step["op"], step["nullable"]
-
-    def fn(col: Column, n: int) -> np.ndarray:
-        values = _as_float(col)
-        missing = ~np.isfinite(values)
-        if op == "log1p":
-            values = np.sign(values) * np.log1p(np.abs(values))
-        if op == "clip":
-            values = np.clip(values, step["lo"], step["hi"])
-        if op != "passthrough":
-            values = (values - step["mean"]) / step["std"]
-            fill = 0.0
-        else:
-            fill = step["mean"]
-        values = np.where(missing, fill, values)
-        if nullable:
-            return np.column_stack([values, missing.astype(np.float64)])
-        return values[:, None]
-
-    return fn
 
 
 def _category(step: dict[str, Any]) -> StepFn:
