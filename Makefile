@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# The loop twice on embedded defaults: a first batch (trained, promoted, served), then a drifted batch
+# (drift detected against the champion, retrained, evaluated against it, promoted, hot-swapped into serving).
+DRIFTED := --set synthetic.seed=1 --set synthetic.id_offset=1000000 --set 'synthetic.drift_columns=[f00,f03,f06,f09,f12,segment]' \
+	--set synthetic.drift_mean_shift=1.0 --set synthetic.drift_category_mix=0.5
 demo: install
-	$(VENV)/bin/loopline run
+	$(VENV)/bin/loopline run --set synthetic.bad_fraction=0.01
+	$(VENV)/bin/loopline run --set synthetic.bad_fraction=0.01 $(DRIFTED)
 
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests

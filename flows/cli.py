@@ -394,6 +394,9 @@ def _run_summary(result: dict, cfg) -> str:
         f"  Data Docs:    {home / 'data_docs'}",
         f"  MLflow:       mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}",
     ]
+    deploy = result.get("deploy") or {}
+    for server in deploy.get("servers", []):
+        lines.append(f"  Model server: {server['url']}/invocations (v{server.get('version')}); `loopline down` stops it")
     api = os.environ.get("PREFECT_API_URL")
     lines.append(
         f"  Prefect UI:   {api.removesuffix('/api')}"
