@@ -84,8 +84,11 @@ class CheckpointStore:
     def load(self, uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Load one checkpoint; raises ValueError naming the file when it is unreadable or incomplete."""
         try:
-            data = self.lake.get_bytes(uri)
-            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+            if self.lake.is_s3:
+                source = io.BytesIO(self.lake.get_bytes(uri))
+            else:
+                source = uri  # torch reads the zip in place: no second copy of a large state in memory
+            state = torch.load(source, map_location=map_location, weights_only=True)
         except Exception as exc:  # a truncated zip raises RuntimeError, a bad pickle UnpicklingError, ...
             raise ValueError(f"checkpoint {uri} cannot be loaded: {type(exc).__name__}: {exc}") from exc
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
