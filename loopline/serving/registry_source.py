@@ -8,6 +8,7 @@ pyfunc with its copied sources.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,9 @@ BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact name (loopline.pyfunc.BUNDLE_A
 
 class RegistrySource:
     def __init__(self, tracking_uri: str, cache_dir: str | Path):
+        os.environ.setdefault(
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+        )  # no progress bars in server logs
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -48,7 +52,7 @@ class RegistrySource:
         target = self.cache_dir / name / str(version)
         if (target / BUNDLE_ARTIFACT / "bundle.json").is_file():
             return target / BUNDLE_ARTIFACT
-        tmp = target.with_name(f".{target.name}.partial")
+        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")  # servers on one home may race
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
@@ -68,6 +72,10 @@ class RegistrySource:
         if not (path / "bundle.json").is_file():
             shutil.rmtree(tmp, ignore_errors=True)
             raise ModelError(f"model {name!r} version {version} is not a loopline bundle (no bundle.json)")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        return target / path.relative_to(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same version first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / BUNDLE_ARTIFACT / "bundle.json").is_file():
+                raise
+        return target / BUNDLE_ARTIFACT
