@@ -32,39 +32,50 @@ class MlflowMetricLogger:
 
     def _run(self) -> None:
         from mlflow import MlflowClient
-        from mlflow.entities import Metric
 
         client = MlflowClient(self.tracking_uri)
         closing = False
+        last_flush = 0.0
         while not closing:
-            batch: list[Metric] = []
             try:
-                item = self._queue.get(timeout=FLUSH_SECONDS)
+                first = self._queue.get(timeout=FLUSH_SECONDS)
             except queue.Empty:
                 continue
-            while True:
-                if item is None:
-                    closing = True
-                else:
-                    step, ts, metrics = item
-                    batch += [
-                        Metric(self.prefix + k, float(v), ts, step)
-                        for k, v in metrics.items()
-                        if v is not None and v == v
-                    ]
-                if closing or len(batch) >= MAX_BATCH_METRICS - 10:
+            # gather for up to FLUSH_SECONDS since the last send: one log_batch per window, not per step
+            batch, closing = self._add([], first)
+            deadline = last_flush + FLUSH_SECONDS
+            while not closing and len(batch) < MAX_BATCH_METRICS - 50:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
                     break
                 try:
-                    item = self._queue.get_nowait()
+                    batch, closing = self._add(batch, self._queue.get(timeout=wait))
                 except queue.Empty:
                     break
-            for start in range(0, len(batch), MAX_BATCH_METRICS):
-                chunk = batch[start : start + MAX_BATCH_METRICS]
-                try:
-                    client.log_batch(self.run_id, metrics=chunk, synchronous=True)
-                    self.sent += len(chunk)
-                except Exception as exc:  # tracking trouble must not stop a GPU job
-                    log.warning("could not log %d metrics to MLflow: %s", len(chunk), exc)
+            self._send(client, batch)
+            last_flush = time.monotonic()
+
+    def _add(self, batch: list, item) -> tuple[list, bool]:
+        from mlflow.entities import Metric
+
+        if item is None:
+            return batch, True
+        step, ts, metrics = item
+        batch += [
+            Metric(self.prefix + k, float(v), ts, step)
+            for k, v in metrics.items()
+            if v is not None and v == v
+        ]
+        return batch, False
+
+    def _send(self, client, batch: list) -> None:
+        for start in range(0, len(batch), MAX_BATCH_METRICS):
+            chunk = batch[start : start + MAX_BATCH_METRICS]
+            try:
+                client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                self.sent += len(chunk)
+            except Exception as exc:  # tracking trouble must not stop a GPU job
+                log.warning("could not log %d metrics to MLflow: %s", len(chunk), exc)
 
     def close(self) -> None:
         self._queue.put(None)
