@@ -5,7 +5,8 @@
 - `violations(series)`: the same rule as one vectorised pass, written as a mirror of the GX pandas
   implementation (GX 1.24 `_pandas` metric functions): nulls are skipped by every map expectation except
   not-null; between is `(min <= v) & (v <= max)`; in-set is `Series.isin`; regex is
-  `astype(str).str.contains`; length is `astype(str).str.len()`; unique is `duplicated(keep=False)`.
+  `astype(str).str.contains` (a search: anchor a contract regex with ^...$ to match whole values); length
+  is `astype(str).str.len()`; unique is `duplicated(keep=False)`.
 `loopline.validation_gx.cross_check` runs both on the same frame and raises if any row differs.
 
 Two checks are the gate's alone, because GX cannot see them: `type` (the value did not parse as the contract
