@@ -50,8 +50,73 @@ def collect_status(cfg: LifecycleConfig, *, dataset: str | None = None, model: s
 
 
 def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
-    try:
-        from loopline.registry import model_status
-    except ImportError:  # the registry module arrives with training
+    """Per registered model: champion, previous, latest version, last runs, last drift verdict."""
+    from pathlib import Path as _Path
+
+    from loopline.registry import default_tracking_uri
+
+    uri = default_tracking_uri(cfg.home)
+    if uri.startswith("sqlite:///") and not _Path(uri.removeprefix("sqlite:///")).exists():
         return {}
-    return model_status(cfg, only)
+    from mlflow import MlflowClient  # lazy: 2 s import, only when there is a registry to read
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    lake = Lake.from_env(cfg.home)
+    names = [only] if only else [m.name for m in client.search_registered_models()]
+    out: dict[str, Any] = {}
+    for name in names:
+        try:
+            registered = client.get_registered_model(name)
+        except Exception:  # not registered (yet)
+            out[name] = {"champion_version": None, "latest_version": None, "last_runs": [], "last_drift": None}
+            continue
+        aliases = {alias: int(version) for alias, version in (registered.aliases or {}).items()}
+        versions = client.search_model_versions(f"name='{name}'")
+        latest = max((int(v.version) for v in versions), default=None)
+        out[name] = {
+            "champion_version": aliases.get("champion"),
+            "previous_version": aliases.get("previous"),
+            "challenger_version": aliases.get("challenger"),
+            "latest_version": latest,
+            "last_runs": _last_runs(client, name),
+            "last_drift": last_drift_verdict(lake, name),
+        }
+    return out
+
+
+def _last_runs(client, model: str, limit: int = 5) -> list[dict[str, Any]]:
+    from loopline.registry import experiment_name
+
+    experiment = client.get_experiment_by_name(experiment_name(model))
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "started_at": r.info.start_time,
+            "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith(("val_", "test_"))},
+        }
+        for r in runs
+    ]
+
+
+def last_drift_verdict(lake: Lake, model: str) -> dict[str, Any] | None:
+    """The newest row of drift/M (written by every drift check), or None before the first check."""
+    import json
+
+    table = delta.open_table(lake, lake.uri("drift", model))
+    if table is None:
+        return None
+    rows = table.to_pyarrow_dataset().to_table().to_pylist()
+    if not rows:
+        return None
+    last = max(rows, key=lambda r: r["checked_at"])
+    return {
+        **last,
+        "checked_at": last["checked_at"].isoformat(),
+        "drifted_features": json.loads(last["drifted_features"]),
+        "window": json.loads(last["window"]),
+    }

@@ -42,5 +42,12 @@ def test_the_loop_twice(prefect_api, home):
         assert promote["candidate_version"] == 2 and promote["reason"]
         served = deploy.http_json(f"http://127.0.0.1:{port}/version")["version"]
         assert served == str(promote["champion_version"])
+
+        from loopline.status import collect_status
+
+        status = collect_status(load_config(overrides=base), model="demo")
+        assert status["champion_version"] == promote["champion_version"] and status["latest_version"] == 2
+        assert status["last_drift"]["drift_detected"] is True and status["last_runs"]
+        assert status["datasets"]["demo"]["batches_accepted"] == 2
     finally:
         deploy.stop_all_servers(str(home))
