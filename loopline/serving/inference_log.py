@@ -2,9 +2,11 @@
 
 Requests hand their rows to `append`, which never blocks: it puts a reference on a bounded queue (bounded in
 rows) and returns; when the queue is full the rows are dropped and counted (`dropped_rows`, and the
-Prometheus counter), because a slow lake must never slow scoring down. A background thread writes what is
-queued every `flush_seconds` (or sooner once `flush_rows` are waiting) as one Delta commit. `stop()`
-writes everything still queued, so a graceful stop loses nothing.
+Prometheus counter), because a slow lake must never slow scoring down. A background thread turns what is
+queued into Arrow batches every quarter second (so waiting rows are a few Arrow objects, not thousands of
+small Python objects for the garbage collector to rescan) and writes them every `flush_seconds` (or sooner
+once `flush_rows` are waiting) as one Delta commit. `stop()` writes everything still queued, so a graceful
+stop loses nothing.
 
 Table schema: the contract's feature columns and its id (typed as in clean/D; the id is null when the client
 did not send it), then `_prediction`, `_model_version`, `_role` (champion, challenger or shadow),
@@ -37,6 +39,7 @@ _ARROW_TYPES = {
     "timestamp": pa.timestamp("us"),
 }
 PREDICTION = "_prediction"
+COMPACT_SECONDS = 0.25  # queued entries become one Arrow batch this often (see `compact`)
 META_COLUMNS = ("_model_version", "_role", "_request_id")
 
 
@@ -92,6 +95,7 @@ class InferenceLog:
         self._items: deque[_Entry] = deque()
         self._cond = threading.Condition()
         self._lock = threading.Lock()
+        self._batches: list[pa.Table] = []  # compacted, not yet written (touched by the writer thread only)
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -131,46 +135,62 @@ class InferenceLog:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        last_write = time.monotonic()
+        failures = 0
         while True:
             with self._cond:
                 if not self._stopping and self.queued_rows < self.flush_rows:
-                    self._cond.wait(self.flush_seconds)
+                    self._cond.wait(COMPACT_SECONDS)
             stopping = self._stopping
-            failures = 0
-            while self._items:
+            self.compact()
+            due = time.monotonic() - last_write >= self.flush_seconds or self.queued_rows >= self.flush_rows
+            if self._batches and (due or stopping):
                 try:
-                    self.flush()
+                    self.write()
                     failures = 0
                 except Exception:  # the lake is unreachable: keep the rows (bounded) and retry later
                     failures += 1
                     log.exception("inference log write to %s failed", self.uri)
                     if self.metrics is not None:
                         self.metrics.log_write_errors.inc()
-                    if not stopping or failures >= 3:
-                        break
-                    time.sleep(0.5)
+                    if stopping and failures < 3:
+                        time.sleep(0.5)
+                        continue
+                last_write = time.monotonic()
             if stopping:
                 return
 
-    def flush(self) -> int:
-        """Write what is queued now as one commit. Returns the rows written."""
+    def compact(self) -> int:
+        """Turn queued entries into one Arrow batch. Entries are many small Python objects the garbage
+        collector would rescan on every full collection while they wait; a batch is one object."""
         entries: list[_Entry] = []
         with self._lock:
             while self._items:
                 entries.append(self._items.popleft())
         if not entries:
             return 0
-        n = sum(e.rows.n_rows for e in entries)
+        batch = self._to_table(entries)
+        self._batches.append(batch)
+        return batch.num_rows
+
+    def write(self) -> int:
+        """Write the compacted batches as one Delta commit. Returns the rows written."""
+        batches, self._batches = self._batches, []
+        if not batches:
+            return 0
+        n = sum(b.num_rows for b in batches)
         try:
-            table = self._to_table(entries)
             from deltalake import write_deltalake
 
             write_deltalake(
-                self.uri, table, mode="append", schema_mode="merge", storage_options=self.lake.storage_options
+                self.uri,
+                pa.concat_tables(batches),
+                mode="append",
+                schema_mode="merge",
+                storage_options=self.lake.storage_options,
             )
         except Exception:
-            with self._lock:
-                self._items.extendleft(reversed(entries))  # back in order, to retry
+            self._batches = batches + self._batches  # back in order, to retry
             raise
         with self._lock:
             self.queued_rows -= n
@@ -179,6 +199,11 @@ class InferenceLog:
             self.metrics.log_rows.inc(n)
             self.metrics.log_queue.set(self.queued_rows)
         return n
+
+    def flush(self) -> int:
+        """Compact and write everything queued now (one commit). Returns the rows written."""
+        self.compact()
+        return self.write()
 
     def _to_table(self, entries: list[_Entry]) -> pa.Table:
         arrays = []
