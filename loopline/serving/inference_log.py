@@ -95,6 +95,7 @@ class InferenceLog:
         self._items: deque[_Entry] = deque()
         self._cond = threading.Condition()
         self._lock = threading.Lock()
+        self._table = None  # the open predictions table (writer thread only)
         self._batches: list[pa.Table] = []  # compacted, not yet written (touched by the writer thread only)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -182,8 +183,13 @@ class InferenceLog:
         try:
             from deltalake import write_deltalake
 
+            from loopline.delta import open_table
+
+            # a held DeltaTable is updated by each write: the next write does not re-read the whole log
+            if self._table is None:
+                self._table = open_table(self.lake, self.uri)
             write_deltalake(
-                self.uri,
+                self._table if self._table is not None else self.uri,
                 pa.concat_tables(batches),
                 mode="append",
                 schema_mode="merge",
@@ -191,6 +197,7 @@ class InferenceLog:
             )
         except Exception:
             self._batches = batches + self._batches  # back in order, to retry
+            self._table = None  # reopen: the failure may have left it stale
             raise
         with self._lock:
             self.queued_rows -= n
