@@ -19,7 +19,9 @@ class LakeStorage(Block):
     _description = "Where loopline's Delta tables, checkpoints and transforms live (local path or S3)."
 
     root: str = Field(default="./.loopline/lake", description="local folder or s3://bucket/prefix")
-    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000"
+    )
     region: str | None = Field(default=None, description="AWS region (default us-east-1)")
     access_key_id: str | None = Field(default=None, description="S3 access key id")
     secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key")

@@ -396,7 +396,9 @@ def _run_summary(result: dict, cfg) -> str:
     ]
     deploy = result.get("deploy") or {}
     for server in deploy.get("servers", []):
-        lines.append(f"  Model server: {server['url']}/invocations (v{server.get('version')}); `loopline down` stops it")
+        lines.append(
+            f"  Model server: {server['url']}/invocations (v{server.get('version')}); `loopline down` stops it"
+        )
     api = os.environ.get("PREFECT_API_URL")
     lines.append(
         f"  Prefect UI:   {api.removesuffix('/api')}"

@@ -23,5 +23,8 @@ def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
     rejected = [r for r in results if not r["accepted"]]
     if rejected:
         reasons = "; ".join(f"{r['source']}: {r['reason']}" for r in rejected)
-        raise DataQualityError(f"{len(rejected)} of {len(results)} batch(es) rejected: {reasons}", summary=summarise_dicts(results))
+        raise DataQualityError(
+            f"{len(rejected)} of {len(results)} batch(es) rejected: {reasons}",
+            summary=summarise_dicts(results),
+        )
     return results

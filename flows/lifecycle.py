@@ -30,13 +30,19 @@ def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
     fresh = [b for b in batches if b["accepted"] and not b["duplicate_batch"]]
     if fresh:
         model = cfg.model_name or fresh[-1]["dataset"]
-        result["drift"] = drift_flow(cfg, model=model, current=f"batch:{fresh[-1]['batch_id']}", skip_unknown_model=True)
+        result["drift"] = drift_flow(
+            cfg, model=model, current=f"batch:{fresh[-1]['batch_id']}", skip_unknown_model=True
+        )
     # Features: versioned, incremental
     result["features"] = features = features_flow(cfg)
     # Train: on exactly the features version just built; resumes after any interruption
-    result["train"] = trained = train_flow(cfg, dataset=features["dataset"], features_version=features["features_version"])
+    result["train"] = trained = train_flow(
+        cfg, dataset=features["dataset"], features_version=features["features_version"]
+    )
     # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place
-    result["promote"] = promoted = promotion_flow(cfg, model=trained["model_name"], version=int(trained["model_version"]))
+    result["promote"] = promoted = promotion_flow(
+        cfg, model=trained["model_name"], version=int(trained["model_version"])
+    )
     # Deploy: the model server serves @champion (started if none runs); an unhealthy swap rolls back
     if cfg.serving.deploy:
         result["deploy"] = deployment_flow(cfg, model=trained["model_name"], start_if_missing=True)

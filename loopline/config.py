@@ -33,32 +33,50 @@ class SyntheticConfig(_Section):
     rows: int = Field(20_000, ge=1, description="rows to generate")
     seed: int = Field(0, description="RNG seed; the same seed gives the same rows")
     id_offset: int = Field(0, ge=0, description="first customer id, so later batches do not collide")
-    drift_columns: list[str] = Field(default_factory=list, description="columns to shift (numeric or category)")
-    drift_mean_shift: float = Field(0.0, description="added to drifted numeric columns, in standard deviations")
+    drift_columns: list[str] = Field(
+        default_factory=list, description="columns to shift (numeric or category)"
+    )
+    drift_mean_shift: float = Field(
+        0.0, description="added to drifted numeric columns, in standard deviations"
+    )
     drift_scale: float = Field(1.0, gt=0, description="multiplies the spread of drifted numeric columns")
-    drift_category_mix: float = Field(0.0, ge=0, le=1, description="share of drifted category values redrawn towards the last category")
-    bad_fraction: float = Field(0.0, ge=0, le=1, description="share of rows given a contract violation (every kind)")
-    format: Literal["csv", "parquet", "jsonl"] = Field("parquet", description="file format written for ingest")
+    drift_category_mix: float = Field(
+        0.0, ge=0, le=1, description="share of drifted category values redrawn towards the last category"
+    )
+    bad_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of rows given a contract violation (every kind)"
+    )
+    format: Literal["csv", "parquet", "jsonl"] = Field(
+        "parquet", description="file format written for ingest"
+    )
 
 
 class DataConfig(_Section):
     contract: str = Field("contracts/demo.yaml", description="dataset contract (YAML)")
-    source: str | None = Field(None, description="file, folder, or s3:// URI to ingest; empty: the synthetic source")
-    chunk_rows: int = Field(250_000, ge=1000, description="rows read per chunk; bounds memory for large files")
+    source: str | None = Field(
+        None, description="file, folder, or s3:// URI to ingest; empty: the synthetic source"
+    )
+    chunk_rows: int = Field(
+        250_000, ge=1000, description="rows read per chunk; bounds memory for large files"
+    )
 
 
 class ValidationConfig(_Section):
     quarantine_max_fraction: float | None = Field(
         None, ge=0, le=1, description="overrides the contract's quarantine_max_fraction when set"
     )
-    data_docs: bool = Field(True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs")
+    data_docs: bool = Field(
+        True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs"
+    )
     bad_row_examples: int = Field(5, ge=0, description="examples of bad rows per expectation in artifacts")
     gx_scope: Literal["audit", "full"] = Field(
         "audit",
         description="rows Great Expectations re-validates: audit = every row the gate rejects plus a sample of "
         "the accepted ones (fast); full = every row (as slow as a plain GX run)",
     )
-    gx_sample_rows: int = Field(10_000, ge=0, description="accepted rows per batch GX re-validates in audit scope")
+    gx_sample_rows: int = Field(
+        10_000, ge=0, description="accepted rows per batch GX re-validates in audit scope"
+    )
     gx_max_rows_per_run: int = Field(
         500_000, ge=1000, description="rows GX validates in one run; bounds the memory of a long batch"
     )
@@ -71,8 +89,12 @@ class FeaturesConfig(_Section):
     numeric_overrides: dict[str, Literal["passthrough", "standardise", "log1p", "clip"]] = Field(
         default_factory=dict, description="per-column transform"
     )
-    clip_quantiles: tuple[float, float] = Field((0.01, 0.99), description="bounds for `clip`, fitted on train")
-    categorical: Literal["onehot", "index"] = Field("onehot", description="encoding; both keep an 'unknown' bucket")
+    clip_quantiles: tuple[float, float] = Field(
+        (0.01, 0.99), description="bounds for `clip`, fitted on train"
+    )
+    categorical: Literal["onehot", "index"] = Field(
+        "onehot", description="encoding; both keep an 'unknown' bucket"
+    )
     timestamp_parts: list[Literal["hour", "dayofweek", "month", "dayofyear", "year"]] = Field(
         default_factory=lambda: ["hour", "dayofweek", "month"]
     )
@@ -83,9 +105,13 @@ class FeaturesConfig(_Section):
 
 class TrainingConfig(_Section):
     model: str = Field("loopline.models:mlp", description="model factory 'module:function'")
-    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64], description="layers of the default MLP")
+    hidden_sizes: list[int] = Field(
+        default_factory=lambda: [128, 64], description="layers of the default MLP"
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
-    max_steps: int | None = Field(300, ge=1, description="optimizer steps; wins over epochs when both are set")
+    max_steps: int | None = Field(
+        300, ge=1, description="optimizer steps; wins over epochs when both are set"
+    )
     epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(512, ge=1)
     lr: float = Field(3e-3, ge=0)
@@ -94,15 +120,21 @@ class TrainingConfig(_Section):
     warmup_steps: int = Field(10, ge=0)
     seed: int = 0
     deterministic: bool = Field(True, description="bit-exact resume on CPU; slower kernels on GPU")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     devices: int = Field(1, ge=1, description="processes (DDP via torchrun when > 1)")
     checkpoint_every_steps: int = Field(50, ge=1)
-    checkpoint_every_seconds: float = Field(300.0, gt=0, description="also checkpoint on wall time, for slow steps")
+    checkpoint_every_seconds: float = Field(
+        300.0, gt=0, description="also checkpoint on wall time, for slow steps"
+    )
     keep_last_checkpoints: int = Field(3, ge=1)
     eval_every_steps: int = Field(100, ge=1, description="validation pass cadence (also at every epoch end)")
     early_stopping_metric: str = Field("val_loss", description="metric watched for early stopping")
-    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement; None: off")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="evaluations without improvement; None: off"
+    )
     log_every_steps: int = Field(20, ge=1)
     spot_notice_url: str | None = Field(None, description="HTTP URL polled for a spot/preemption notice")
     spot_notice_file: str | None = Field(None, description="file whose existence is a preemption notice")
@@ -110,29 +142,42 @@ class TrainingConfig(_Section):
     gpu_price_per_hour: float = Field(2.0, ge=0, description="USD per GPU-hour for the cost summary")
     gpu_sample_seconds: float = Field(1.0, gt=0)
     gpu_slot: str | None = Field(
-        "gpu", description="Prefect global concurrency limit a GPU training takes (occupy = devices); None: none"
+        "gpu",
+        description="Prefect global concurrency limit a GPU training takes (occupy = devices); None: none",
     )
     gpu_slot_on_cpu: bool = Field(False, description="take the slot for CPU trainings too (serialises them)")
 
 
 class EvaluationConfig(_Section):
-    primary_metric: str | None = Field(None, description="None: roc_auc (binary), accuracy (multiclass), rmse (regression)")
+    primary_metric: str | None = Field(
+        None, description="None: roc_auc (binary), accuracy (multiclass), rmse (regression)"
+    )
     min_score: float | None = Field(
-        None, description="absolute bar for the primary metric: a floor (roc_auc >= x), a ceiling for errors (rmse <= x)"
+        None,
+        description="absolute bar for the primary metric: a floor (roc_auc >= x), a ceiling for errors (rmse <= x)",
     )
     min_improvement: float = Field(
         0.0, description="over the champion, in the primary metric's units; negative allows a lateral move"
     )
     max_slice_regression: float | None = Field(
-        0.05, description="largest allowed drop of the primary metric on any judged slice; None: slices do not gate"
+        0.05,
+        description="largest allowed drop of the primary metric on any judged slice; None: slices do not gate",
     )
-    min_slice_rows: int = Field(200, ge=1, description="smaller slices are reported, not judged: too noisy to block on")
+    min_slice_rows: int = Field(
+        200, ge=1, description="smaller slices are reported, not judged: too noisy to block on"
+    )
     require_ci: bool = Field(False, description="the CI's lower bound must clear min_improvement")
     bootstrap_samples: int = Field(1000, ge=10, description="bootstrap replicates of candidate - champion")
     seed: int = 0
-    infra_sample_rows: int = Field(64, ge=1, description="real test rows scored by infra validation (plus edge rows)")
-    infra_timeout_seconds: float = Field(600.0, gt=0, description="limit for loading and scoring in a fresh process")
-    lock_timeout_seconds: float = Field(900.0, gt=0, description="wait for another promotion of the same model")
+    infra_sample_rows: int = Field(
+        64, ge=1, description="real test rows scored by infra validation (plus edge rows)"
+    )
+    infra_timeout_seconds: float = Field(
+        600.0, gt=0, description="limit for loading and scoring in a fresh process"
+    )
+    lock_timeout_seconds: float = Field(
+        900.0, gt=0, description="wait for another promotion of the same model"
+    )
 
 
 class ServingConfig(_Section):
@@ -141,9 +186,13 @@ class ServingConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_batch_size: int = Field(256, ge=1, description="rows per model call in dynamic batching")
     max_wait_ms: float = Field(
-        2.0, ge=0, description="how long a batch may wait for requests still being parsed (never for idle clients)"
+        2.0,
+        ge=0,
+        description="how long a batch may wait for requests still being parsed (never for idle clients)",
     )
-    poll_seconds: float = Field(10.0, ge=0, description="registry poll for a moved @champion/@challenger; 0: off")
+    poll_seconds: float = Field(
+        10.0, ge=0, description="registry poll for a moved @champion/@challenger; 0: off"
+    )
     challenger_weight: float = Field(0.0, ge=0, le=1, description="share of requests answered by @challenger")
     shadow: bool = Field(False, description="score @challenger beside the champion (logged, never returned)")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
@@ -152,12 +201,20 @@ class ServingConfig(_Section):
         1, ge=1, description="intra-op threads per model call; 1 leaves the other cores to HTTP and JSON"
     )
     inference_log: bool = Field(True, description="append every scored row to predictions/M")
-    log_queue_rows: int = Field(1_000_000, ge=1000, description="inference-log queue bound; overflow is counted")
-    log_flush_seconds: float = Field(5.0, gt=0, description="inference-log write cadence (one Delta commit each)")
+    log_queue_rows: int = Field(
+        1_000_000, ge=1000, description="inference-log queue bound; overflow is counted"
+    )
+    log_flush_seconds: float = Field(
+        5.0, gt=0, description="inference-log write cadence (one Delta commit each)"
+    )
     log_flush_rows: int = Field(100_000, ge=1, description="write sooner once this many rows wait")
     graceful_timeout_seconds: float = Field(30.0, gt=0, description="on SIGTERM: time for in-flight requests")
-    deploy: bool = Field(True, description="the lifecycle puts a promoted champion into service (starts a server if none runs)")
-    confirm_timeout_seconds: float = Field(60.0, gt=0, description="deployment: wait this long for /version to show the champion")
+    deploy: bool = Field(
+        True, description="the lifecycle puts a promoted champion into service (starts a server if none runs)"
+    )
+    confirm_timeout_seconds: float = Field(
+        60.0, gt=0, description="deployment: wait this long for /version to show the champion"
+    )
     canary_seconds: float = Field(0.0, ge=0, description="canary period after a promotion; 0 disables")
     canary_weight: float = Field(0.1, ge=0, le=1)
 
@@ -171,9 +228,15 @@ class DriftConfig(_Section):
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-method threshold override")
     correction: Literal["none", "bonferroni", "fdr_bh"] = "none"
     bins: int = Field(20, ge=2)
-    cdf_bins: int = Field(256, ge=16, description="fine quantile bins per numeric feature in the reference profile (Wasserstein, KS)")
+    cdf_bins: int = Field(
+        256,
+        ge=16,
+        description="fine quantile bins per numeric feature in the reference profile (Wasserstein, KS)",
+    )
     small_reference_rows: int = Field(
-        1000, ge=0, description="references with at most this many rows get KS / chi-square (Evidently) and keep raw values"
+        1000,
+        ge=0,
+        description="references with at most this many rows get KS / chi-square (Evidently) and keep raw values",
     )
     prediction_method: Literal["psi", "ks", "wasserstein", "jensenshannon", "chisquare"] | None = Field(
         None, description="method for the prediction distribution; unset: the same defaults as features"
@@ -186,7 +249,8 @@ class RetrainConfig(_Section):
     )
     min_new_rows: int = Field(1000, ge=0, description="new clean rows that trigger a retrain on ingest")
     train_on_pool: bool = Field(
-        True, description="a deployed retrain runs the `train` deployment (work pool gpu) instead of training in-process"
+        True,
+        description="a deployed retrain runs the `train` deployment (work pool gpu) instead of training in-process",
     )
 
 

@@ -116,18 +116,26 @@ def parse_contract(data: Any, *, file: str | None = None) -> Contract:
         raise ContractError("id and label must be different columns", file=file, key="label")
     id_spec = columns[data["id"]]
     if id_spec.nullable:
-        raise ContractError("the id column cannot be nullable", file=file, key=f"columns.{data['id']}.nullable")
+        raise ContractError(
+            "the id column cannot be nullable", file=file, key=f"columns.{data['id']}.nullable"
+        )
     label_spec = columns[data["label"]]
     if label_spec.nullable:
-        raise ContractError("the label cannot be nullable", file=file, key=f"columns.{data['label']}.nullable")
+        raise ContractError(
+            "the label cannot be nullable", file=file, key=f"columns.{data['label']}.nullable"
+        )
     if task in ("binary", "multiclass") and label_spec.values is None and label_spec.type != "bool":
         raise ContractError(
             f"a {task} label needs `values` (the classes)", file=file, key=f"columns.{data['label']}.values"
         )
     if task == "binary" and label_spec.values is not None and len(label_spec.values) != 2:
-        raise ContractError("a binary label needs exactly 2 values", file=file, key=f"columns.{data['label']}.values")
+        raise ContractError(
+            "a binary label needs exactly 2 values", file=file, key=f"columns.{data['label']}.values"
+        )
     if task == "regression" and not label_spec.is_numeric:
-        raise ContractError("a regression label must be int or float", file=file, key=f"columns.{data['label']}.type")
+        raise ContractError(
+            "a regression label must be int or float", file=file, key=f"columns.{data['label']}.type"
+        )
     qmf = data.get("quarantine_max_fraction", 0.05)
     if not isinstance(qmf, int | float) or isinstance(qmf, bool) or not 0 <= qmf <= 1:
         raise ContractError("must be a number between 0 and 1", file=file, key="quarantine_max_fraction")
@@ -151,7 +159,9 @@ def _parse_column(name: str, spec: Any, file: str | None) -> ColumnSpec:
         raise ContractError("column spec must be a mapping like {type: int}", file=file, key=key)
     unknown = set(spec) - CHECK_KEYS
     if unknown:
-        raise ContractError(f"unknown check(s) {sorted(unknown)}", file=file, key=f"{key}.{sorted(unknown)[0]}")
+        raise ContractError(
+            f"unknown check(s) {sorted(unknown)}", file=file, key=f"{key}.{sorted(unknown)[0]}"
+        )
     ctype = spec.get("type")
     if ctype not in TYPES:
         raise ContractError(f"unknown type {ctype!r}; expected one of {TYPES}", file=file, key=f"{key}.type")
@@ -162,7 +172,9 @@ def _parse_column(name: str, spec: Any, file: str | None) -> ColumnSpec:
     for bound, val in (("min", lo), ("max", hi)):
         if val is not None:
             if ctype not in NUMERIC_TYPES:
-                raise ContractError(f"{bound} applies to int/float columns only", file=file, key=f"{key}.{bound}")
+                raise ContractError(
+                    f"{bound} applies to int/float columns only", file=file, key=f"{key}.{bound}"
+                )
             if not isinstance(val, int | float) or isinstance(val, bool):
                 raise ContractError(f"{bound} must be a number", file=file, key=f"{key}.{bound}")
     if lo is not None and hi is not None and lo > hi:
@@ -185,7 +197,9 @@ def _parse_column(name: str, spec: Any, file: str | None) -> ColumnSpec:
         except (re.error, TypeError) as exc:
             raise ContractError(f"regex does not compile: {exc}", file=file, key=f"{key}.regex") from exc
     max_length = spec.get("max_length")
-    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+    if max_length is not None and (
+        not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1
+    ):
         raise ContractError("max_length must be a positive integer", file=file, key=f"{key}.max_length")
     unique = spec.get("unique", False)
     if not isinstance(unique, bool):

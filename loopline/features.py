@@ -64,7 +64,9 @@ class FeatureTransform:
 
     @property
     def version(self) -> str:
-        payload = json.dumps({"steps": self.steps, "contract": self.contract_raw}, sort_keys=True, default=str)
+        payload = json.dumps(
+            {"steps": self.steps, "contract": self.contract_raw}, sort_keys=True, default=str
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +82,9 @@ class FeatureTransform:
         out = np.empty((n, len(self.feature_names)), dtype=np.float32)
         j = 0
         for step in self.steps:
-            block = _apply_step(step, df[step["column"]] if step["column"] in df.columns else pd.Series([None] * n))
+            block = _apply_step(
+                step, df[step["column"]] if step["column"] in df.columns else pd.Series([None] * n)
+            )
             out[:, j : j + block.shape[1]] = block
             j += block.shape[1]
         return out
@@ -197,13 +201,19 @@ def load_transform(lake: Lake, dataset: str, transform_version: str) -> FeatureT
     try:
         data = lake.get_bytes(transform_uri(lake, dataset, transform_version))
     except (FileNotFoundError, OSError) as exc:
-        raise LooplineError(f"feature transform {transform_version} of dataset {dataset!r} is missing") from exc
+        raise LooplineError(
+            f"feature transform {transform_version} of dataset {dataset!r} is missing"
+        ) from exc
     return FeatureTransform.from_dict(json.loads(data))
 
 
 def features_schema(contract: Contract, transform: FeatureTransform, clean: pa.Schema) -> pa.Schema:
     fields = [clean.field(contract.id), clean.field(contract.label)]
-    fields += [pa.field("_split", pa.string()), pa.field("_batch_id", pa.string()), pa.field("_transform", pa.string())]
+    fields += [
+        pa.field("_split", pa.string()),
+        pa.field("_batch_id", pa.string()),
+        pa.field("_transform", pa.string()),
+    ]
     fields += [pa.field(name, pa.float32()) for name in transform.feature_names]
     return pa.schema(fields)
 
@@ -286,7 +296,9 @@ def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataF
     return pd.concat(parts, ignore_index=True)
 
 
-def _features_batch(frame: pd.DataFrame, contract: Contract, transform: FeatureTransform, cfg, schema) -> pa.RecordBatch:
+def _features_batch(
+    frame: pd.DataFrame, contract: Contract, transform: FeatureTransform, cfg, schema
+) -> pa.RecordBatch:
     matrix = transform.transform(frame)
     arrays = [
         pa.array(frame[contract.id].to_numpy(), type=schema.field(contract.id).type),
@@ -316,7 +328,9 @@ class FeatureSplit:
 def _open_features(lake: Lake, dataset: str, version: int | None):
     table = delta.open_table(lake, lake.table_uri("features", dataset), version)
     if table is None:
-        raise LooplineError(f"dataset {dataset!r} has no features yet: run `loopline features --dataset {dataset}`")
+        raise LooplineError(
+            f"dataset {dataset!r} has no features yet: run `loopline features --dataset {dataset}`"
+        )
     return table
 
 
@@ -328,7 +342,9 @@ def read_split(lake: Lake, dataset: str, split: str, version: int | None = None)
     ds = table.to_pyarrow_dataset()
     tvs = pc.unique(ds.to_table(columns=["_transform"])["_transform"]).to_pylist()
     if len(tvs) != 1:
-        raise LooplineError(f"features/{dataset} v{table.version()} mixes transforms {tvs}; run features with refit")
+        raise LooplineError(
+            f"features/{dataset} v{table.version()} mixes transforms {tvs}; run features with refit"
+        )
     transform = load_transform(lake, dataset, tvs[0])
     contract = transform.contract
     data = ds.to_table(filter=pc.field("_split") == split)
@@ -358,7 +374,9 @@ def encode_labels(values: np.ndarray, contract: Contract) -> np.ndarray:
     return codes.astype(np.float32) if contract.task == "binary" else codes
 
 
-def get_features(lake: Lake, dataset: str, entity_ids: list | np.ndarray, as_of_version: int | None = None) -> pd.DataFrame:
+def get_features(
+    lake: Lake, dataset: str, entity_ids: list | np.ndarray, as_of_version: int | None = None
+) -> pd.DataFrame:
     """Feature rows for the given ids, as of a Delta version (time travel; default latest)."""
     table = _open_features(lake, dataset, as_of_version)
     ds = table.to_pyarrow_dataset()

@@ -130,7 +130,9 @@ def ingest_source(source: str, contract: Contract, lake: Lake, cfg: LifecycleCon
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def ingest_file(uri: str, contract: Contract, lake: Lake, cfg: LifecycleConfig, *, workdir: str) -> BatchResult:
+def ingest_file(
+    uri: str, contract: Contract, lake: Lake, cfg: LifecycleConfig, *, workdir: str
+) -> BatchResult:
     """Ingest one file as one batch. Returns the result; a rejected batch has accepted=False.
 
     Raises SourceError when the file cannot be read at all (exit 2).
@@ -171,7 +173,9 @@ def ingest_file(uri: str, contract: Contract, lake: Lake, cfg: LifecycleConfig, 
         column_error = exc
 
     raw_uri = lake.table_uri("raw", contract.dataset)
-    stream = _ChunkStream(src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at)
+    stream = _ChunkStream(
+        src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at
+    )
     try:
         delta.append_once(
             lake,
@@ -199,7 +203,9 @@ def ingest_file(uri: str, contract: Contract, lake: Lake, cfg: LifecycleConfig, 
     result.rows_quarantined = verdict.rows_quarantined
     result.per_expectation = verdict.per_expectation
     result.data_docs_path = verdict.data_docs_path
-    if result.rows_in != result.rows_clean + result.rows_quarantined:  # the gate's invariant, checked again here
+    if (
+        result.rows_in != result.rows_clean + result.rows_quarantined
+    ):  # the gate's invariant, checked again here
         raise AssertionError(f"batch {batch_id}: rows_in != rows_clean + rows_quarantined")
     if not verdict.accepted:
         result.accepted = False
@@ -235,7 +241,9 @@ class _ChunkStream:
     Errors raised while reading are kept in `error`, because the Delta writer wraps them.
     """
 
-    def __init__(self, src, contract: Contract, cfg: LifecycleConfig, gate, stage: Path, batch_id: str, at: datetime):
+    def __init__(
+        self, src, contract: Contract, cfg: LifecycleConfig, gate, stage: Path, batch_id: str, at: datetime
+    ):
         self.src, self.contract, self.cfg, self.gate = src, contract, cfg, gate
         self.stage, self.batch_id, self.at = stage, batch_id, at
         self.rows = 0
@@ -277,7 +285,9 @@ class _ChunkStream:
                     qraw["_reasons"] = [r if isinstance(r, str) else "; ".join(r) for r in q["_reasons"]]
                     _write_stage(qraw[qschema.names], qschema, self.stage / "quarantine" / f"{i:06d}.parquet")
             self.rows += len(chunk)
-            yield from pa.Table.from_pandas(raw[schema.names], schema=schema, preserve_index=False).to_batches()
+            yield from pa.Table.from_pandas(
+                raw[schema.names], schema=schema, preserve_index=False
+            ).to_batches()
 
 
 def _raw_frame(chunk: pd.DataFrame, names: list[str], source: str, batch_id: str, at: datetime, offset: int):
@@ -355,7 +365,11 @@ def _record(lake: Lake, uri: str, result: BatchResult, contract: Contract, statu
         schema=ledger_schema(),
     )
     # rejected attempts may repeat (a changed threshold can accept the same file later); acceptance happens once
-    app_id = f"loopline-ingest-{result.batch_id}" if status == "accepted" else f"loopline-reject-{result.batch_id}-{at.timestamp()}"
+    app_id = (
+        f"loopline-ingest-{result.batch_id}"
+        if status == "accepted"
+        else f"loopline-reject-{result.batch_id}-{at.timestamp()}"
+    )
     delta.append_once(lake, uri, row, app_id=app_id)
 
 

@@ -21,7 +21,14 @@ import pyarrow as pa
 from loopline.errors import SourceError
 from loopline.lake import Lake, is_s3_uri, split_s3_uri
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 _HASH_BLOCK = 4 * 1024 * 1024
 
 
@@ -35,7 +42,9 @@ class SourceFile:
 def detect_format(uri: str) -> str:
     suffix = Path(uri).suffix.lower()
     if suffix not in FORMATS:
-        raise SourceError(f"unknown file type {suffix or '(none)'}; expected .csv, .parquet or .jsonl", file=uri)
+        raise SourceError(
+            f"unknown file type {suffix or '(none)'}; expected .csv, .parquet or .jsonl", file=uri
+        )
     return FORMATS[suffix]
 
 

@@ -30,7 +30,9 @@ def table_summary(lake: Lake, kind: str, name: str) -> dict[str, Any] | None:
     return {"version": table.version(), "rows": rows, "files": actions.num_rows}
 
 
-def collect_status(cfg: LifecycleConfig, *, dataset: str | None = None, model: str | None = None) -> dict[str, Any]:
+def collect_status(
+    cfg: LifecycleConfig, *, dataset: str | None = None, model: str | None = None
+) -> dict[str, Any]:
     lake = Lake.from_env(cfg.home)
     datasets = {}
     for name in [dataset] if dataset else list_datasets(lake):
@@ -68,7 +70,12 @@ def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
         try:
             registered = client.get_registered_model(name)
         except Exception:  # not registered (yet)
-            out[name] = {"champion_version": None, "latest_version": None, "last_runs": [], "last_drift": None}
+            out[name] = {
+                "champion_version": None,
+                "latest_version": None,
+                "last_runs": [],
+                "last_drift": None,
+            }
             continue
         aliases = {alias: int(version) for alias, version in (registered.aliases or {}).items()}
         versions = client.search_model_versions(f"name='{name}'")
@@ -90,7 +97,9 @@ def _last_runs(client, model: str, limit: int = 5) -> list[dict[str, Any]]:
     experiment = client.get_experiment_by_name(experiment_name(model))
     if experiment is None:
         return []
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
+    runs = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit
+    )
     return [
         {
             "run_id": r.info.run_id,

@@ -60,7 +60,9 @@ def generate_frame(cfg: SyntheticConfig | None = None) -> pd.DataFrame:
     cols["segment"], cols["region"], cols["channel"] = segment, region, channel
     start = np.datetime64("2024-01-01T00:00:00")
     cols["signup_at"] = start + rng.integers(0, 3 * 365 * 24 * 3600, n).astype("timedelta64[s]")
-    notes = np.array(["", "called support", "late payment", "upgraded plan", "asked for discount"], dtype=object)
+    notes = np.array(
+        ["", "called support", "late payment", "upgraded plan", "asked for discount"], dtype=object
+    )
     note = notes[rng.integers(0, len(notes), n)]
     note[rng.random(n) < 0.3] = None
     cols["note"] = note
@@ -165,7 +167,9 @@ def generate_source(cfg: SyntheticConfig, directory: str | Path) -> Path:
     """Generate one batch file named by its parameters (the same knobs give the same file)."""
     name = f"demo-seed{cfg.seed}-rows{cfg.rows}-off{cfg.id_offset}"
     if cfg.drift_columns:
-        knobs = f"{sorted(cfg.drift_columns)}|{cfg.drift_mean_shift}|{cfg.drift_scale}|{cfg.drift_category_mix}"
+        knobs = (
+            f"{sorted(cfg.drift_columns)}|{cfg.drift_mean_shift}|{cfg.drift_scale}|{cfg.drift_category_mix}"
+        )
         name += f"-drift{hashlib.sha256(knobs.encode()).hexdigest()[:8]}"
     if cfg.bad_fraction:
         name += f"-bad{cfg.bad_fraction:g}"

@@ -27,7 +27,12 @@ def synthesise_source(cfg: LifecycleConfig) -> str:
 
 
 # S3 listing may hiccup; a missing path will not fix itself
-@task(name="list-source-files", retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_unless_user_error)
+@task(
+    name="list-source-files",
+    retries=3,
+    retry_delay_seconds=[2, 5, 15],
+    retry_condition_fn=retry_unless_user_error,
+)
 def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
     return sources.list_source(source, lake_for(cfg))
 
@@ -58,7 +63,11 @@ def report_batch(result: core_ingest.BatchResult) -> None:
     resource = f"loopline.dataset.{result.dataset}"
     if not result.batch_id:  # unreadable file in a folder: nothing landed
         log.warning("%s", result.reason)
-        emit("loopline.data.rejected", resource, {"batch_id": None, "rows": 0, "source": result.source, "reason": result.reason})
+        emit(
+            "loopline.data.rejected",
+            resource,
+            {"batch_id": None, "rows": 0, "source": result.source, "reason": result.reason},
+        )
         return
     if result.duplicate_batch:
         log.info("batch %s from %s was ingested before: nothing to do", result.batch_id, result.source)
@@ -80,11 +89,21 @@ def report_batch(result: core_ingest.BatchResult) -> None:
         lines += ["", f"Data Docs: `{result.data_docs_path}`"]
     failing = [e for e in result.per_expectation if e.get("unexpected_count")]
     if failing:
-        lines += ["", "## Failed expectations", "", "| expectation | column | bad rows | examples |", "|---|---|---:|---|"]
+        lines += [
+            "",
+            "## Failed expectations",
+            "",
+            "| expectation | column | bad rows | examples |",
+            "|---|---|---:|---|",
+        ]
         for e in failing:
             examples = ", ".join(f"`{x}`" for x in (e.get("examples") or [])[:5])
-            lines.append(f"| {e['expectation']} | {e.get('column') or ''} | {e['unexpected_count']} | {examples} |")
-    create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"validation of batch {result.batch_id}")
+            lines.append(
+                f"| {e['expectation']} | {e.get('column') or ''} | {e['unexpected_count']} | {examples} |"
+            )
+    create_markdown_artifact(
+        key=key, markdown="\n".join(lines), description=f"validation of batch {result.batch_id}"
+    )
     create_table_artifact(
         key=f"{key}-expectations",
         table=[
@@ -101,11 +120,21 @@ def report_batch(result: core_ingest.BatchResult) -> None:
     )
     payload = {"batch_id": result.batch_id, "rows": result.rows_clean, "source": result.source}
     if result.accepted:
-        log.info("batch %s: %d rows in, %d clean, %d quarantined", result.batch_id, result.rows_in, result.rows_clean, result.rows_quarantined)
+        log.info(
+            "batch %s: %d rows in, %d clean, %d quarantined",
+            result.batch_id,
+            result.rows_in,
+            result.rows_clean,
+            result.rows_quarantined,
+        )
         emit("loopline.data.ingested", resource, {**payload, "rows_quarantined": result.rows_quarantined})
     else:
         log.warning("batch %s rejected: %s", result.batch_id, result.reason)
-        emit("loopline.data.rejected", resource, {**payload, "rows_in": result.rows_in, "reason": result.reason})
+        emit(
+            "loopline.data.rejected",
+            resource,
+            {**payload, "rows_in": result.rows_in, "reason": result.reason},
+        )
 
 
 def _features_cache_key(context, parameters) -> str:
@@ -116,7 +145,16 @@ def _features_cache_key(context, parameters) -> str:
     lake = lake_for(cfg)
     contract = load_contract(cfg.data.contract)
     clean_v = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
-    blob = json.dumps([lake.root, contract.hash, clean_v, cfg.features.model_dump(mode="json"), parameters.get("refit"), code_hash()])
+    blob = json.dumps(
+        [
+            lake.root,
+            contract.hash,
+            clean_v,
+            cfg.features.model_dump(mode="json"),
+            parameters.get("refit"),
+            code_hash(),
+        ]
+    )
     return "features-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -133,6 +171,10 @@ def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
     result = core_features.build_features(lake_for(cfg), contract, cfg.features, refit=refit)
     run_logger().info(
         "features/%s v%s: %d new batch(es), %d rows, transform %s",
-        contract.dataset, result["features_version"], result["new_batches"], result["rows_added"], result["transform_version"],
+        contract.dataset,
+        result["features_version"],
+        result["new_batches"],
+        result["rows_added"],
+        result["transform_version"],
     )
     return result

@@ -104,6 +104,11 @@ def moto_s3(tmp_path_factory):
     except TimeoutError:
         proc.terminate()
         raise
-    yield {"endpoint_url": url, "region": "us-east-1", "access_key_id": "testing", "secret_access_key": "testing"}
+    yield {
+        "endpoint_url": url,
+        "region": "us-east-1",
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
     proc.terminate()
     proc.wait(timeout=10)

@@ -11,7 +11,12 @@ from tests.serving_support import free_port
 
 pytestmark = pytest.mark.e2e
 
-SMALL = ["synthetic.rows=4000", "synthetic.bad_fraction=0.01", "training.max_steps=120", "evaluation.bootstrap_samples=200"]
+SMALL = [
+    "synthetic.rows=4000",
+    "synthetic.bad_fraction=0.01",
+    "training.max_steps=120",
+    "evaluation.bootstrap_samples=200",
+]
 DRIFTED = [
     "synthetic.seed=1",
     "synthetic.id_offset=1000000",

@@ -36,7 +36,9 @@ def test_ingest_and_features_flows_report_to_prefect(prefect_api, home):
     (batch,) = ingest_flow(cfg)
     assert batch["accepted"] and batch["rows_quarantined"] >= 25
     key = f"batch-demo-{batch['batch_id']}"
-    arts = api_post("/artifacts/filter", {"artifacts": {"key": {"any_": [key, key + "-expectations"]}}, "limit": 10})
+    arts = api_post(
+        "/artifacts/filter", {"artifacts": {"key": {"any_": [key, key + "-expectations"]}}, "limit": 10}
+    )
     assert {a["type"] for a in arts} == {"markdown", "table"}
     md = next(a for a in arts if a["type"] == "markdown")["data"]
     assert "quarantined" in md and "expect_column_values" in md
@@ -70,7 +72,10 @@ def test_events_are_emitted_for_accepted_and_rejected_batches(prefect_api, home,
 
     import time
 
-    body = {"filter": {"event": {"prefix": ["loopline.data."]}, "resource": {"id": ["loopline.dataset.demo"]}}, "limit": 50}
+    body = {
+        "filter": {"event": {"prefix": ["loopline.data."]}, "resource": {"id": ["loopline.dataset.demo"]}},
+        "limit": 50,
+    }
     deadline = time.time() + 30
     names: list[str] = []
     while time.time() < deadline:
@@ -84,7 +89,12 @@ def test_events_are_emitted_for_accepted_and_rejected_batches(prefect_api, home,
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "LOOPLINE_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
     )
 
 
@@ -92,19 +102,47 @@ def test_cli_exit_codes_and_json(prefect_api, home, tmp_path):
     good = cli("ingest", "--json", "--set", "synthetic.rows=400", home=home)
     assert good.returncode == 0, good.stderr
     out = json.loads(good.stdout.strip().splitlines()[-1])
-    assert set(out) >= {"dataset", "batch_id", "rows_in", "rows_clean", "rows_quarantined", "duplicate_batch", "raw_version", "clean_version", "quarantine_version"}
-    dup = json.loads(cli("ingest", "--json", "--set", "synthetic.rows=400", home=home).stdout.strip().splitlines()[-1])
+    assert set(out) >= {
+        "dataset",
+        "batch_id",
+        "rows_in",
+        "rows_clean",
+        "rows_quarantined",
+        "duplicate_batch",
+        "raw_version",
+        "clean_version",
+        "quarantine_version",
+    }
+    dup = json.loads(
+        cli("ingest", "--json", "--set", "synthetic.rows=400", home=home).stdout.strip().splitlines()[-1]
+    )
     assert dup["duplicate_batch"] is True
 
     broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump({"dataset": "x", "id": "a", "label": "b", "task": "binary", "columns": {"a": {"type": "nope"}}}))
+    broken.write_text(
+        yaml.safe_dump(
+            {"dataset": "x", "id": "a", "label": "b", "task": "binary", "columns": {"a": {"type": "nope"}}}
+        )
+    )
     res = cli("ingest", "--contract", str(broken), "--source", str(tmp_path), home=home)
     assert res.returncode == 2 and "broken.yaml" in res.stderr and "Traceback" not in res.stderr
 
     missing = cli("ingest", "--source", str(tmp_path / "nope.csv"), home=home)
     assert missing.returncode == 2 and "nope.csv" in missing.stderr
 
-    rejected = cli("ingest", "--json", "--set", "synthetic.rows=400", "--set", "synthetic.seed=5", "--set", "synthetic.id_offset=9000", "--set", "synthetic.bad_fraction=0.3", home=home)
+    rejected = cli(
+        "ingest",
+        "--json",
+        "--set",
+        "synthetic.rows=400",
+        "--set",
+        "synthetic.seed=5",
+        "--set",
+        "synthetic.id_offset=9000",
+        "--set",
+        "synthetic.bad_fraction=0.3",
+        home=home,
+    )
     assert rejected.returncode == 3, rejected.stderr
     assert json.loads(rejected.stdout.strip().splitlines()[-1])["accepted"] is False
 
@@ -112,4 +150,7 @@ def test_cli_exit_codes_and_json(prefect_api, home, tmp_path):
     assert bad_set.returncode == 2 and "features.numeric" in bad_set.stderr
 
     status = json.loads(cli("status", "--json", home=home).stdout.strip().splitlines()[-1])
-    assert status["datasets"]["demo"]["batches_accepted"] == 1 and status["datasets"]["demo"]["batches_rejected"] == 1
+    assert (
+        status["datasets"]["demo"]["batches_accepted"] == 1
+        and status["datasets"]["demo"]["batches_rejected"] == 1
+    )

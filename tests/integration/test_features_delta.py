@@ -51,10 +51,15 @@ def test_incremental_features_time_travel_and_same_transform(home, tmp_path):
     from deltalake import DeltaTable
 
     rows = DeltaTable(clean).to_pandas()
-    rows = rows[rows["customer_id"].isin(new.ids[:50])].set_index("customer_id").loc[new.ids[:50]].reset_index()
+    rows = (
+        rows[rows["customer_id"].isin(new.ids[:50])].set_index("customer_id").loc[new.ids[:50]].reset_index()
+    )
     np.testing.assert_allclose(transform.transform(rows), new.X[:50], rtol=1e-6)  # serving == training
 
     refit = build_features(lake, contract, cfg.model_copy(update={"numeric": "log1p"}), refit=True)
     assert refit["transform_version"] != first["transform_version"] and refit["rows_added"] == 1600
     assert read_split(lake, "demo", "train").transform_version == refit["transform_version"]
-    assert read_split(lake, "demo", "train", version=second["features_version"]).transform_version == first["transform_version"]
+    assert (
+        read_split(lake, "demo", "train", version=second["features_version"]).transform_version
+        == first["transform_version"]
+    )

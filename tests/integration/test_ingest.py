@@ -38,7 +38,10 @@ HEADER = "customer_id,age,income,segment,note,signup_at,default"
 
 def good_rows(start: int = 1, n: int = 8) -> list[str]:
     segs = ["retail", "sme", "corp"]
-    return [f"{i},{20 + i},{1000.5 * i},{segs[i % 3]},ok,2025-01-0{1 + i % 9}T10:00:00,{i % 2}" for i in range(start, start + n)]
+    return [
+        f"{i},{20 + i},{1000.5 * i},{segs[i % 3]},ok,2025-01-0{1 + i % 9}T10:00:00,{i % 2}"
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture
@@ -117,7 +120,13 @@ def test_empty_file_cannot_be_read(env):
     ("name", "lines"),
     [
         ("wrong_delimiter", [HEADER.replace(",", ";"), *(r.replace(",", ";") for r in good_rows())]),
-        ("missing_column", [HEADER.replace(",note", ""), *(",".join(r.split(",")[:4] + r.split(",")[5:]) for r in good_rows())]),
+        (
+            "missing_column",
+            [
+                HEADER.replace(",note", ""),
+                *(",".join(r.split(",")[:4] + r.split(",")[5:]) for r in good_rows()),
+            ],
+        ),
         ("extra_column", [HEADER + ",surprise", *(r + ",boo" for r in good_rows())]),
     ],
 )
@@ -141,7 +150,9 @@ def test_too_many_bad_rows_rejects_batch_and_clean_does_not_change(env):
 
 def test_non_utf8_bytes_name_the_file(env):
     p = env[3] / "latin1.csv"
-    p.write_bytes((HEADER + "\n").encode() + "9,30,1.0,retail,caf\xe9,2025-01-01T00:00:00,1\n".encode("latin-1"))
+    p.write_bytes(
+        (HEADER + "\n").encode() + "9,30,1.0,retail,caf\xe9,2025-01-01T00:00:00,1\n".encode("latin-1")
+    )
     with pytest.raises(SourceError, match="latin1.csv"):
         ingest_one(env, p)
 
@@ -173,7 +184,9 @@ def test_duplicate_ids_across_batches_first_arrival_wins(env):
     ingest_one(env, csv_file(tmp, "a.csv", [HEADER, *good_rows(1, 8)]))
     out = ingest_one(env, csv_file(tmp, "b.csv", [HEADER, *good_rows(7, 8)]))  # ids 7 and 8 seen before
     assert out["accepted"] and out["rows_clean"] == 8 - 2 and out["rows_quarantined"] == 2
-    ids = delta.read_column(lake, lake.table_uri("clean", "credit"), ["customer_id"])["customer_id"].to_pylist()
+    ids = delta.read_column(lake, lake.table_uri("clean", "credit"), ["customer_id"])[
+        "customer_id"
+    ].to_pylist()
     assert sorted(ids) == list(range(1, 15))
     assert all("customer_id" in r for r in reasons(lake))
 
@@ -182,7 +195,11 @@ def test_folder_mixing_good_and_bad_files(env):
     contract, lake, cfg, tmp = env
     folder = tmp / "landing"
     csv_file(tmp, "../landing/1-good.csv", [HEADER, *good_rows(1, 8)])
-    csv_file(tmp, "../landing/2-missing-col.csv", [HEADER.replace(",note", ""), "50,30,1.0,retail,2025-01-01T00:00:00,1"])
+    csv_file(
+        tmp,
+        "../landing/2-missing-col.csv",
+        [HEADER.replace(",note", ""), "50,30,1.0,retail,2025-01-01T00:00:00,1"],
+    )
     (folder / "3-empty.csv").write_bytes(b"")
     csv_file(tmp, "../landing/4-good.csv", [HEADER, *good_rows(20, 4)])
     results = ingest_source(str(folder), contract, lake, cfg)
@@ -230,16 +247,26 @@ def test_retry_after_crash_half_way_leaves_no_duplicates(env, monkeypatch):
     monkeypatch.setattr(delta, "append_once", crash_on_clean)
     with pytest.raises(OSError, match="simulated"):
         ingest_one(env, p)
-    assert table_rows(lake, "raw") == 9 and table_rows(lake, "quarantine") == 1 and table_rows(lake, "clean") == 0
+    assert (
+        table_rows(lake, "raw") == 9
+        and table_rows(lake, "quarantine") == 1
+        and table_rows(lake, "clean") == 0
+    )
     out = ingest_one(env, p)  # the retry
     assert out["accepted"] and not out["duplicate_batch"]
-    assert table_rows(lake, "raw") == 9 and table_rows(lake, "quarantine") == 1 and table_rows(lake, "clean") == 8
+    assert (
+        table_rows(lake, "raw") == 9
+        and table_rows(lake, "quarantine") == 1
+        and table_rows(lake, "clean") == 8
+    )
     assert ingest_one(env, p)["duplicate_batch"]
 
 
 def test_quarantine_keeps_the_original_text_and_metadata(env):
     contract, lake, cfg, tmp = env
-    ingest_one(env, csv_file(tmp, "a.csv", [HEADER, *good_rows(), "9,abc,1.0,retail,ok,2025-01-01T00:00:00,1"]))
+    ingest_one(
+        env, csv_file(tmp, "a.csv", [HEADER, *good_rows(), "9,abc,1.0,retail,ok,2025-01-01T00:00:00,1"])
+    )
     q = delta.open_table(lake, lake.table_uri("quarantine", "credit")).to_pandas()
     row = q.iloc[0]
     assert row["age"] == "abc" and row["_row"] == 8 and row["_batch_id"] and row["_source"].endswith("a.csv")

@@ -5,7 +5,9 @@ from loopline.errors import ConfigError
 
 
 def test_set_overrides_parse_yaml_scalars():
-    cfg = load_config(overrides=["training.max_steps=400", "training.lr=0.01", "synthetic.drift_columns=[f00, f01]"])
+    cfg = load_config(
+        overrides=["training.max_steps=400", "training.lr=0.01", "synthetic.drift_columns=[f00, f01]"]
+    )
     assert cfg.training.max_steps == 400 and cfg.training.lr == 0.01
     assert cfg.synthetic.drift_columns == ["f00", "f01"]
 

@@ -22,7 +22,9 @@ def test_label_has_learnable_signal():
 def test_drift_knobs_move_distributions():
     base = generate_frame(SyntheticConfig(rows=5000, seed=0))
     drifted = generate_frame(
-        SyntheticConfig(rows=5000, seed=0, drift_columns=["f02", "region"], drift_mean_shift=1.0, drift_category_mix=0.5)
+        SyntheticConfig(
+            rows=5000, seed=0, drift_columns=["f02", "region"], drift_mean_shift=1.0, drift_category_mix=0.5
+        )
     )
     assert drifted["f02"].mean() - base["f02"].mean() > 0.5 * base["f02"].std()
     assert (drifted["region"] == "west").mean() > (base["region"] == "west").mean() + 0.2
