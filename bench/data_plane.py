@@ -61,15 +61,23 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def timed(fn, repeat: int) -> tuple[dict, object]:
-    """Best-of-`repeat` wall and CPU seconds (the best is the run least disturbed by other load)."""
-    walls, cpus, result = [], [], None
+def timed_interleaved(contenders: dict, repeat: int) -> tuple[dict, dict]:
+    """Best-of-`repeat` wall and CPU seconds per contender, taking turns (A, B, C, A, B, C, ...) so that
+    load from other processes hits every contender alike; the best run is the least disturbed one."""
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    results: dict = {}
     for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return {"s": min(walls), "cpu_s": min(cpus), "all_s": [round(w, 3) for w in walls]}, result
+        for name, fn in contenders.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            results[name] = fn()
+            walls[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    times = {
+        name: {"s": min(walls[name]), "cpu_s": min(cpus[name]), "all_s": [round(w, 3) for w in walls[name]]}
+        for name in contenders
+    }
+    return times, results
 
 
 def load_source(rows: int, bad_fraction: float, data_dir: Path):
@@ -285,7 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench data_plane", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the batch")
     parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of rows with a violation")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per contender (best counts)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per contender, interleaved (best counts)"
+    )
     parser.add_argument("--skip-ingest", action="store_true", help="skip ingest_source + build_features")
     parser.add_argument(
         "--big-rows", type=int, default=0, help="also push this many rows through the gate (child)"
@@ -309,12 +319,21 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="loopline-bench-"))
     details: dict = {}
     try:
-        details["ours"], verdict = timed(lambda: run_gate(contract, typed_chunks), args.repeat)
-        details["peer"], peer_result = timed(lambda: run_peer(definition, frame, contract.id), args.repeat)
-        details["ours_text"], _ = timed(lambda: run_gate(contract, text_chunks), args.repeat)
-        details["limit"], masks = timed(lambda: run_limit(contract, frame, None), args.repeat)
-        details["limit_write"], _ = timed(lambda: run_limit(contract, frame, work / "limit"), args.repeat)
-        details["ours_docs"], _ = timed(lambda: run_gate(contract, typed_chunks, str(work / "docs")), 1)
+        times, results = timed_interleaved(
+            {
+                "ours": lambda: run_gate(contract, typed_chunks),
+                "peer": lambda: run_peer(definition, frame, contract.id),
+                "ours_text": lambda: run_gate(contract, text_chunks),
+                "limit": lambda: run_limit(contract, frame, None),
+                "limit_write": lambda: run_limit(contract, frame, work / "limit"),
+            },
+            args.repeat,
+        )
+        docs_times, _ = timed_interleaved(
+            {"ours_docs": lambda: run_gate(contract, typed_chunks, str(work / "docs"))}, 1
+        )
+        details.update(times | docs_times)
+        verdict, peer_result, masks = results["ours"], results["peer"], results["limit"]
         details["verdicts"] = compare_verdicts(contract, frame, peer_result, masks, verdict)
         details["gate"] = {
             "rows_quarantined": verdict.rows_quarantined,
