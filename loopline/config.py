@@ -197,6 +197,9 @@ class ServingConfig(_Section):
     shadow: bool = Field(False, description="score @challenger beside the champion (logged, never returned)")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when torch sees one")
+    inline_max_rows: int = Field(
+        32, ge=0, description="batches up to this many rows run on the event loop, not the model thread"
+    )
     torch_threads: int = Field(
         1, ge=1, description="intra-op threads per model call; 1 leaves the other cores to HTTP and JSON"
     )

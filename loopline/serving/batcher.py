@@ -4,7 +4,8 @@ Requests append their checked rows and await a future. One worker per loaded mod
 queued (up to `max_batch_rows`), scores it in one call on the model thread, and hands each request its
 slice. While a call runs, new requests queue up, so under load batches form by themselves. Before a call
 the worker waits up to `max_wait_ms` for more rows, but only while other requests are being parsed
-(`pending()`): a lone client never pays the wait.
+(`pending()`): a lone client never pays the wait. A batch of at most `inline_max_rows` rows is scored on
+the event loop itself: for a few rows the model call is shorter than waking the model thread.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class MicroBatcher:
         max_wait_ms: float,
         pending: Callable[[], int] = lambda: 0,
         on_batch: Callable[[int, int, float], None] | None = None,
+        inline_max_rows: int = 0,
     ):
         self._score = score
         self._executor = executor
@@ -42,6 +44,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self._pending = pending
         self._on_batch = on_batch
+        self.inline_max_rows = inline_max_rows
         self._items: deque[tuple[TypedRows, asyncio.Future]] = deque()
         self.queued_rows = 0
         self._wake = asyncio.Event()
@@ -84,7 +87,11 @@ class MicroBatcher:
             rows = concat_rows([r for r, _ in batch])
             started = time.perf_counter()
             try:
-                predictions = await loop.run_in_executor(self._executor, self._score, rows)
+                if rows.n_rows <= self.inline_max_rows:
+                    # a small batch costs less than handing it to the model thread and waking it
+                    predictions = self._score(rows)
+                else:
+                    predictions = await loop.run_in_executor(self._executor, self._score, rows)
             except Exception as exc:  # the model failed: every request of the batch gets the error
                 log.exception("model call failed for a batch of %d rows", rows.n_rows)
                 for _, future in batch:

@@ -44,6 +44,7 @@ class ModelManager:
         device: str = "auto",
         poll_seconds: float = 10.0,
         pending: Callable[[], int] = lambda: 0,
+        inline_max_rows: int = 0,
     ):
         self.name = name
         self.router = router
@@ -55,6 +56,7 @@ class ModelManager:
         self.device = device
         self.poll_seconds = poll_seconds
         self.pending = pending
+        self.inline_max_rows = inline_max_rows
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task | None = None
@@ -80,6 +82,7 @@ class ModelManager:
             max_wait_ms=self.max_wait_ms,
             pending=self.pending,
             on_batch=on_batch,
+            inline_max_rows=self.inline_max_rows,
         )
         batcher.start()
         return Slot(model=model, batcher=batcher, role=role)

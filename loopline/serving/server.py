@@ -57,6 +57,7 @@ def build_app(
         device=cfg.device,
         poll_seconds=cfg.poll_seconds,
         pending=lambda: holder["app"].parsing,
+        inline_max_rows=cfg.inline_max_rows,
     )
 
     async def after_load() -> None:

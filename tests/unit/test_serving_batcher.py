@@ -134,3 +134,26 @@ def test_stop_finishes_queued_requests_and_refuses_new_ones():
             return [f.result().tolist() for f in futures]
 
     assert asyncio.run(main()) == [[0.0], [2.0], [4.0], [6.0], [8.0]]
+
+
+def test_small_batches_run_on_the_event_loop_and_large_ones_on_the_model_thread():
+    threads: list[str] = []
+
+    def model(rows: TypedRows) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return rows.columns["x"].values
+
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="model") as executor:
+            batcher = MicroBatcher(
+                model, executor=executor, max_batch_rows=100, max_wait_ms=0, inline_max_rows=4
+            )
+            batcher.start()
+            small = await batcher.submit(rows_of([1.0, 2.0]))
+            large = await batcher.submit(rows_of([3.0] * 10))
+            await batcher.stop()
+            return small, large
+
+    small, large = asyncio.run(main())
+    assert small.tolist() == [1.0, 2.0] and large.tolist() == [3.0] * 10
+    assert threads[0] == threading.current_thread().name and threads[1].startswith("model")
