@@ -94,8 +94,12 @@ def _promote(cfg: LifecycleConfig, model: str, version: int) -> dict[str, Any]:
 
 
 def _deploy(cfg: LifecycleConfig, model: str, promotion: dict[str, Any]) -> dict[str, Any]:
+    """Reload the running model servers onto the new champion (an unhealthy swap rolls back). A retrain
+    starts no server: one that starts later serves @champion anyway."""
     if not promotion.get("promoted"):
         return {"deployed": False, "reason": "no new champion"}
+    if not cfg.serving.deploy:
+        return {"deployed": False, "reason": "serving.deploy is off"}
     if importlib.util.find_spec("flows.deployment") is None:
         run_logger().warning(
             "flows/deployment.py is not in this checkout: serving picks up @champion by polling"
@@ -103,7 +107,7 @@ def _deploy(cfg: LifecycleConfig, model: str, promotion: dict[str, Any]) -> dict
         return {"deployed": False, "reason": "no deployment flow in this checkout; serving polls @champion"}
     from flows.deployment import deployment_flow
 
-    return deployment_flow(cfg, model=model)
+    return deployment_flow(cfg, model=model, start_if_missing=False)
 
 
 def _skipped(result: dict[str, Any], message: str) -> Completed:

@@ -1,0 +1,326 @@
+"""bench/lifecycle: the whole loop on the demo data, and what Prefect's orchestration costs on top of it.
+
+`lifecycle_flow` (ingest -> validate -> drift -> features -> train -> evaluate/promote -> deploy) runs on
+embedded defaults (a fresh LOOPLINE_HOME: local Delta lake, SQLite MLflow) against a local `prefect server
+start` (started before timing, as `loopline up` leaves it); the model server the deploy stage starts is
+stopped at the end. Ours: the lifecycle's wall time. Limit: the sum of its task
+bodies (each task run's time in Running, from the Prefect API; a subflow's proxy task is not counted
+twice), i.e. the same work with zero orchestration. Overhead = wall - bodies, as a share of wall (goal
+< 5%). Then the unchanged rerun: the same config again, where ingest finds the batch already landed,
+features are cached, training finds its run key finished and promotion finds the version in place
+(goal < 5% of the first run's wall time).
+
+    python -m bench lifecycle [--rows 20000] [--steps 300] [--keep] [--heartbeat default off]
+
+Both heartbeat variants run by default: Prefect 3.8.8 joins each flow run's heartbeat thread on exit,
+and that thread sleeps in whole seconds, so every flow run (subflows included) ends up to 1 s late.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+GOAL_OVERHEAD_SHARE = 0.05
+GOAL_RERUN_SHARE = 0.05
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = f", {int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.0f} GiB RAM"
+    except OSError:
+        mem = ""
+    return f"{model}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_prefect_server(prefect_home: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = open(prefect_home / "server.log", "wb")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"prefect server did not start; see {prefect_home / 'server.log'}")
+
+
+def _post(api: str, path: str, body: dict) -> list:
+    import httpx
+
+    # every paging field explicit: prefect 3.8.8's client sends nulls this server refuses
+    response = httpx.post(api + path, json={"limit": 200, "offset": 0, **body}, timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def run_tree(api: str, root_id: str) -> tuple[list[dict], list[dict]]:
+    """Every flow run under `root_id` (itself included) and every task run of theirs."""
+    flows = _post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [root_id]}}})
+    frontier = [root_id]
+    while frontier:
+        children = _post(api, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": frontier}}})
+        children = [c for c in children if c["id"] not in {f["id"] for f in flows}]
+        flows += children
+        frontier = [c["id"] for c in children]
+    tasks = _post(
+        api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [f["id"] for f in flows]}}}
+    )
+    return flows, tasks
+
+
+def task_bodies(flows: list[dict], tasks: list[dict]) -> tuple[float, list[dict]]:
+    """Seconds of task bodies; a subflow's proxy task run (its parent_task_run_id) is not a body."""
+    proxies = {f.get("parent_task_run_id") for f in flows}
+    names = {f["id"]: f["name"] for f in flows}
+    rows = [
+        {
+            "task": t["name"],
+            "flow_run": names.get(t["flow_run_id"], "?"),
+            "state": t["state"]["name"] if t.get("state") else None,
+            "body_s": float(t.get("total_run_time") or 0.0),
+        }
+        for t in tasks
+        if t["id"] not in proxies
+    ]
+    return sum(r["body_s"] for r in rows), sorted(rows, key=lambda r: -r["body_s"])
+
+
+def warm_imports() -> float:
+    """Import the stages' modules before timing: loading our own code (GX, torch, MLflow) is not
+    orchestration, and a long-lived worker or `loopline up` stack pays it once."""
+    import importlib
+
+    started = time.perf_counter()
+    for name in ("flows.lifecycle", "flows.ingest", "flows.features", "flows.training", "flows.promotion"):
+        importlib.import_module(name)
+    for name in ("tasks.data", "tasks.training", "tasks.promotion", "loopline.ingest", "loopline.train"):
+        importlib.import_module(name)
+    return time.perf_counter() - started
+
+
+def timed_lifecycle(cfg, api: str, heartbeat: str = "default") -> dict:
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.lifecycle import lifecycle_flow
+
+    updates = {PREFECT_API_URL: api}
+    if heartbeat != "default":  # None (off) is not expressible as an environment variable
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None if heartbeat == "off" else int(heartbeat)
+    with temporary_settings(updates=updates):
+        started = time.perf_counter()
+        state = lifecycle_flow(cfg, return_state=True)
+        wall = time.perf_counter() - started
+    if not state.is_completed():
+        raise RuntimeError(f"lifecycle ended {state.name}: {state.message}")
+    flows, tasks = run_tree(api, str(state.state_details.flow_run_id))
+    bodies, rows = task_bodies(flows, tasks)
+    return {
+        "wall_s": wall,
+        "task_bodies_s": bodies,
+        "overhead_s": wall - bodies,
+        "overhead_share": (wall - bodies) / wall,
+        "flow_runs": len(flows),
+        "task_runs": len(rows),
+        "tasks": rows,
+    }
+
+
+def run_variant(args, api: str, work: Path, heartbeat: str) -> dict:
+    """A fresh LOOPLINE_HOME, the lifecycle twice (first run, unchanged rerun), the model server stopped."""
+    from loopline.config import LifecycleConfig
+    from loopline.deploy import stop_all_servers
+
+    home = work / f"home-heartbeat-{heartbeat}"
+    home.mkdir()
+    os.environ["LOOPLINE_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    cfg = LifecycleConfig(home=str(home))
+    cfg.serving.port = free_port()  # the deploy stage starts a model server; never on someone's 8080
+    if args.rows:
+        cfg.synthetic.rows = args.rows
+    if args.steps:
+        cfg.training.max_steps = args.steps
+    try:
+        first = timed_lifecycle(cfg, api, heartbeat)
+        rerun = timed_lifecycle(cfg, api, heartbeat)
+    finally:
+        stop_all_servers(str(home))
+    rerun_share = rerun["wall_s"] / first["wall_s"]
+    return {
+        "heartbeat": heartbeat,
+        "rows": cfg.synthetic.rows,
+        "steps": cfg.training.max_steps,
+        "hidden_sizes": cfg.training.hidden_sizes,
+        "first": first,
+        "rerun": rerun,
+        "overhead_share": first["overhead_share"],
+        "overhead_goal_met": first["overhead_share"] < GOAL_OVERHEAD_SHARE,
+        "rerun_share": rerun_share,
+        "rerun_goal_met": rerun_share < GOAL_RERUN_SHARE,
+    }
+
+
+def run_child(args, api: str, work: Path, heartbeat: str) -> dict:
+    out = work / f"variant-{heartbeat}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "lifecycle",
+        "--heartbeat",
+        heartbeat,
+        "--child",
+        api,
+        str(work),
+        str(out),
+    ]
+    cmd += [f"--rows={args.rows}"] if args.rows else []
+    cmd += [f"--steps={args.steps}"] if args.steps else []
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return json.loads(out.read_text())
+
+
+def print_table(result: dict) -> None:
+    variants = result["details"]["variants"]
+    p = result["params"]
+    print(f"\nbench/lifecycle  demo data, {p['rows']:,} rows, {p['steps']} steps  on {result['machine']}\n")
+    print(
+        f"{'heartbeat':<11}{'run':<7}{'wall s':>9}{'task bodies s':>15}{'overhead s':>12}{'overhead %':>12}"
+        f"{'of first %':>12}{'flows':>7}{'tasks':>7}"
+    )
+    for v in variants:
+        for name in ("first", "rerun"):
+            r = v[name]
+            share = 100 * r["wall_s"] / v["first"]["wall_s"]
+            print(
+                f"{v['heartbeat']:<11}{name:<7}{r['wall_s']:>9.2f}{r['task_bodies_s']:>15.2f}{r['overhead_s']:>12.2f}"
+                f"{100 * r['overhead_share']:>11.1f}%{share:>11.1f}%{r['flow_runs']:>7}{r['task_runs']:>7}"
+            )
+    for v in variants:
+        print(
+            f"\nheartbeat {v['heartbeat']}: orchestration overhead {100 * v['overhead_share']:.1f}% of the first run "
+            f"(goal < {100 * GOAL_OVERHEAD_SHARE:.0f}%: {'met' if v['overhead_goal_met'] else 'NOT met'}); "
+            f"unchanged rerun {100 * v['rerun_share']:.1f}% of the first run "
+            f"(goal < {100 * GOAL_RERUN_SHARE:.0f}%: {'met' if v['rerun_goal_met'] else 'NOT met'})"
+        )
+    first, rerun = variants[0]["first"], variants[0]["rerun"]
+    print(f"\nlongest task bodies (heartbeat {variants[0]['heartbeat']}, first run):")
+    for row in first["tasks"][:8]:
+        print(f"  {row['body_s']:>8.2f} s  {row['task']}")
+    print("rerun task bodies:")
+    for row in rerun["tasks"][:8]:
+        print(f"  {row['body_s']:>8.2f} s  {row['state'] or '':<10} {row['task']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench lifecycle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help="demo rows (default: the config's, 20000)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's, 300)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary homes and the server log")
+    parser.add_argument(
+        "--heartbeat",
+        nargs="+",
+        default=["default", "off"],
+        help="PREFECT_FLOWS_HEARTBEAT_FREQUENCY variants to run: default (Prefect's, 180 s), off, or seconds",
+    )
+    parser.add_argument("--child", nargs=3, metavar=("API", "WORK", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:  # one variant in a fresh process: MLflow and Prefect keep process-wide state
+        api, work, out = args.child
+        import_s = warm_imports()
+        variant = run_variant(args, api, Path(work), args.heartbeat[0])
+        Path(out).write_text(json.dumps({**variant, "warm_imports_s": import_s}, default=str))
+        return variant
+
+    for key, value in (
+        ("GX_ANALYTICS_ENABLED", "false"),
+        ("MLFLOW_ENABLE_TELEMETRY", "false"),
+        ("DO_NOT_TRACK", "1"),
+        ("PREFECT_LOGGING_LEVEL", "WARNING"),
+    ):
+        os.environ.setdefault(key, value)
+    os.environ.pop("LOOPLINE_LAKE_URI", None)
+    work = Path(tempfile.mkdtemp(prefix="loopline-bench-lifecycle-"))
+    (work / "prefect").mkdir()
+    server, api = start_prefect_server(work / "prefect")
+    try:
+        variants = [run_child(args, api, work, heartbeat) for heartbeat in args.heartbeat]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    main_variant = variants[0]
+    first = main_variant["first"]
+    result = {
+        "name": "lifecycle",
+        "machine": machine(),
+        "params": {
+            "rows": main_variant["rows"],
+            "steps": main_variant["steps"],
+            "hidden_sizes": main_variant["hidden_sizes"],
+            "api": "local `prefect server start` (SQLite), started before timing",
+            "home": "fresh LOOPLINE_HOME per variant: local Delta lake, SQLite MLflow",
+            "stages": "flows/lifecycle.py: ingest -> validate -> drift -> features -> train -> evaluate/promote -> deploy",
+            "imports": "stage modules imported before timing (not orchestration); each variant in a fresh process",
+            "flows_heartbeat_frequency": [v["heartbeat"] for v in variants],
+            "metric": "ours: lifecycle wall time; peer: sum of task bodies; ratio: ours/peer (first run, first variant)",
+        },
+        "ours": first["wall_s"],
+        "peer": first["task_bodies_s"],
+        "ratio": first["wall_s"] / first["task_bodies_s"],
+        "unit": "s",
+        "peer_name": "the same task bodies with no orchestration (sum of task run times; the limit)",
+        "details": {
+            "overhead_share": main_variant["overhead_share"],
+            "overhead_goal_met": main_variant["overhead_goal_met"],
+            "rerun_share": main_variant["rerun_share"],
+            "rerun_goal_met": main_variant["rerun_goal_met"],
+            "variants": variants,
+            "kept": str(work) if args.keep else None,
+        },
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "lifecycle.json").write_text(json.dumps(result, indent=2, default=str))
+    print_table(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
