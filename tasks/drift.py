@@ -10,7 +10,6 @@ It streams chunk by chunk (`DriftAccumulator`), so a large window never sits in 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from prefect import task
 
 from loopline.config import LifecycleConfig
 from loopline.errors import DriftError, ModelError
+from loopline.verdicts import record_drift_verdict
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 
 PROFILE_FILE = "reference_profile.json"
@@ -108,7 +108,8 @@ def report_drift(
     cfg: LifecycleConfig, champion: dict[str, Any], report: dict[str, Any], window: dict[str, Any]
 ) -> bool:
     """Markdown + table artifacts, Prometheus gauges, a row in the lake's drift/M table, and the event
-    `loopline.drift.detected` when drift was detected. Returns whether the event was emitted."""
+    `loopline.drift.detected` when drift was detected. Returns whether the event was emitted.
+    (`loopline.verdicts.last_drift_verdict` reads the table back for `loopline status`.)"""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from loopline.drift import DriftReport, drift_metrics_text, render_drift_markdown
@@ -141,7 +142,7 @@ def report_drift(
         }
         emit("loopline.drift.detected", f"loopline.model.{model}", payload)
         emitted = True
-    record_verdict(cfg, model, version, report, window, emitted)
+    record_drift_verdict(lake_for(cfg), model, version, report, _public_window(window), emitted)
     return emitted
 
 
@@ -155,71 +156,6 @@ def write_metrics(cfg: LifecycleConfig, model: str, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, target)
     return target
-
-
-def record_verdict(
-    cfg: LifecycleConfig,
-    model: str,
-    version: str,
-    report: dict[str, Any],
-    window: dict[str, Any],
-    emitted: bool,
-) -> None:
-    """One row per check in the Delta table drift/M (the lake), so `status` can show the last verdict."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    lake = lake_for(cfg)
-    row = {
-        "checked_at": [datetime.now(UTC)],
-        "model_version": [str(version)],
-        "drift_detected": [bool(report["drift_detected"])],
-        "drift_share": [float(report["drift_share"])],
-        "prediction_drift": [bool(report["prediction_drift"])],
-        "n_current": [int(report["n_current"])],
-        "drifted_features": [json.dumps(report.get("drifted_features", []))],
-        "window": [json.dumps(_public_window(window), default=str)],
-        "event_emitted": [emitted],
-    }
-    schema = pa.schema(
-        [
-            ("checked_at", pa.timestamp("us", tz="UTC")),
-            ("model_version", pa.string()),
-            ("drift_detected", pa.bool_()),
-            ("drift_share", pa.float64()),
-            ("prediction_drift", pa.bool_()),
-            ("n_current", pa.int64()),
-            ("drifted_features", pa.string()),
-            ("window", pa.string()),
-            ("event_emitted", pa.bool_()),
-        ]
-    )
-    write_deltalake(
-        lake.uri("drift", model),
-        pa.table(row, schema=schema),
-        mode="append",
-        storage_options=lake.storage_options,
-    )
-
-
-def last_verdict(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
-    """The latest row of drift/M (for `loopline status`), or None before the first check."""
-    from loopline import delta
-
-    lake = lake_for(cfg)
-    table = delta.open_table(lake, lake.uri("drift", model))
-    if table is None:
-        return None
-    rows = table.to_pyarrow_dataset().to_table().to_pylist()
-    if not rows:
-        return None
-    last = max(rows, key=lambda r: r["checked_at"])
-    return {
-        **last,
-        "checked_at": last["checked_at"].isoformat(),
-        "drifted_features": json.loads(last["drifted_features"]),
-        "window": json.loads(last["window"]),
-    }
 
 
 # -- the current window ----------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
         with temporary_settings(updates={PREFECT_API_URL: stack["prefect_api_url"]}):
             v1 = _train_a_champion(cfg)
             report = _land_a_shifted_batch_and_detect_drift(cfg)
+            _drain_prefect_queues()
         assert report["drift_detected"] and report["event_emitted"]
         assert set(SHIFTED[:20]) <= set(report["drifted_features"])
 
@@ -108,6 +109,23 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
         assert run["state"]["name"] == "Completed", run["state"]
         assert run["parameters"]["model"] == "demo"
         assert run["parameters"]["event_payload"]["drift_share"] == pytest.approx(report["drift_share"])
+        # ... ran its stages as subflows (promotion, then the deploy step: no model server runs here) ...
+        children = api(
+            stack,
+            "/flow_runs/filter",
+            {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}, "limit": 50, "offset": 0},
+        )
+        names = {c["flow_id"]: c for c in children}
+        flow_names = {
+            f["id"]: f["name"]
+            for f in api(
+                stack, "/flows/filter", {"flows": {"id": {"any_": list(names)}}, "limit": 50, "offset": 0}
+            )
+        }
+        assert {"features", "train", "promotion", "deployment"} <= {
+            flow_names[c["flow_id"]] for c in children
+        }
+        assert all(c["state"]["type"] == "COMPLETED" for c in children)
         # ... and trained on the gpu pool through the train deployment, as its child
         trains = [r for r in flow_runs(stack, "train/train") if r["parent_task_run_id"]]
         assert trains and all(r["state"]["type"] == "COMPLETED" for r in trains)
@@ -165,6 +183,15 @@ def _land_a_shifted_batch_and_detect_drift(cfg) -> dict:
     shifted.synthetic.drift_mean_shift = 2.0
     ingest_flow(shifted)
     return drift_flow(cfg, model="demo", current="batch:latest")
+
+
+def _drain_prefect_queues() -> None:
+    """Send queued logs and events while the server is up (left for exit, they retry a dead server)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
 
 
 def _post_drift_events(stack: dict, model: str, n: int) -> None:
