@@ -176,19 +176,12 @@ def ingest_file(
     stream = _ChunkStream(
         src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at
     )
-    try:
-        delta.append_once(
-            lake,
-            raw_uri,
-            pa.RecordBatchReader.from_batches(raw_schema(contract), iter(stream)),
-            app_id=app_id,
-            metadata={"batch_id": batch_id, "source": src.uri},
+    if delta.is_committed(delta.open_table(lake, raw_uri), app_id):
+        stream.drain()  # a retry whose raw commit already happened: validate the file, write nothing to raw
+    else:
+        _write_pipelined(
+            lake, raw_uri, raw_schema(contract), stream, app_id, {"batch_id": batch_id, "source": src.uri}
         )
-    except Exception:
-        if stream.error is not None:  # the real cause, not the writer's wrapping of it
-            raise stream.error from None
-        raise
-    stream.drain()  # a retry whose raw commit already happened skipped the stream: validate the file now
 
     if column_error is not None:
         result.accepted = False
@@ -235,6 +228,62 @@ def ingest_file(
     return result
 
 
+_DONE = object()
+
+
+def _write_pipelined(lake: Lake, uri: str, schema: pa.Schema, stream, app_id: str, metadata: dict) -> None:
+    """Stream `stream`'s record batches into one Delta commit, with the writer on its own thread.
+
+    Reading + validating chunk i+1 (Python) overlaps with encoding chunk i to Parquet (Rust, no GIL);
+    a queue of two chunks bounds memory. An error on either side aborts the commit: nothing is written.
+    """
+    import queue
+    import threading
+
+    pipe: queue.Queue = queue.Queue(maxsize=4)
+    failure: list[BaseException] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while (item := pipe.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def write() -> None:
+        try:
+            delta.append_once(
+                lake,
+                uri,
+                pa.RecordBatchReader.from_batches(schema, batches()),
+                app_id=app_id,
+                metadata=metadata,
+            )
+        except BaseException as exc:  # reported to the reading side below
+            failure.append(exc)
+
+    writer = threading.Thread(target=write, name="loopline-raw-writer", daemon=True)
+    writer.start()
+    try:
+        for batch in stream:
+            while True:  # never block forever on a writer that died
+                if failure:
+                    raise failure[0]
+                try:
+                    pipe.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+        pipe.put(_DONE)
+    except BaseException as exc:
+        if writer.is_alive():
+            pipe.put(RuntimeError(f"aborted: {exc}"))
+        writer.join()
+        raise
+    writer.join()
+    if failure:
+        raise failure[0]
+
+
 class _ChunkStream:
     """One pass over the file's chunks: validate, stage clean/quarantine, yield raw record batches.
 
@@ -268,52 +317,62 @@ class _ChunkStream:
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
         contract, names = self.contract, self.contract.column_names
-        schema, qschema, cschema = raw_schema(contract), quarantine_schema(contract), clean_schema(contract)
-        for i, chunk in enumerate(sources.read_chunks(self.src, names, self.cfg.data.chunk_rows)):
+        qschema, cschema = quarantine_schema(contract), clean_schema(contract)
+        for i, table in enumerate(sources.read_tables(self.src, names, self.cfg.data.chunk_rows)):
             offset = self.rows
-            raw = _raw_frame(chunk, names, self.src.uri, self.batch_id, self.at, offset)
+            raw = _raw_table(table, contract, self.src.uri, self.batch_id, self.at, offset)
             if self.gate is not None:
-                verdict = self.gate.validate_chunk(chunk[names], row_offset=offset)
+                verdict = self.gate.validate_chunk(raw.select(names).to_pandas(), row_offset=offset)
                 if len(verdict.clean):
-                    clean = verdict.clean.copy()
+                    clean = verdict.clean
                     clean["_batch_id"] = self.batch_id
                     clean["_ingested_at"] = pd.Timestamp(self.at)
-                    _write_stage(clean[cschema.names], cschema, self.stage / "clean" / f"{i:06d}.parquet")
+                    _write_stage(
+                        pa.Table.from_pandas(clean[cschema.names], schema=cschema, preserve_index=False),
+                        self.stage / "clean" / f"{i:06d}.parquet",
+                    )
                 if len(verdict.quarantine):
                     q = verdict.quarantine
-                    qraw = raw.iloc[q["_row"].to_numpy(dtype=np.int64) - offset].copy()
-                    qraw["_reasons"] = [r if isinstance(r, str) else "; ".join(r) for r in q["_reasons"]]
-                    _write_stage(qraw[qschema.names], qschema, self.stage / "quarantine" / f"{i:06d}.parquet")
-            self.rows += len(chunk)
-            yield from pa.Table.from_pandas(
-                raw[schema.names], schema=schema, preserve_index=False
-            ).to_batches()
+                    qraw = raw.take(pa.array(q["_row"].to_numpy(dtype=np.int64) - offset))
+                    reasons = [r if isinstance(r, str) else "; ".join(r) for r in q["_reasons"]]
+                    qraw = qraw.append_column("_reasons", pa.array(reasons, pa.string()))
+                    _write_stage(
+                        qraw.select(qschema.names).cast(qschema),
+                        self.stage / "quarantine" / f"{i:06d}.parquet",
+                    )
+            self.rows += table.num_rows
+            yield from raw.to_batches()
 
 
-def _raw_frame(chunk: pd.DataFrame, names: list[str], source: str, batch_id: str, at: datetime, offset: int):
-    raw = pd.DataFrame(index=range(len(chunk)))
-    for name in names:
-        raw[name] = chunk[name].to_numpy(dtype=object) if name in chunk.columns else None
-    extra = [c for c in chunk.columns if c not in names]
+def _raw_table(
+    table: pa.Table, contract: Contract, source: str, batch_id: str, at: datetime, offset: int
+) -> pa.Table:
+    """The chunk as raw/D stores it: the contract's columns as received (null when absent), unexpected
+    columns as JSON in `_extra`, and the batch metadata."""
+    n = table.num_rows
+    schema = raw_schema(contract)
+    present = set(table.column_names)
+    arrays = [table[name] if name in present else pa.nulls(n, pa.string()) for name in contract.column_names]
+    extra = [c for c in table.column_names if c not in contract.columns]
     if extra:
         import orjson
 
-        values = chunk[extra].astype(object).where(chunk[extra].notna(), None).to_dict("records")
-        raw["_extra"] = [orjson.dumps(v).decode() for v in values]
+        rows = table.select(extra).to_pylist()
+        arrays.append(pa.array([orjson.dumps(r).decode() for r in rows], pa.string()))
     else:
-        raw["_extra"] = None
-    raw["_batch_id"] = batch_id
-    raw["_source"] = source
-    raw["_ingested_at"] = pd.Timestamp(at)
-    raw["_row"] = np.arange(offset, offset + len(chunk), dtype=np.int64)
-    for name in names:  # NaN (pandas' missing text) becomes a real null
-        col = raw[name]
-        raw[name] = col.where(col.notna(), None)
-    return raw
+        arrays.append(pa.nulls(n, pa.string()))
+    arrays += [
+        pa.array(np.full(n, batch_id, dtype=object), pa.string()),
+        pa.array(np.full(n, source, dtype=object), pa.string()),
+        pa.array(np.full(n, np.datetime64(at.replace(tzinfo=None), "us")), pa.timestamp("us", tz="UTC")),
+        pa.array(np.arange(offset, offset + n, dtype=np.int64)),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _write_stage(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
-    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
+def _write_stage(table: pa.Table, path: Path) -> None:
+    # lz4: staging files are read once, a moment later; speed over size
+    pq.write_table(table, path, compression="lz4")
 
 
 def _staged_reader(folder: Path, schema: pa.Schema) -> pa.RecordBatchReader:

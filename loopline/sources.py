@@ -127,8 +127,8 @@ def read_header(src: SourceFile) -> list[str]:
     return list(record)
 
 
-def read_chunks(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Chunks of the file as text (a text dtype; missing is NA), every column of the file."""
+def read_tables(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[pa.Table]:
+    """Chunks of the file as Arrow tables of text (null where missing), every column of the file."""
     if src.fmt == "csv":
         yield from _read_csv(src, columns, chunk_rows)
     elif src.fmt == "parquet":
@@ -137,7 +137,13 @@ def read_chunks(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterato
         yield from _read_jsonl(src, chunk_rows)
 
 
-def _read_csv(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_chunks(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """`read_tables` as pandas frames (a text dtype; missing is NA)."""
+    for table in read_tables(src, columns, chunk_rows):
+        yield table.to_pandas()
+
+
+def _read_csv(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[pa.Table]:
     from pyarrow import csv
 
     # every column as text so nothing is coerced before the gate sees it; only an empty field is null
@@ -151,23 +157,23 @@ def _read_csv(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[
     try:
         reader = csv.open_csv(src.local_path, read_options=read, convert_options=convert)
         for batch in reader:
-            yield _as_text_frame(pa.Table.from_batches([batch]))
+            yield _as_text(pa.Table.from_batches([batch]))
     except pa.ArrowInvalid as exc:
         raise SourceError(f"cannot parse as CSV: {exc}", file=src.uri) from exc
 
 
-def _read_parquet(src: SourceFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _read_parquet(src: SourceFile, chunk_rows: int) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(src.local_path)
         for batch in pf.iter_batches(batch_size=chunk_rows):
-            yield _as_text_frame(pa.Table.from_batches([batch]))
+            yield _as_text(pa.Table.from_batches([batch]))
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"not a readable Parquet file ({exc})", file=src.uri) from exc
 
 
-def _read_jsonl(src: SourceFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _read_jsonl(src: SourceFile, chunk_rows: int) -> Iterator[pa.Table]:
     records: list[dict] = []
     with open(src.local_path, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -175,10 +181,17 @@ def _read_jsonl(src: SourceFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 continue
             records.append({k: _json_text(v) for k, v in _parse_json_line(line, src.uri, lineno).items()})
             if len(records) >= chunk_rows:
-                yield pd.DataFrame.from_records(records).astype(object)
+                yield _records_table(records)
                 records = []
     if records:
-        yield pd.DataFrame.from_records(records).astype(object)
+        yield _records_table(records)
+
+
+def _records_table(records: list[dict]) -> pa.Table:
+    names: dict[str, None] = {}
+    for record in records:
+        names.update(dict.fromkeys(record))
+    return pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
 
 
 def _parse_json_line(line: bytes, uri: str, lineno: int) -> dict:
@@ -205,22 +218,23 @@ def _json_text(value: object) -> str | None:
     return str(value)
 
 
-def _as_text_frame(table: pa.Table) -> pd.DataFrame:
-    """Every column cast to text (timestamps ISO-formatted), as an object-dtype frame with None for null."""
+def _as_text(table: pa.Table) -> pa.Table:
+    """Every column cast to text (timestamps ISO-formatted)."""
     import pyarrow.compute as pc
 
     arrays = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         if pa.types.is_timestamp(column.type):
             column = pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
-        elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        elif pa.types.is_large_string(column.type):
+            column = column.cast(pa.string())
+        elif not pa.types.is_string(column.type):
             try:
                 column = column.cast(pa.string())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
         arrays[name] = column
-    # pandas' text dtype: missing values read back as NA, which the gate treats as null
-    return pa.table(arrays).to_pandas()
+    return pa.table(arrays)
 
 
 def scratch_dir() -> str:
