@@ -66,8 +66,10 @@ def run_training(
 
     # Tracking: an earlier attempt of this run key is continued, a finished one is returned as is
     tracking_uri = tracking_uri or default_tracking_uri(cfg.home)
+    # both, always: mlflow keeps them process-wide, and a worker or test process runs many stages
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name(model_name), cfg.home, tracking_uri)
     previous = [] if fresh else find_runs_by_key(client, experiment_id, run_key)
     for run in previous:
