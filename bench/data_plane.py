@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -40,25 +38,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.common import machine
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PEER_NAME = (
     "Great Expectations 1.24 ValidationDefinition, result_format COMPLETE + unexpected_index_column_names"
 )
 CHUNK_ROWS = 250_000
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem = f", {int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.0f} GiB RAM"
-    except OSError:
-        mem = ""
-    return f"{model}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def timed_interleaved(contenders: dict, repeat: int) -> tuple[dict, dict]:

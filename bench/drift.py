@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench.common import machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -96,20 +97,6 @@ def make_frame(rows: int, seed: int, current: bool) -> pd.DataFrame:
         values = np.array([f"v{v:02d}" for v in range(k)], dtype=object)
         cols[name] = values[rng.choice(k, rows, p=p)]
     return pd.DataFrame(cols)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {mem_kb / 2**20:.0f} GiB RAM"
-    except OSError:
-        mem = ""
-    return f"{model}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def write_data(data_dir: Path, rows: int, seed: int) -> tuple[Path, Path]:

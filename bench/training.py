@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,31 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import machine
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PEER_NAME = "plain torch loop (same model, tensors, AdamW + schedule; no logging, no checkpoints)"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = ""
-    try:
-        from loopline.gpu import read_samples
-
-        samples = read_samples()
-        if samples:
-            gpu = f", {len(samples)}x {samples[0].name}"
-    except Exception:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM{gpu}, Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def load_features(rows: int, home: Path):
