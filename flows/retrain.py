@@ -17,7 +17,7 @@ from loopline.config import LifecycleConfig
 from loopline.contracts import load_contract
 from loopline.retrain import SKIPPED_STATE
 from tasks.common import run_logger
-from tasks.retrain import check_cooldown, check_freshness, resolve_config, train_on_pool
+from tasks.retrain import check_cooldown, check_freshness, claim_retrain, resolve_config, train_on_pool
 
 
 @flow(name="retrain", log_prints=True)
@@ -55,6 +55,8 @@ def retrain_flow(
     result["freshness"] = check_freshness(cfg, model_name, dataset, reason)
     if not result["freshness"]["proceed"] and not force:
         return _skipped(result, result["freshness"]["message"])
+    # Claim: from here on this run is the retrain of the model; later runs see the tag and stop
+    claim_retrain()
 
     # Features: bring features/D up to date with clean/D (cached when nothing changed)
     from flows.features import features_flow

@@ -255,6 +255,9 @@ class RetrainConfig(_Section):
         True,
         description="a deployed retrain runs the `train` deployment (work pool gpu) instead of training in-process",
     )
+    gate_wait_seconds: float = Field(
+        300.0, ge=0, description="how long a retrain waits for earlier, undecided retrain runs of its model"
+    )
 
 
 class LifecycleConfig(_Section):

@@ -1,10 +1,17 @@
 """When an event-triggered retrain may run: the cooldown and the freshness check (no prefect here).
 
-Cooldown: no event-triggered retrain of model M within `retrain.cooldown_hours` of the last one. The
-runs are ordered by (created, id), so a burst of runs created together resolves the same way in every
-one of them: the earliest proceeds, every later one finds it and stops. A run that stopped itself
-(state "Skipped") or was cancelled did not retrain, so it does not start a cooldown; a failed one did
-try, so it does (a crashing retrain must not restart on every drift check).
+Cooldown: no event-triggered retrain of model M within `retrain.cooldown_hours` of the last one. A run
+that passes both gates *claims* the retrain (its flow run is tagged `CLAIM_TAG`) before any work. The
+runs are ordered by (created, id), and a run only ever waits on earlier ones, so a burst of runs
+created together resolves the same way in each of them:
+
+- an earlier run of M in the window that claimed (or completed a retrain) -> cooldown: stop;
+- an earlier run that has not decided yet (scheduled, or still at its gates) -> wait for it;
+- earlier runs that stopped at a gate (state "Skipped"), were cancelled, or failed before claiming
+  did not retrain -> they do not count.
+
+So of five simultaneous drift runs the first claims and the other four stop; and a new-data run that
+stops for lack of rows does not hold back the drift run created a moment after it.
 
 Freshness: retraining on the data the champion already saw gives the same model. New labelled rows are
 the clean rows added to clean/D after the Delta version the champion's training run recorded
@@ -13,7 +20,7 @@ the clean rows added to clean/D after the Delta version the champion's training 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +29,8 @@ from loopline.lake import Lake
 
 EVENT_REASONS = ("drift", "new-data")  # reasons set by deployment triggers; anything else is manual
 SKIPPED_STATE = "Skipped"
-NOT_RETRAINED_STATES = ("CANCELLED", "CANCELLING")
+CLAIM_TAG = "loopline.retrain.claimed"
+FINAL_TYPES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -35,15 +43,21 @@ class RetrainRun:
     state_name: str
     model: str | None
     reason: str | None
+    claimed: bool = False
 
     @property
     def event_triggered(self) -> bool:
         return self.reason in EVENT_REASONS
 
     @property
-    def retrained_or_may(self) -> bool:
-        """Running, finished or failed: it retrained or still may. Skipped or cancelled: it did not."""
-        return self.state_name != SKIPPED_STATE and self.state_type not in NOT_RETRAINED_STATES
+    def retrained(self) -> bool:
+        """It claimed the retrain (or, untagged, completed one)."""
+        return self.claimed or (self.state_type == "COMPLETED" and self.state_name != SKIPPED_STATE)
+
+    @property
+    def undecided(self) -> bool:
+        """Not final and not claimed: it may still claim."""
+        return not self.claimed and self.state_type not in FINAL_TYPES
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,7 @@ class Decision:
     proceed: bool
     message: str
     details: dict[str, Any]
+    waiting_for: list[str] = field(default_factory=list)  # undecided earlier runs: ask again later
 
 
 def decide_cooldown(
@@ -67,25 +82,35 @@ def decide_cooldown(
             if r.id != me.id
             and r.model == me.model
             and r.event_triggered
-            and r.retrained_or_may
             and r.created >= since
             and (r.created, r.id) < (me.created, me.id)
         ),
         key=lambda r: (r.created, r.id),
     )
-    if not earlier:
+    retrained = [r for r in earlier if r.retrained]
+    if retrained:
+        opener = retrained[0]  # the run that opened this cooldown window (only one per window retrains)
+        until = opener.created + timedelta(hours=cooldown_hours)
         return Decision(
-            True, f"no event-triggered retrain of {me.model} in the last {cooldown_hours:g} h", {}
+            False,
+            f"cooldown: event-triggered retrain {opener.id} of {me.model} started {opener.created.isoformat()} "
+            f"({opener.state_name}); the next may start after {until.isoformat()} "
+            f"(retrain.cooldown_hours={cooldown_hours:g})",
+            {
+                "blocking_run": opener.id,
+                "blocking_state": opener.state_name,
+                "cooldown_until": until.isoformat(),
+            },
         )
-    opener = earlier[0]  # the run that opened this cooldown window (only one per window can pass)
-    until = opener.created + timedelta(hours=cooldown_hours)
-    return Decision(
-        False,
-        f"cooldown: event-triggered retrain {opener.id} of {me.model} started {opener.created.isoformat()} "
-        f"({opener.state_name}); the next may start after {until.isoformat()} "
-        f"(retrain.cooldown_hours={cooldown_hours:g})",
-        {"blocking_run": opener.id, "blocking_state": opener.state_name, "cooldown_until": until.isoformat()},
-    )
+    undecided = [r.id for r in earlier if r.undecided]
+    if undecided:
+        return Decision(
+            False,
+            f"waiting for {len(undecided)} earlier retrain run(s) of {me.model} to pass or stop at their gates",
+            {"waiting_for": undecided},
+            waiting_for=undecided,
+        )
+    return Decision(True, f"no event-triggered retrain of {me.model} in the last {cooldown_hours:g} h", {})
 
 
 def count_rows(lake: Lake, uri: str, version: int | None = None) -> int:

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
 
 from loopline.config import LifecycleConfig, load_config
-from loopline.retrain import Decision, RetrainRun, decide_cooldown, decide_freshness, new_clean_rows
+from loopline.retrain import (
+    CLAIM_TAG,
+    Decision,
+    RetrainRun,
+    decide_cooldown,
+    decide_freshness,
+    new_clean_rows,
+)
 from tasks.common import lake_for, retry_unless_user_error, run_logger
 
 RETRAIN_FLOW = "retrain"
 TRAIN_DEPLOYMENT = "train/train"
+GATE_POLL_SECONDS = 2.0  # how often a waiting retrain asks whether earlier runs have decided
 RECENT_RUNS_LIMIT = 200  # retrain runs looked at for the cooldown; the trigger keeps bursts far below this
 
 
@@ -32,14 +41,42 @@ def resolve_config(config: LifecycleConfig | dict | None) -> LifecycleConfig:
     name="check-cooldown", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error
 )
 def check_cooldown(cfg: LifecycleConfig, model: str, reason: str) -> dict[str, Any]:
-    """May this run retrain, given the other retrain runs of `model` the Prefect API knows?"""
+    """May this run retrain, given the other retrain runs of `model` the Prefect API knows? Waits (up to
+    retrain.gate_wait_seconds) while earlier runs have not decided yet."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    log = run_logger()
+    deadline = time.monotonic() + cfg.retrain.gate_wait_seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            decision = cooldown_decision(client, flow_run.get_id(), model, reason, cfg.retrain.cooldown_hours)
+            if not decision.waiting_for:
+                break
+            if time.monotonic() >= deadline:
+                decision = Decision(
+                    False,
+                    f"earlier retrain run(s) {decision.waiting_for} of {model} did not decide within "
+                    f"{cfg.retrain.gate_wait_seconds:g} s (retrain.gate_wait_seconds): leaving the retrain to them",
+                    decision.details,
+                )
+                break
+            log.info("cooldown: %s", decision.message)
+            time.sleep(GATE_POLL_SECONDS)
+    log.info("cooldown: %s", decision.message)
+    return _as_dict(decision)
+
+
+@task(name="claim-retrain", retries=2, retry_delay_seconds=[2, 5])
+def claim_retrain() -> str:
+    """Tag this flow run as the one that retrains (later runs of the model see it and stop)."""
     from prefect import get_client
     from prefect.runtime import flow_run
 
     with get_client(sync_client=True) as client:
-        decision = cooldown_decision(client, flow_run.get_id(), model, reason, cfg.retrain.cooldown_hours)
-    run_logger().info("cooldown: %s", decision.message)
-    return _as_dict(decision)
+        run = client.read_flow_run(flow_run.get_id())
+        client.update_flow_run(run.id, tags=sorted({*run.tags, CLAIM_TAG}))
+    return CLAIM_TAG
 
 
 def cooldown_decision(
@@ -139,6 +176,7 @@ def _as_retrain_run(run, *, model: str | None = None, reason: str | None = None)
         state_name=run.state.name if run.state else "Scheduled",
         model=model or params.get("model"),
         reason=reason or params.get("reason"),
+        claimed=CLAIM_TAG in (run.tags or []),
     )
 
 

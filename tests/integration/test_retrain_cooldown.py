@@ -115,10 +115,18 @@ def test_an_ingested_batch_starts_a_new_data_run_for_its_dataset(prefect_api, cl
     assert run.parameters["event_payload"]["rows"] == 1200
 
 
-def test_in_flow_cooldown_lets_one_of_five_simultaneous_runs_proceed(client, retrain_deployment):
+def test_in_flow_cooldown_lets_one_of_five_simultaneous_runs_retrain(client, retrain_deployment):
     from prefect.states import Completed
 
+    from loopline.retrain import CLAIM_TAG
     from tasks.retrain import cooldown_decision
+
+    def verdicts(ids, model, reason="drift"):
+        out = []
+        for i in ids:
+            d = cooldown_decision(client, str(i), model, reason, cooldown_hours=6)
+            out.append("go" if d.proceed else ("wait" if d.waiting_for else "stop"))
+        return out
 
     model = f"cool-{uuid.uuid4().hex[:8]}"
     ids = [
@@ -127,23 +135,22 @@ def test_in_flow_cooldown_lets_one_of_five_simultaneous_runs_proceed(client, ret
         ).id
         for _ in range(5)
     ]
-    verdicts = {i: cooldown_decision(client, str(i), model, "drift", cooldown_hours=6) for i in reversed(ids)}
-    assert [verdicts[i].proceed for i in ids] == [True, False, False, False, False]
-    assert all(verdicts[i].details["blocking_run"] == str(ids[0]) for i in ids[1:])
+    # all scheduled: the first may go, the others wait for the ones before them to decide
+    assert verdicts(reversed(ids), model) == ["wait", "wait", "wait", "wait", "go"]
+    # the first passes its gates and claims the retrain: the other four stop, naming it
+    client.update_flow_run(ids[0], tags=[CLAIM_TAG])
+    assert verdicts(ids, model) == ["go", "stop", "stop", "stop", "stop"]
+    blocked = cooldown_decision(client, str(ids[4]), model, "drift", 6)
+    assert blocked.details["blocking_run"] == str(ids[0]) and "cooldown" in blocked.message
 
-    # the first one stopped itself (say, at the freshness check): it did not retrain, so the next may
+    # had it stopped at its freshness gate instead (no claim, state Skipped), the second would go
+    client.update_flow_run(ids[0], tags=[])
     client.set_flow_run_state(ids[0], Completed(name="Skipped", message="no new data"), force=True)
-    assert [cooldown_decision(client, str(i), model, "drift", 6).proceed for i in ids] == [
-        True,
-        True,
-        False,
-        False,
-        False,
-    ]
+    assert verdicts(ids, model) == ["go", "go", "wait", "wait", "wait"]
     # a manual run is never held, and holds no one
     manual = client.create_flow_run_from_deployment(
         retrain_deployment.id, parameters={"model": model, "reason": "manual"}
     ).id
-    assert cooldown_decision(client, str(manual), model, "manual", 6).proceed
+    assert verdicts([manual], model, reason="manual") == ["go"]
     for i in [*ids, manual]:
         client.delete_flow_run(i)

@@ -22,6 +22,7 @@ def run(
     kind: str = "SCHEDULED",
     model="m",
     reason="drift",
+    claimed=False,
 ):
     return RetrainRun(
         id=f"run-{i}",
@@ -30,58 +31,83 @@ def run(
         state_name=state,
         model=model,
         reason=reason,
+        claimed=claimed,
     )
 
 
-def test_a_burst_of_five_runs_lets_exactly_the_earliest_proceed_whatever_order_they_check_in():
+def verdicts(runs: list[RetrainRun], cooldown_hours: float = 6) -> list[str]:
+    out = []
+    for me in runs:
+        d = decide_cooldown(runs, me, now=NOW, cooldown_hours=cooldown_hours)
+        out.append("go" if d.proceed else ("wait" if d.waiting_for else "stop"))
+    return out
+
+
+def test_a_burst_of_five_runs_resolves_to_one_retrain_whatever_order_they_check_in():
     burst = [run(i, minutes_ago=1 - i * 0.001) for i in range(5)]  # created a millisecond apart
     for order in itertools.permutations(burst):
-        verdicts = {
-            me.id: decide_cooldown(list(order), me, now=NOW, cooldown_hours=6).proceed for me in order
-        }
-        assert verdicts == {"run-0": True, "run-1": False, "run-2": False, "run-3": False, "run-4": False}
+        seen = {me.id: decide_cooldown(list(order), me, now=NOW, cooldown_hours=6) for me in order}
+        assert seen["run-0"].proceed
+        for i in range(1, 5):
+            assert seen[f"run-{i}"].waiting_for == [f"run-{j}" for j in range(i)]
+    # run-0 passes its gates and claims: the others stop, naming it
+    burst[0] = run(0, minutes_ago=1, state="Running", kind="RUNNING", claimed=True)
+    assert verdicts(burst) == ["go", "stop", "stop", "stop", "stop"]
+    assert decide_cooldown(burst, burst[3], now=NOW, cooldown_hours=6).details["blocking_run"] == "run-0"
+
+
+def test_a_run_that_stopped_at_its_gates_does_not_hold_back_the_next():
+    # e.g. a new-data run without enough rows, created a moment before a drift run
+    first = run(0, minutes_ago=2, state="Skipped", kind="COMPLETED", reason="new-data")
+    runs = [first, run(1, minutes_ago=1), run(2, minutes_ago=0.5)]
+    assert verdicts(runs) == ["go", "go", "wait"]
 
 
 def test_runs_created_in_the_same_instant_are_ordered_by_id():
     burst = [run(i, minutes_ago=1) for i in range(3)]
-    assert [decide_cooldown(burst, me, now=NOW, cooldown_hours=6).proceed for me in burst] == [
-        True,
-        False,
-        False,
-    ]
+    assert verdicts(burst) == ["go", "wait", "wait"]
 
 
 def test_cooldown_names_the_blocking_run_and_when_it_ends():
     last = run(0, minutes_ago=60, state="Completed", kind="COMPLETED")
     me = run(1, minutes_ago=0)
     decision = decide_cooldown([last, me], me, now=NOW, cooldown_hours=6)
-    assert not decision.proceed
+    assert not decision.proceed and not decision.waiting_for
     assert decision.details["blocking_run"] == "run-0"
     assert decision.details["cooldown_until"] == (last.created + timedelta(hours=6)).isoformat()
     assert "run-0" in decision.message and "retrain.cooldown_hours=6" in decision.message
 
 
 @pytest.mark.parametrize(
-    "other, proceeds",
+    "other, verdict",
     [
-        (run(0, minutes_ago=7 * 60, state="Completed", kind="COMPLETED"), True),  # older than the cooldown
-        (run(0, minutes_ago=30, state="Skipped", kind="COMPLETED"), True),  # it did not retrain
-        (run(0, minutes_ago=30, state="Cancelled", kind="CANCELLED"), True),
-        (run(0, minutes_ago=30, state="Failed", kind="FAILED"), False),  # it tried: a crash loop must wait
-        (run(0, minutes_ago=30, state="Running", kind="RUNNING"), False),
-        (run(0, minutes_ago=30, model="other"), True),  # another model has its own cooldown
-        (run(0, minutes_ago=30, reason="manual"), True),  # a manual run neither waits nor blocks
-        (run(0, minutes_ago=30, reason="new-data", state="Completed", kind="COMPLETED"), False),
+        (run(0, minutes_ago=7 * 60, state="Completed", kind="COMPLETED"), "go"),  # older than the cooldown
+        (run(0, minutes_ago=30, state="Completed", kind="COMPLETED"), "stop"),
+        (run(0, minutes_ago=30, state="Skipped", kind="COMPLETED"), "go"),  # it did not retrain
+        (run(0, minutes_ago=30, state="Cancelled", kind="CANCELLED"), "go"),
+        (
+            run(0, minutes_ago=30, state="Failed", kind="FAILED", claimed=True),
+            "stop",
+        ),  # a crash loop must wait
+        (run(0, minutes_ago=30, state="Failed", kind="FAILED"), "go"),  # failed at its gates: no retrain
+        (run(0, minutes_ago=30, state="Running", kind="RUNNING", claimed=True), "stop"),
+        (run(0, minutes_ago=30, state="Running", kind="RUNNING"), "wait"),  # still at its gates
+        (run(0, minutes_ago=30, state="Late", kind="SCHEDULED"), "wait"),
+        (run(0, minutes_ago=30, model="other", claimed=True), "go"),  # another model has its own cooldown
+        (
+            run(0, minutes_ago=30, reason="manual", claimed=True),
+            "go",
+        ),  # a manual run neither waits nor blocks
+        (run(0, minutes_ago=30, reason="new-data", state="Completed", kind="COMPLETED"), "stop"),
     ],
 )
-def test_which_earlier_runs_start_a_cooldown(other, proceeds):
-    me = run(1, minutes_ago=0)
-    assert decide_cooldown([other, me], me, now=NOW, cooldown_hours=6).proceed is proceeds
+def test_which_earlier_runs_stop_or_hold_a_retrain(other, verdict):
+    assert verdicts([other, run(1, minutes_ago=0)])[1] == verdict
 
 
 def test_a_manual_run_is_never_held_by_the_cooldown():
     me = run(1, minutes_ago=0, reason="manual")
-    busy = run(0, minutes_ago=5, state="Running", kind="RUNNING")
+    busy = run(0, minutes_ago=5, state="Running", kind="RUNNING", claimed=True)
     assert decide_cooldown([busy, me], me, now=NOW, cooldown_hours=6).proceed
 
 
