@@ -431,19 +431,67 @@ def _stack_alive(state: dict[str, Any]) -> bool:
 
 
 def _wait_http(url: str, timeout: float, state: dict[str, Any], name: str) -> None:
+    """Until `url` answers *from the process we started*: another server that took the port first
+    (a race for 4200/5000) must not pass for ours."""
     proc = next(p for p in state["processes"] if p["name"] == name)
+    port = int(urlsplit(url).port or 80)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if not _is_ours(proc):
             raise StackError(f"{name} exited during start-up; see {proc['log']}:\n{_tail(proc['log'])}")
+        owners = listener_pids(port)
+        if owners is not None and owners and not owners & _group_pids(proc["pid"]):
+            raise StackError(
+                f"port {port} is held by another process (pid {sorted(owners)}), not by the {name} we started; "
+                "choose another port"
+            )
         try:
             _get(url, timeout=2)
-            return
+            if owners is None or owners & _group_pids(proc["pid"]):
+                return
         except Exception as exc:  # not answering yet
             last = exc
         time.sleep(0.3)
     raise StackError(f"{name} did not answer {url} within {timeout:.0f} s ({last}); see {proc['log']}")
+
+
+def listener_pids(port: int) -> set[int] | None:
+    """Pids with a listening TCP socket on `port` (Linux /proc); None where that cannot be read."""
+    if not Path("/proc/net/tcp").exists():
+        return None
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                pids.add(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def _group_pids(pgid: int) -> set[int]:
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    members.add(int(entry.name))
+            except OSError:
+                continue
+    return members
 
 
 def _wait_workers(api_url: str, state: dict[str, Any], timeout: float) -> None:

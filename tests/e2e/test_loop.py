@@ -85,7 +85,9 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
     monkeypatch.setenv("LOOPLINE_HOME", str(home))
     monkeypatch.delenv("LOOPLINE_LAKE_URI", raising=False)
 
-    stack = up(str(home), config_path=str(config_file), worker_poll_seconds=1)
+    # free ports, not 4200/5000: another stack on this machine may hold (or race for) those
+    ports = {"prefect_port": _free_port(), "mlflow_port": _free_port()}
+    stack = up(str(home), config_path=str(config_file), worker_poll_seconds=1, **ports)
     try:
         assert read_stack(home)["pids"] == stack["pids"]
         assert {"retrain/retrain", "drift/drift-watch", "train/train"} <= set(stack["deployments"])
@@ -207,6 +209,14 @@ def _post_drift_events(stack: dict, model: str, n: int) -> None:
         for _ in range(n)
     ]
     httpx.post(stack["prefect_api_url"] + "/events", json=events, timeout=30).raise_for_status()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:

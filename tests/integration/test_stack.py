@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,16 @@ def alive(pid: int) -> bool:
     return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def free_ports() -> dict[str, int]:
+    """Not 4200/5000: another stack on this machine may hold (or race for) those."""
+    ports = {}
+    for key in ("prefect_port", "mlflow_port"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports[key] = s.getsockname()[1]
+    return ports
+
+
 def listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -60,7 +71,7 @@ def test_up_deploys_the_project_is_idempotent_and_down_stops_only_its_own(tmp_pa
         [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
     )
     try:
-        stack = up(str(home), config_path=str(config), with_workers=False)
+        stack = up(str(home), config_path=str(config), with_workers=False, **free_ports())
         api = stack["prefect_api_url"]
         assert api.startswith("http://127.0.0.1:") and stack["mlflow_tracking_uri"].startswith(
             "http://127.0.0.1:"
@@ -125,6 +136,33 @@ def test_up_deploys_the_project_is_idempotent_and_down_stops_only_its_own(tmp_pa
         down(str(home))
 
 
+def test_a_server_that_holds_the_port_is_not_taken_for_ours(tmp_path):
+    """A race for 4200 lost to another process: `up` says so and cleans up; the other server lives."""
+    from flows.stack import StackError
+
+    ports = free_ports()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(ports["prefect_port"]), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    home = tmp_path / "home"
+    try:
+        deadline = time.monotonic() + 30
+        while not listening(ports["prefect_port"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with pytest.raises(StackError) as err:
+            up(str(home), with_workers=False, deploy=False, startup_timeout_seconds=120, **ports)
+        assert str(ports["prefect_port"]) in str(err.value) or "exited during start-up" in str(err.value)
+        assert alive(other.pid)
+        assert not (home / "stack.json").exists()
+        assert not listening(ports["mlflow_port"])  # the MLflow server it had started is stopped again
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+
+
 def test_postgres_urls_are_checked_and_never_stored_with_their_password():
     assert (
         asyncpg_url("postgresql://u:secret@db:5432/prefect")
@@ -180,7 +218,7 @@ def postgres():
 def test_up_runs_the_prefect_server_on_postgres(tmp_path, postgres):
     home = tmp_path / "home"
     try:
-        stack = up(str(home), postgres_url=postgres, with_workers=False, deploy=False)
+        stack = up(str(home), postgres_url=postgres, with_workers=False, deploy=False, **free_ports())
         assert "s3cret" not in stack["database"] and "s3cret" not in (home / "stack.json").read_text()
         assert not (home / "prefect" / "prefect.db").exists()  # nothing went to SQLite
         api = stack["prefect_api_url"]
