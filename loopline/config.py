@@ -218,8 +218,6 @@ class ServingConfig(_Section):
     confirm_timeout_seconds: float = Field(
         60.0, gt=0, description="deployment: wait this long for /version to show the champion"
     )
-    canary_seconds: float = Field(0.0, ge=0, description="canary period after a promotion; 0 disables")
-    canary_weight: float = Field(0.1, ge=0, le=1)
 
 
 class DriftConfig(_Section):
