@@ -2,12 +2,16 @@
 worker per pool and deploys prefect.yaml; a champion is trained and promoted; a shifted batch lands;
 the drift flow detects it and emits `loopline.drift.detected`; the `retrain` deployment's run (cpu
 pool) trains on the `gpu` pool, evaluates and promotes the new version. Everything is asserted through
-the Prefect API and MLflow. A later burst of drift events starts nothing (cooldown). `down` stops it all.
+the Prefect API and MLflow. A later burst of drift events starts nothing (cooldown). `up` is idempotent;
+`down` stops what `up` started, and nothing else (not even a process that took over a recorded pid).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -31,7 +35,7 @@ TINY = {
     # a lateral move is enough here: the test is about the loop, not about beating the champion
     "evaluation": {"bootstrap_samples": 50, "min_improvement": -1.0, "max_slice_regression": None},
     # ingest events must not retrain in this test: only the drift event should
-    "retrain": {"min_new_rows": 1_000_000, "cooldown_hours": 6},
+    "retrain": {"min_new_rows": 1_000_000, "cooldown_hours": 5},
 }
 SHIFTED = [f"f{i:02d}" for i in range(24)]  # 24 of 30 numeric features: over the 0.5 share threshold
 
@@ -88,14 +92,19 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
     # free ports, not 4200/5000: another stack on this machine may hold (or race for) those
     ports = {"prefect_port": _free_port(), "mlflow_port": _free_port()}
     stack = up(str(home), config_path=str(config_file), worker_poll_seconds=1, **ports)
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
     try:
         assert read_stack(home)["pids"] == stack["pids"]
-        assert {"retrain/retrain", "drift/drift-watch", "train/train"} <= set(stack["deployments"])
+        _assert_the_stack_is_bootstrapped(stack, home)
+        again = up(str(home))  # idempotent: a second `up` reports the running stack
+        assert again["already_running"] and again["pids"] == stack["pids"]
         monkeypatch.setenv("MLFLOW_TRACKING_URI", stack["mlflow_tracking_uri"])
         cfg = load_config(config_file, [f"home={home}"])
         with temporary_settings(updates={PREFECT_API_URL: stack["prefect_api_url"]}):
-            v1 = _train_a_champion(cfg)
-            report = _land_a_shifted_batch_and_detect_drift(cfg)
+            v1 = _train_a_champion(cfg, stack)
+            report = _land_a_shifted_batch_and_detect_drift(cfg, stack)
             _drain_prefect_queues()
         assert report["drift_detected"] and report["event_emitted"]
         assert set(SHIFTED[:20]) <= set(report["drifted_features"])
@@ -151,21 +160,82 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
         _post_drift_events(stack, "demo", 5)
         time.sleep(8)
         assert len(drift_runs(stack)) == 1
+        # a pid in stack.json that now belongs to another process (its start time differs) is not ours
+        state = read_stack(home)
+        state["processes"].append(
+            {"name": "impostor", "pid": bystander.pid, "start_time": 1, "log": "/dev/null"}
+        )
+        (home / "stack.json").write_text(json.dumps(state))
     finally:
         stopped = down(str(home))
-    assert set(stopped["stopped"]) == set(stack["pids"])
+        alive_after = _alive(bystander.pid)
+        bystander.terminate()
+        bystander.wait(timeout=10)
+    assert set(stopped["stopped"]) == set(stack["pids"]) and stopped["already_gone"] == ["impostor"]
+    assert alive_after  # `down` left the process that is not its own alone
     assert not (home / "stack.json").exists()
     for pid in stack["pids"].values():
         assert not _alive(pid)
+    assert down(str(home))["stopped"] == []  # nothing left to stop
 
 
-def _train_a_champion(cfg) -> int:
+def _assert_the_stack_is_bootstrapped(stack: dict, home: Path) -> None:
+    """Servers, pools, the gpu limit, the block type, and prefect.yaml deployed with its schedules and triggers."""
+    assert stack["prefect_api_url"].startswith("http://127.0.0.1:")
+    assert httpx.get(stack["mlflow_tracking_uri"] + "/health", timeout=10).status_code == 200
+    assert stack["database"] == f"sqlite:///{home.resolve() / 'prefect' / 'prefect.db'}"
+    assert set(stack["pids"]) == {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"}
+    base = stack["prefect_api_url"]
+    pools = {p["name"]: p["type"] for p in api(stack, "/work_pools/filter", {"limit": 50, "offset": 0})}
+    assert pools["cpu"] == "process" and pools["gpu"] == "process"
+    assert httpx.get(f"{base}/v2/concurrency_limits/gpu", timeout=10).json()["limit"] >= 1
+    assert httpx.get(f"{base}/block_types/slug/loopline-lake-storage", timeout=10).status_code == 200
+    for pool in ("cpu", "gpu"):
+        workers = api(stack, f"/work_pools/{pool}/workers/filter", {"limit": 10, "offset": 0})
+        assert any(w["status"] == "ONLINE" for w in workers)
+
+    deployments = {d["name"]: d for d in api(stack, "/deployments/filter", {"limit": 50, "offset": 0})}
+    assert {"lifecycle", "ingest", "features", "train", "drift-watch", "retrain"} <= set(deployments)
+    assert (
+        deployments["train"]["work_pool_name"] == "gpu" and deployments["retrain"]["work_pool_name"] == "cpu"
+    )
+    watch = deployments["drift-watch"]
+    assert watch["parameters"] == {"model": "demo", "skip_unknown_model": True}
+    assert watch["schedules"][0]["schedule"]["interval"] == 3600
+    step = watch["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+    assert step["directory"] == str(Path(__file__).resolve().parents[2])  # resolved at deploy time
+    automations = api(stack, "/automations/filter", {"limit": 50, "offset": 0})
+    retrain_id = deployments["retrain"]["id"]
+    owned = [a for a in automations if any(x.get("deployment_id") == retrain_id for x in a["actions"])]
+    triggers = {tuple(a["trigger"]["expect"]): a["trigger"] for a in owned}
+    drift = triggers[("loopline.drift.detected",)]
+    assert drift["within"] == TINY["retrain"]["cooldown_hours"] * 3600  # from the config `up` was given
+    assert drift["for_each"] == ["prefect.resource.id"] and drift["threshold"] == 1
+    assert triggers[("loopline.data.ingested",)]["within"] == 0
+
+
+def _wait_for_triggered_features(stack: dict, runs_before: int) -> None:
+    """The ingest event starts the `features` deployment on the cpu worker; let it finish first (two
+    features runs at once on a table that does not exist yet can leave it unreadable for a moment)."""
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    wait_for(
+        lambda: (
+            len(runs := flow_runs(stack, "features/features")) > runs_before
+            and all(r["state"]["type"] in final for r in runs)
+        ),
+        120,
+        "the features run the ingest event started",
+    )
+
+
+def _train_a_champion(cfg, stack: dict) -> int:
     from flows.features import features_flow
     from flows.ingest import ingest_flow
     from flows.promotion import promotion_flow
     from flows.training import train_flow
 
     ingest_flow(cfg)
+    _wait_for_triggered_features(stack, 0)
     features = features_flow(cfg)
     trained = train_flow(cfg, dataset="demo", features_version=features["features_version"])
     promoted = promotion_flow(cfg, model="demo", version=int(trained["model_version"]))
@@ -173,7 +243,7 @@ def _train_a_champion(cfg) -> int:
     return int(trained["model_version"])
 
 
-def _land_a_shifted_batch_and_detect_drift(cfg) -> dict:
+def _land_a_shifted_batch_and_detect_drift(cfg, stack: dict) -> dict:
     from flows.drift import drift_flow
     from flows.ingest import ingest_flow
 
@@ -183,7 +253,9 @@ def _land_a_shifted_batch_and_detect_drift(cfg) -> dict:
     shifted.synthetic.id_offset = 1_000_000
     shifted.synthetic.drift_columns = SHIFTED
     shifted.synthetic.drift_mean_shift = 2.0
+    before = len(flow_runs(stack, "features/features"))
     ingest_flow(shifted)
+    _wait_for_triggered_features(stack, before)
     return drift_flow(cfg, model="demo", current="batch:latest")
 
 

@@ -1,10 +1,8 @@
-"""`loopline up` / `down` for real: servers, pools, limits, blocks, deployments with schedules and
-triggers; `up` is idempotent; `down` stops what `up` started and nothing else, even a reused pid.
-With PostgreSQL installed, the Prefect server also runs on a throwaway Postgres cluster."""
+"""`loopline up` / `down` edge cases for real (the whole stack with workers is tests/e2e/test_loop.py):
+a port lost to another process, the Prefect server on a throwaway PostgreSQL cluster, URL handling."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -16,9 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from flows.stack import asyncpg_url, down, read_stack, redact_url, up
+from flows.stack import asyncpg_url, down, redact_url, up
 
 pytestmark = pytest.mark.integration
 
@@ -60,80 +57,6 @@ def listening(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def test_up_deploys_the_project_is_idempotent_and_down_stops_only_its_own(tmp_path):
-    home = tmp_path / "home"
-    config = tmp_path / "loopline.yaml"
-    config.write_text(yaml.safe_dump({"retrain": {"cooldown_hours": 2}}))
-    # someone else's process, started before the stack: `down` must leave it alone
-    bystander = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
-    )
-    try:
-        stack = up(str(home), config_path=str(config), with_workers=False, **free_ports())
-        api = stack["prefect_api_url"]
-        assert api.startswith("http://127.0.0.1:") and stack["mlflow_tracking_uri"].startswith(
-            "http://127.0.0.1:"
-        )
-        assert get(api, "/health") is True
-        assert httpx.get(stack["mlflow_tracking_uri"] + "/health", timeout=10).status_code == 200
-        assert stack["database"] == f"sqlite:///{home.resolve() / 'prefect' / 'prefect.db'}"
-        assert (home / "prefect" / "prefect.db").exists()
-        assert json.loads((home / "stack.json").read_text())["pids"] == stack["pids"]
-        assert set(stack["pids"]) == {"prefect-server", "mlflow-server"}
-
-        # work pools, the gpu limit, the block type
-        pools = {p["name"]: p["type"] for p in post(api, "/work_pools/filter", {"limit": 50, "offset": 0})}
-        assert pools["cpu"] == "process" and pools["gpu"] == "process"
-        gpu = get(api, "/v2/concurrency_limits/gpu")
-        assert gpu["limit"] == stack["concurrency_limits"]["gpu"] >= 1
-        assert get(api, "/block_types/slug/loopline-lake-storage")["slug"] == "loopline-lake-storage"
-
-        # prefect.yaml: pools, schedules, parameters, and the retrain triggers with the configured cooldown
-        deployments = {d["name"]: d for d in post(api, "/deployments/filter", {"limit": 50, "offset": 0})}
-        assert {"lifecycle", "ingest", "features", "drift-watch", "retrain"} <= set(deployments)
-        assert deployments["retrain"]["work_pool_name"] == "cpu"
-        if "train" in deployments:
-            assert deployments["train"]["work_pool_name"] == "gpu"
-        watch = deployments["drift-watch"]
-        assert watch["parameters"] == {"model": "demo", "skip_unknown_model": True}
-        assert watch["schedules"][0]["schedule"]["interval"] == 3600
-        assert watch["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(
-            Path(__file__).resolve().parents[2]
-        )
-        automations = post(api, "/automations/filter", {"limit": 50, "offset": 0})
-        retrain_id = deployments["retrain"]["id"]
-        owned = [a for a in automations if any(x.get("deployment_id") == retrain_id for x in a["actions"])]
-        triggers = {tuple(a["trigger"]["expect"]): a["trigger"] for a in owned}
-        assert triggers[("loopline.drift.detected",)]["within"] == 7200  # retrain.cooldown_hours: 2
-        assert triggers[("loopline.drift.detected",)]["for_each"] == ["prefect.resource.id"]
-        assert triggers[("loopline.data.ingested",)]["within"] == 0
-
-        # idempotent: a second `up` reports the running stack
-        again = up(str(home))
-        assert again["already_running"] and again["pids"] == stack["pids"]
-
-        # a pid in stack.json that now belongs to another process (start time differs) is not ours
-        state = read_stack(home)
-        state["processes"].append(
-            {"name": "impostor", "pid": bystander.pid, "start_time": 1, "log": "/dev/null"}
-        )
-        (home / "stack.json").write_text(json.dumps(state))
-        stopped = down(str(home))
-        assert sorted(stopped["stopped"]) == ["mlflow-server", "prefect-server"]
-        assert stopped["already_gone"] == ["impostor"]
-        assert alive(bystander.pid)
-        assert not (home / "stack.json").exists()
-        for pid in stack["pids"].values():
-            assert not alive(pid)
-        for url in (api, stack["mlflow_tracking_uri"]):
-            assert not listening(int(url.split(":")[2].split("/")[0]))
-        assert down(str(home))["stopped"] == []  # nothing left to stop
-    finally:
-        bystander.terminate()
-        bystander.wait(timeout=10)
-        down(str(home))
 
 
 def test_a_server_that_holds_the_port_is_not_taken_for_ours(tmp_path):
