@@ -57,6 +57,7 @@ def up(
     prefect_port: int | None = None,
     mlflow_port: int | None = None,
     config_path: str | None = None,
+    config: Any = None,
     worker_poll_seconds: float = DEFAULT_WORKER_POLL_SECONDS,
     deploy: bool = True,
     startup_timeout_seconds: float = 180.0,
@@ -65,8 +66,9 @@ def up(
 
     Returns prefect_api_url, prefect_ui_url, mlflow_tracking_uri, mlflow_ui_url, pids, work_pools,
     concurrency_limits, deployments, logs and database (credentials redacted); the same goes to
-    $LOOPLINE_HOME/stack.json. `config_path` (a LifecycleConfig YAML) is what deployment runs use
-    when they are given no config (exported to the workers as LOOPLINE_CONFIG).
+    $LOOPLINE_HOME/stack.json. `config_path` (a LifecycleConfig YAML), or `config` (a LifecycleConfig,
+    e.g. with the CLI's --set overrides applied; written to $LOOPLINE_HOME/config.yaml), is what
+    deployment runs use when they are given no config (exported to the workers as LOOPLINE_CONFIG).
     """
     root = Path(home).resolve()
     existing = read_stack(root)
@@ -76,6 +78,13 @@ def up(
         down(str(root))  # a stale stack.json (a crash, a reboot): clear what is left of it
     if postgres_url:
         asyncpg_url(postgres_url)  # a malformed URL is exit 2 before anything starts
+    if config is not None:
+        import yaml
+
+        root.mkdir(parents=True, exist_ok=True)
+        config_path = str(root / "config.yaml")
+        resolved = config.model_copy(update={"home": str(root)})  # workers run elsewhere: no relative home
+        Path(config_path).write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
     if config_path:
         from loopline.config import load_config
 
