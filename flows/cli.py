@@ -296,7 +296,7 @@ def up(
             cfg.home,
             postgres_url=postgres_url,
             with_workers=not no_workers,
-            config_path=str(config) if config else None,
+            config=cfg,  # with the --set overrides: the workers' runs use the same config
         )
         _emit(info, as_json, human=_up_summary(info))
     except Exception as exc:

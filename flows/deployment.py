@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from loopline.config import LifecycleConfig
+from loopline.config import LifecycleConfig, resolve_config
 from tasks.deployment import find_servers, read_champion, report, start_server, swap_champion
 
 
@@ -17,7 +17,7 @@ def deployment_flow(
 ) -> dict[str, Any]:
     from loopline.contracts import load_contract
 
-    cfg = config or LifecycleConfig()
+    cfg = resolve_config(config)
     model = model or cfg.model_name or load_contract(cfg.data.contract).dataset
     version = read_champion(cfg, model)
     # Find: the servers that serve this model (start one when none runs)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from loopline.config import LifecycleConfig
+from loopline.config import LifecycleConfig, resolve_config
 from tasks.data import build_features
 
 
 @flow(name="features", log_prints=True)
 def features_flow(config: LifecycleConfig | None = None, refit: bool = False) -> dict:
-    cfg = config or LifecycleConfig()
+    cfg = resolve_config(config)
     return build_features(cfg, refit=refit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from loopline.config import LifecycleConfig
+from loopline.config import LifecycleConfig, resolve_config
 from loopline.errors import DataQualityError
 from loopline.ingest import summarise_dicts
 from tasks.data import ingest_batch, list_source_files, synthesise_source
@@ -13,7 +13,7 @@ from tasks.data import ingest_batch, list_source_files, synthesise_source
 @flow(name="ingest", log_prints=True)
 def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
     """Ingest `config.data.source` (a file, folder or s3:// URI); with no source, the synthetic demo batch."""
-    cfg = config or LifecycleConfig()
+    cfg = resolve_config(config)
     # Extract: which files
     source = cfg.data.source or synthesise_source(cfg)
     files = list_source_files(source, cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from loopline.config import LifecycleConfig
+from loopline.config import LifecycleConfig, resolve_config
 
 
 @flow(name="lifecycle", log_prints=True)
@@ -22,7 +22,7 @@ def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
     from flows.promotion import promotion_flow
     from flows.training import train_flow
 
-    cfg = config or LifecycleConfig()
+    cfg = resolve_config(config)
     result: dict = {}
     # Ingest + validate: land the batch, quarantine bad rows (a rejected batch stops the run here)
     result["ingest"] = batches = ingest_flow(cfg)

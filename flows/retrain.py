@@ -13,11 +13,11 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed
 
-from loopline.config import LifecycleConfig
+from loopline.config import LifecycleConfig, resolve_config
 from loopline.contracts import load_contract
 from loopline.retrain import SKIPPED_STATE
 from tasks.common import run_logger
-from tasks.retrain import check_cooldown, check_freshness, claim_retrain, resolve_config, train_on_pool
+from tasks.retrain import check_cooldown, check_freshness, claim_retrain, train_on_pool
 
 
 @flow(name="retrain", log_prints=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from loopline.config import LifecycleConfig
+from loopline.config import LifecycleConfig, resolve_config
 from tasks.training import train_model
 
 
@@ -15,7 +15,7 @@ def train_flow(
     fresh: bool = False,
     features_version: int | None = None,
 ) -> dict:
-    cfg = config or LifecycleConfig()
+    cfg = resolve_config(config)
     # Train: resumes from this run key's latest checkpoint unless fresh
     return train_model(
         cfg, dataset, fresh=fresh, model_name=cfg.model_name, features_version=features_version

@@ -336,3 +336,13 @@ def _flatten(flat: dict[str, str], key: str, value: Any) -> None:
             _flatten(flat, f"{key}.{k}", v)
     else:
         flat[key] = json.dumps(value)[:6000] if not isinstance(value, str) else value[:6000]
+
+
+def resolve_config(config: LifecycleConfig | dict | None) -> LifecycleConfig:
+    """A flow's config: as given, else the YAML that `loopline up --config` exported as LOOPLINE_CONFIG,
+    else the defaults (a deployment run started by a schedule or an event carries no config of its own)."""
+    if isinstance(config, LifecycleConfig):
+        return config
+    if isinstance(config, dict):
+        return LifecycleConfig.model_validate(config)
+    return load_config(os.environ.get("LOOPLINE_CONFIG") or None)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
 
-from loopline.config import LifecycleConfig, load_config
+from loopline.config import LifecycleConfig
 from loopline.retrain import (
     CLAIM_TAG,
     Decision,
@@ -24,16 +23,6 @@ RETRAIN_FLOW = "retrain"
 TRAIN_DEPLOYMENT = "train/train"
 GATE_POLL_SECONDS = 2.0  # how often a waiting retrain asks whether earlier runs have decided
 RECENT_RUNS_LIMIT = 200  # retrain runs looked at for the cooldown; the trigger keeps bursts far below this
-
-
-def resolve_config(config: LifecycleConfig | dict | None) -> LifecycleConfig:
-    """The run's config: as given, else the YAML `loopline up --config` exported as LOOPLINE_CONFIG,
-    else the defaults (a deployment run started by an event carries no config of its own)."""
-    if isinstance(config, LifecycleConfig):
-        return config
-    if isinstance(config, dict):
-        return LifecycleConfig.model_validate(config)
-    return load_config(os.environ.get("LOOPLINE_CONFIG") or None)
 
 
 # the Prefect API may hiccup; the decision itself is pure
