@@ -27,8 +27,11 @@ demo: install
 	$(VENV)/bin/loopline run --set synthetic.bad_fraction=0.01
 	$(VENV)/bin/loopline run --set synthetic.bad_fraction=0.01 $(DRIFTED)
 
+# test_loop.py runs in its own process: it starts its own Prefect stack, and Prefect's events client is
+# process-wide (bound to the first API it met), so after the session server it would emit into the void.
 test: install
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests --ignore=tests/e2e/test_loop.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e/test_loop.py
 
 lint: install
 	$(VENV)/bin/ruff check .
