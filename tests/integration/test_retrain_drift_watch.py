@@ -114,6 +114,7 @@ def test_drift_watch_on_the_serving_window_emits_the_event_and_reports(api, home
         ),
     )
 
+    started = datetime.now(UTC)  # the session's server holds other tests' drift events for `demo` too
     result = drift_flow(cfg, model="demo", window_hours=24)
     assert result["n_current"] == 800  # old rows and challenger rows are outside the champion's window
     assert result["window"]["kind"] == "predictions" and result["window"]["rows"] == 800
@@ -128,6 +129,7 @@ def test_drift_watch_on_the_serving_window_emits_the_event_and_reports(api, home
     # the event, with the payload the retrain trigger passes on
     body = {
         "filter": {
+            "occurred": {"since": started.isoformat()},
             "event": {"name": ["loopline.drift.detected"]},
             "resource": {"id": ["loopline.model.demo"]},
         }
