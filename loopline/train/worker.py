@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = TrainOutcome.from_loop(result, world_size=world_size)
             torch.save(result.state_dict, spec["weights_path"])
             Path(spec["result_path"]).write_text(json.dumps(outcome.to_json()))
+        dist.barrier()  # no rank tears the group down while another still uses it
     except Preempted as exc:
         if rank == 0:
             info = {
@@ -95,4 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Everything is written and the group destroyed. Skip interpreter teardown: gloo's C++ threads can abort
+    # it ("terminate called without an active exception"), turning a finished run into a failed one.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
