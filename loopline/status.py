@@ -8,6 +8,7 @@ from typing import Any
 from loopline import delta
 from loopline.config import LifecycleConfig
 from loopline.lake import TABLE_KINDS, Lake
+from loopline.verdicts import last_drift_verdict
 
 
 def list_datasets(lake: Lake) -> list[str]:
@@ -110,22 +111,3 @@ def _last_runs(client, model: str, limit: int = 5) -> list[dict[str, Any]]:
         }
         for r in runs
     ]
-
-
-def last_drift_verdict(lake: Lake, model: str) -> dict[str, Any] | None:
-    """The newest row of drift/M (written by every drift check), or None before the first check."""
-    import json
-
-    table = delta.open_table(lake, lake.uri("drift", model))
-    if table is None:
-        return None
-    rows = table.to_pyarrow_dataset().to_table().to_pylist()
-    if not rows:
-        return None
-    last = max(rows, key=lambda r: r["checked_at"])
-    return {
-        **last,
-        "checked_at": last["checked_at"].isoformat(),
-        "drifted_features": json.loads(last["drifted_features"]),
-        "window": json.loads(last["window"]),
-    }
