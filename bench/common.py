@@ -25,7 +25,7 @@ def machine() -> str:
         pass
     gpu = ""
     try:  # NVML, when there is a GPU: its name belongs in every figure measured on it
-        from loopline.gpu import read_samples
+        from loopline.train.gpu import read_samples
 
         samples = read_samples()
         if samples:

@@ -69,7 +69,7 @@ def timed_interleaved(contenders: dict, repeat: int) -> tuple[dict, dict]:
 
 def load_source(rows: int, bad_fraction: float, data_dir: Path):
     from loopline.config import SyntheticConfig
-    from loopline.synthetic import generate_source
+    from loopline.data.synthetic import generate_source
 
     data_dir.mkdir(parents=True, exist_ok=True)
     return generate_source(SyntheticConfig(rows=rows, bad_fraction=bad_fraction, format="parquet"), data_dir)
@@ -77,7 +77,7 @@ def load_source(rows: int, bad_fraction: float, data_dir: Path):
 
 def read_text_chunks(path: Path, contract) -> list[pd.DataFrame]:
     """The chunks exactly as ingest's reader yields them (text)."""
-    from loopline import sources
+    from loopline.storage import sources
 
     src = sources.SourceFile(uri=str(path), local_path=str(path), fmt="parquet")
     return [c[contract.column_names] for c in sources.read_chunks(src, contract.column_names, CHUNK_ROWS)]
@@ -86,7 +86,7 @@ def read_text_chunks(path: Path, contract) -> list[pd.DataFrame]:
 # -- the contenders ------------------------------------------------------------------------------------------
 def run_gate(contract, chunks: list[pd.DataFrame], docs_dir: str | None = None):
     from loopline.config import ValidationConfig
-    from loopline.validate import Gate
+    from loopline.data.validation.gate import Gate
 
     cfg = ValidationConfig(data_docs=docs_dir is not None, quarantine_max_fraction=0.2)
     gate = Gate(
@@ -101,8 +101,8 @@ def run_gate(contract, chunks: list[pd.DataFrame], docs_dir: str | None = None):
 
 def make_peer(contract):
     """A plain GX setup: ephemeral context, pandas data source, the suite, one ValidationDefinition."""
-    from loopline.gx_suite import build_suite
-    from loopline.validation_gx import import_gx
+    from loopline.data.validation.gx import import_gx
+    from loopline.data.validation.suite import build_suite
 
     gx = import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -125,8 +125,8 @@ def run_peer(definition, frame: pd.DataFrame, id_column: str):
 
 def run_limit(contract, frame: pd.DataFrame, out_dir: Path | None):
     """The same checks as one numpy pass (+ plain write_deltalake of clean and quarantine rows)."""
-    from loopline.gx_suite import compile_checks
-    from loopline.validation_gx import evaluate
+    from loopline.data.validation.gx import evaluate
+    from loopline.data.validation.suite import compile_checks
 
     masks = evaluate(frame, compile_checks(contract))
     bad = np.zeros(len(frame), dtype=bool)
@@ -143,9 +143,9 @@ def run_limit(contract, frame: pd.DataFrame, out_dir: Path | None):
 
 def run_ingest(contract, source: Path, home: Path):
     from loopline.config import LifecycleConfig
+    from loopline.data.ingest import ingest_source
     from loopline.features import build_features
-    from loopline.ingest import ingest_source
-    from loopline.lake import Lake
+    from loopline.storage.lake import Lake
 
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -217,9 +217,9 @@ def peak_rss_mib() -> int:
 def big_child(rows: int, bad_fraction: float) -> dict:
     """One 250k-row text chunk of the source, replayed with fresh ids until `rows` went through one gate."""
     from loopline.config import ValidationConfig
-    from loopline.contracts import load_contract
-    from loopline.validate import Gate
-    from loopline.validation_gx import import_gx
+    from loopline.data.contracts import load_contract
+    from loopline.data.validation.gate import Gate
+    from loopline.data.validation.gx import import_gx
 
     import_gx()
     contract = load_contract(REPO / "contracts" / "demo.yaml")
@@ -290,9 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None, help="where the source file is cached")
     args = parser.parse_args(argv)
 
-    from loopline.contracts import load_contract
-    from loopline.validation_coerce import coerce_chunk
-    from loopline.validation_gx import import_gx, to_gx_frame
+    from loopline.data.contracts import load_contract
+    from loopline.data.validation.coerce import coerce_chunk
+    from loopline.data.validation.gx import import_gx, to_gx_frame
 
     import_gx()  # import cost (about 6 s) is paid once, outside every timing
     contract = load_contract(REPO / "contracts" / "demo.yaml")

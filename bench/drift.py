@@ -113,7 +113,7 @@ def write_data(data_dir: Path, rows: int, seed: int) -> tuple[Path, Path]:
 
 def run_ours(reference: pd.DataFrame, current: pd.DataFrame, repeats: int = 3) -> dict:
     from loopline.config import DriftConfig
-    from loopline.drift import build_reference_profile, detect_drift, profile_to_json
+    from loopline.monitoring import build_reference_profile, detect_drift, profile_to_json
 
     t0 = time.perf_counter()
     profile = build_reference_profile(reference, NUMERIC, CATEGORICAL)
@@ -208,7 +208,7 @@ def peak_rss_mb() -> float:
 def big_child(rows: int, seed: int) -> dict:
     """Runs in a child process: chunked profile build + chunked check on `rows` rows; reports peak RSS."""
     from loopline.config import DriftConfig
-    from loopline.drift import DriftAccumulator, ProfileBuilder
+    from loopline.monitoring import DriftAccumulator, ProfileBuilder
 
     rss_start_mb = peak_rss_mb()
     chunks = max(1, rows // CHUNK_ROWS)

@@ -106,7 +106,7 @@ def warm_imports() -> float:
     started = time.perf_counter()
     for name in ("flows.lifecycle", "flows.ingest", "flows.features", "flows.training", "flows.promotion"):
         importlib.import_module(name)
-    for name in ("tasks.data", "tasks.training", "tasks.promotion", "loopline.ingest", "loopline.train"):
+    for name in ("tasks.data", "tasks.training", "tasks.promotion", "loopline.data.ingest", "loopline.train"):
         importlib.import_module(name)
     return time.perf_counter() - started
 
@@ -141,7 +141,7 @@ def timed_lifecycle(cfg, api: str, heartbeat: str = "default") -> dict:
 def run_variant(args, api: str, work: Path, heartbeat: str) -> dict:
     """A fresh LOOPLINE_HOME, the lifecycle twice (first run, unchanged rerun), the model server stopped."""
     from loopline.config import LifecycleConfig
-    from loopline.deploy import stop_all_servers
+    from loopline.release.deploy import stop_all_servers
 
     home = work / f"home-heartbeat-{heartbeat}"
     home.mkdir()

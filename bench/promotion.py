@@ -45,8 +45,8 @@ def cpu_seconds() -> float:
 def prepare(home: Path, test_rows: int) -> dict:
     """Lake + two registered versions of model `bench`; reused when already there."""
     from loopline.config import FeaturesConfig, LifecycleConfig, SyntheticConfig
-    from loopline.contracts import load_contract
-    from loopline.lake import Lake
+    from loopline.data.contracts import load_contract
+    from loopline.storage.lake import Lake
 
     state = home / "bench-state.json"
     tracking = f"sqlite:///{home / 'mlflow.db'}"
@@ -56,7 +56,7 @@ def prepare(home: Path, test_rows: int) -> dict:
     cfg = LifecycleConfig(home=str(home), features=FeaturesConfig(split_fractions=SPLITS))
     if state.exists():
         return {**json.loads(state.read_text()), "cfg": cfg, "lake": lake, "tracking": tracking}
-    from loopline.synthetic import generate_frame
+    from loopline.data.synthetic import generate_frame
     from loopline.train import run_training
     from loopline.train.sample_data import build_sample_features
 
@@ -90,7 +90,7 @@ def prepare(home: Path, test_rows: int) -> dict:
 
 
 def run_ours(env: dict, repeat: int) -> dict:
-    from loopline.evaluate import clear_caches, evaluate_versions
+    from loopline.release.evaluate import clear_caches, evaluate_versions
 
     runs = []
     for _ in range(repeat):
@@ -118,7 +118,7 @@ def run_limit(env: dict, repeat: int) -> dict:
     """Read + score both models, no metrics: the floor under any evaluation."""
     import mlflow.pyfunc
 
-    from loopline.evaluate import clear_caches, read_test_set
+    from loopline.release.evaluate import clear_caches, read_test_set
 
     mlflow.set_tracking_uri(env["tracking"])
     runs = []
@@ -169,8 +169,8 @@ def run_sklearn(y: np.ndarray, cand: np.ndarray, champ: np.ndarray, replicates: 
 
 def run_latency(env: dict, promotions: int) -> dict:
     """Alternate two versions through promote(); every move allowed (lateral), infra validation off."""
-    from loopline.evaluate import registry_client
-    from loopline.promote import promote
+    from loopline.release.evaluate import registry_client
+    from loopline.release.promote import promote
 
     cfg = env["cfg"].model_copy(
         update={

@@ -40,11 +40,11 @@ TOKEN = "bench-reload-token"
 def build_model(home: Path, rows: int = 5000, max_steps: int = 60) -> dict:
     """Two versions of `demo` from the real pipeline; version 1 is @champion."""
     from loopline.config import LifecycleConfig, SyntheticConfig
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
+    from loopline.data.ingest import ingest_source
+    from loopline.data.synthetic import generate_source
     from loopline.features import build_features
-    from loopline.ingest import ingest_source
-    from loopline.lake import Lake
-    from loopline.synthetic import generate_source
+    from loopline.storage.lake import Lake
     from loopline.train import run_training
 
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
@@ -80,7 +80,7 @@ def request_bodies(contract, directory: Path, sizes: list[int]) -> dict[int, Pat
     import orjson
 
     from loopline.config import SyntheticConfig
-    from loopline.synthetic import generate_frame
+    from loopline.data.synthetic import generate_frame
 
     frame = generate_frame(SyntheticConfig(rows=max(sizes), seed=42, id_offset=50_000_000))
     cols = contract.feature_columns

@@ -38,7 +38,7 @@ PEER_NAME = "plain torch loop (same model, tensors, AdamW + schedule; no logging
 
 def load_features(rows: int, home: Path):
     """The demo dataset's features through the real pipeline (clean -> features/D), read back as tensors."""
-    from loopline.lake import Lake
+    from loopline.storage.lake import Lake
     from loopline.train.inputs import load_training_inputs
     from loopline.train.sample_data import demo_features
 
@@ -53,7 +53,7 @@ def plain_loop(cfg, X, y, device, autocast_dtype) -> dict[str, float]:
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
 
-    from loopline.models import resolve_factory
+    from loopline.packaging.factory import resolve_factory
     from loopline.train.loop import make_lr_lambda
 
     torch.manual_seed(cfg.seed)
@@ -171,7 +171,7 @@ def bench_loop(args, home: Path) -> dict[str, Any]:
         )
     params = sum(
         p.numel()
-        for p in __import__("loopline.models", fromlist=["mlp"]).mlp(X.shape[1], 1, cfg).parameters()
+        for p in __import__("loopline.train.models", fromlist=["mlp"]).mlp(X.shape[1], 1, cfg).parameters()
     )
     ours_rate = [r["samples"] / r["wall_s"] for r in ours]
     peer_rate = [r["samples"] / r["wall_s"] for r in peer]
@@ -220,7 +220,7 @@ def checkpoint_state(params_target: float):
 def bench_checkpoints(sizes: list[float], home: Path, repeats: int) -> list[dict[str, Any]]:
     import torch
 
-    from loopline.lake import Lake
+    from loopline.storage.lake import Lake
     from loopline.train.async_writer import snapshot
     from loopline.train.checkpoint import CheckpointStore
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from loopline.lake import Lake, make_s3_client, s3_storage_options
+from loopline.storage.lake import Lake, make_s3_client, s3_storage_options
 
 
 class LakeStorage(Block):

@@ -94,7 +94,7 @@ def ingest(
 ) -> None:
     """Ingest a source through the validation gate into raw/, clean/ and quarantine/."""
     try:
-        from loopline.contracts import load_contract
+        from loopline.data.contracts import load_contract
 
         load_contract(contract)  # a broken contract is exit 2 before anything starts
         cfg = _config(
@@ -102,7 +102,7 @@ def ingest(
         )
         _quiet_prefect()
         from flows.ingest import ingest_flow
-        from loopline.ingest import summarise_dicts
+        from loopline.data.ingest import summarise_dicts
 
         _emit(summarise_dicts(ingest_flow(cfg)), as_json)
     except Exception as exc:
@@ -237,7 +237,7 @@ def serve(
         ]
         cfg = _config(config, set_, extra + (["serving.shadow=true"] if shadow else []))
         _use_stack()
-        from loopline.contracts import load_contract
+        from loopline.data.contracts import load_contract
         from loopline.serving import run_server
 
         name = model or cfg.model_name or load_contract(cfg.data.contract).dataset
@@ -309,7 +309,7 @@ def down(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False
     try:
         cfg = _config(config, set_)
         from flows.stack import down as stack_down
-        from loopline.deploy import stop_all_servers
+        from loopline.release.deploy import stop_all_servers
 
         result = {"model_servers_stopped": stop_all_servers(cfg.home)}
         result.update(stack_down(cfg.home))
@@ -356,7 +356,7 @@ def status(
     try:
         cfg = _config(config, set_)
         _use_stack()
-        from loopline.status import collect_status
+        from loopline.monitoring.status import collect_status
 
         _emit(collect_status(cfg, dataset=dataset, model=model), as_json)
     except Exception as exc:
@@ -364,14 +364,14 @@ def status(
 
 
 def _dataset_name(cfg, dataset: str | None) -> str:
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
 
     _check_dataset(cfg, dataset)
     return dataset or load_contract(cfg.data.contract).dataset
 
 
 def _check_dataset(cfg, dataset: str | None) -> None:
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
     from loopline.errors import ConfigError
 
     contract = load_contract(cfg.data.contract)

@@ -15,7 +15,7 @@ from tasks.deployment import find_servers, read_champion, report, start_server, 
 def deployment_flow(
     config: LifecycleConfig | None = None, model: str | None = None, start_if_missing: bool = True
 ) -> dict[str, Any]:
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
 
     cfg = resolve_config(config)
     model = model or cfg.model_name or load_contract(cfg.data.contract).dataset

@@ -13,9 +13,9 @@ from prefect import flow
 from prefect.states import Completed
 
 from loopline.config import LifecycleConfig, resolve_config
-from loopline.contracts import load_contract
+from loopline.data.contracts import load_contract
 from loopline.errors import ModelError
-from loopline.retrain import SKIPPED_STATE
+from loopline.monitoring.retrain import SKIPPED_STATE
 from tasks.common import run_logger
 from tasks.drift import detect_window, find_champion, report_drift
 

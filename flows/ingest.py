@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from loopline.config import LifecycleConfig, resolve_config
+from loopline.data.ingest import summarise_dicts
 from loopline.errors import DataQualityError
-from loopline.ingest import summarise_dicts
 from tasks.data import ingest_batch, list_source_files, synthesise_source
 
 

@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.states import Completed
 
 from loopline.config import LifecycleConfig, resolve_config
-from loopline.contracts import load_contract
-from loopline.retrain import SKIPPED_STATE
+from loopline.data.contracts import load_contract
+from loopline.monitoring.retrain import SKIPPED_STATE
 from tasks.common import run_logger
 from tasks.retrain import check_cooldown, check_freshness, claim_retrain, train_on_pool
 

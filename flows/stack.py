@@ -217,7 +217,7 @@ def create_concurrency_limits(api_url: str) -> dict[str, int]:
 
 def count_gpus() -> int:
     try:
-        from loopline.gpu import read_samples
+        from loopline.train.gpu import read_samples
 
         return len({s.uuid for s in read_samples()})
     except Exception:  # no NVML (no driver, no GPU): zero GPUs

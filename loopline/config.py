@@ -104,7 +104,7 @@ class FeaturesConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    model: str = Field("loopline.models:mlp", description="model factory 'module:function'")
+    model: str = Field("loopline.train.models:mlp", description="model factory 'module:function'")
     hidden_sizes: list[int] = Field(
         default_factory=lambda: [128, 64], description="layers of the default MLP"
     )

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from loopline.config import LifecycleConfig
-from loopline.lake import Lake
+from loopline.storage.lake import Lake
 
 SOURCE_ROOTS = ("loopline", "tasks")
 

@@ -9,12 +9,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loopline import features as core_features
-from loopline import ingest as core_ingest
-from loopline import sources
 from loopline.config import LifecycleConfig
-from loopline.contracts import load_contract
+from loopline.data import ingest as core_ingest
+from loopline.data.contracts import load_contract
+from loopline.data.synthetic import generate_source
 from loopline.errors import SourceError
-from loopline.synthetic import generate_source
+from loopline.storage import sources
 from tasks.common import code_hash, emit, lake_for, retry_unless_user_error, run_logger
 
 
@@ -140,7 +140,7 @@ def report_batch(result: core_ingest.BatchResult) -> None:
 def _features_cache_key(context, parameters) -> str:
     """Cached on what the output depends on: clean version, features config, code (never on frames or clients)."""
     cfg: LifecycleConfig = parameters["cfg"]
-    from loopline import delta
+    from loopline.storage import delta
 
     lake = lake_for(cfg)
     contract = load_contract(cfg.data.contract)

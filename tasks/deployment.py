@@ -7,13 +7,13 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from loopline import deploy as core
 from loopline.config import LifecycleConfig
+from loopline.release import deploy as core
 from tasks.common import run_logger
 
 
 def _tracking_uri(cfg: LifecycleConfig) -> str:
-    from loopline.evaluate import tracking_uri_for
+    from loopline.release.evaluate import tracking_uri_for
 
     return tracking_uri_for(cfg, None)
 

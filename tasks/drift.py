@@ -22,7 +22,7 @@ from prefect import task
 
 from loopline.config import LifecycleConfig
 from loopline.errors import DriftError, ModelError
-from loopline.verdicts import record_drift_verdict
+from loopline.monitoring.verdicts import record_drift_verdict
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 
 PROFILE_FILE = "reference_profile.json"
@@ -33,7 +33,7 @@ WINDOW_CHUNK_ROWS = 250_000
 
 
 def tracking_uri(cfg: LifecycleConfig) -> str:
-    from loopline.registry import default_tracking_uri
+    from loopline.packaging.registry import default_tracking_uri
 
     return default_tracking_uri(cfg.home)
 
@@ -75,7 +75,7 @@ def detect_window(
     cfg: LifecycleConfig, champion: dict[str, Any], current: str | None, window_hours: float
 ) -> dict[str, Any]:
     """Stream the current window through the champion's reference profile. Returns the report and the window."""
-    from loopline.drift import DriftAccumulator, load_profile
+    from loopline.monitoring import DriftAccumulator, load_profile
 
     profile = load_profile(Path(champion["bundle_dir"]) / PROFILE_FILE)
     columns = [*profile["numeric"], *profile["categorical"]]
@@ -112,7 +112,7 @@ def report_drift(
     (`loopline.verdicts.last_drift_verdict` reads the table back for `loopline status`.)"""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from loopline.drift import DriftReport, drift_metrics_text, render_drift_markdown
+    from loopline.monitoring import DriftReport, drift_metrics_text, render_drift_markdown
 
     model, version = champion["model"], champion["version"]
     parsed = DriftReport.from_dict(report)
@@ -180,7 +180,7 @@ def _serving_window(cfg, champion, window_hours: float, columns: list[str]):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loopline import delta
+    from loopline.storage import delta
 
     lake = lake_for(cfg)
     end = datetime.now(UTC)
@@ -217,8 +217,8 @@ def _batch_window(cfg, batch_id: str, columns: list[str]):
     """An accepted batch of clean/D (`latest`: the newest accepted one in the batch ledger)."""
     import pyarrow.compute as pc
 
-    from loopline import delta
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
+    from loopline.storage import delta
 
     lake = lake_for(cfg)
     dataset_name = load_contract(cfg.data.contract).dataset
@@ -257,7 +257,7 @@ def _file_window(cfg, uri: str, columns: list[str]):
     """A data file, read in chunks with its own types (CSV: pandas' inference)."""
     import shutil
 
-    from loopline import sources
+    from loopline.storage import sources
 
     workdir = sources.scratch_dir()
     src = sources.fetch(uri, lake_for(cfg), workdir)
@@ -301,7 +301,7 @@ class _Scorer:
             return None
         try:
             if self.predictor is None:
-                from loopline.bundle import load_predictor
+                from loopline.packaging.bundle import load_predictor
 
                 self.predictor = load_predictor(self.bundle_dir)
             return self.predictor.predict(frame)

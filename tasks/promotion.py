@@ -15,10 +15,10 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from loopline import promote as core
 from loopline.config import LifecycleConfig
-from loopline.evaluate import tracking_uri_for
-from loopline.model_card import render_model_card
+from loopline.packaging.model_card import render_model_card
+from loopline.release import promote as core
+from loopline.release.evaluate import tracking_uri_for
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 
 

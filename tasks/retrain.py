@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 
 from loopline.config import LifecycleConfig
-from loopline.retrain import (
+from loopline.monitoring.retrain import (
     CLAIM_TAG,
     Decision,
     RetrainRun,
@@ -113,7 +113,7 @@ def champion_training_data(cfg: LifecycleConfig, model: str) -> dict[str, Any] |
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from loopline.registry import default_tracking_uri
+    from loopline.packaging.registry import default_tracking_uri
 
     uri = default_tracking_uri(cfg.home)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -47,7 +47,7 @@ def needs_gpu_slot(cfg: LifecycleConfig) -> bool:
         return True
     if tcfg.device == "cpu":
         return False
-    from loopline.gpu import read_samples
+    from loopline.train.gpu import read_samples
 
     return bool(read_samples())
 
@@ -60,7 +60,7 @@ def ensure_concurrency_limit(name: str, occupy: int) -> int:
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from loopline.errors import ConfigError
-    from loopline.gpu import read_samples
+    from loopline.train.gpu import read_samples
 
     with get_client(sync_client=True) as client:
         try:

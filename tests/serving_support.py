@@ -32,8 +32,8 @@ def free_port() -> int:
 def demo_rows(n: int, seed: int = 0, *, with_id: bool = True) -> pd.DataFrame:
     """n valid demo rows (feature columns, plus the id) as a frame of JSON-ready Python values."""
     from loopline.config import SyntheticConfig
-    from loopline.contracts import load_contract
-    from loopline.synthetic import generate_frame
+    from loopline.data.contracts import load_contract
+    from loopline.data.synthetic import generate_frame
 
     contract = load_contract(DEMO_CONTRACT)
     frame = generate_frame(SyntheticConfig(rows=n, seed=seed, id_offset=10_000_000 + seed * n))
@@ -70,12 +70,12 @@ def make_bundle(directory: Path, seed: int = 0, contract_path: Path = DEMO_CONTR
     """A real bundle: transform fitted on synthetic rows, an MLP with seeded random weights."""
     import torch
 
-    from loopline.bundle import BundleMeta, write_bundle
     from loopline.config import FeaturesConfig, SyntheticConfig, TrainingConfig
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
+    from loopline.data.synthetic import generate_frame
     from loopline.features import fit_transform
-    from loopline.models import mlp
-    from loopline.synthetic import generate_frame
+    from loopline.packaging.bundle import BundleMeta, write_bundle
+    from loopline.train.models import mlp
 
     contract = load_contract(contract_path)
     transform = fit_transform(generate_frame(SyntheticConfig(rows=500, seed=1)), contract, FeaturesConfig())
@@ -83,7 +83,7 @@ def make_bundle(directory: Path, seed: int = 0, contract_path: Path = DEMO_CONTR
     torch.manual_seed(seed)
     model = mlp(len(transform.feature_names), 1, cfg)
     meta = BundleMeta(
-        factory="loopline.models:mlp",
+        factory="loopline.train.models:mlp",
         input_dim=len(transform.feature_names),
         output_dim=1,
         task="binary",
@@ -102,11 +102,11 @@ def build_registered_model(
     """The real pipeline into `home`: synthetic source -> ingest -> features -> train `versions` times
     (different seeds: different versions). Version 1 gets @champion. Returns tracking_uri, model, versions."""
     from loopline.config import LifecycleConfig, SyntheticConfig
-    from loopline.contracts import load_contract
+    from loopline.data.contracts import load_contract
+    from loopline.data.ingest import ingest_source
+    from loopline.data.synthetic import generate_source
     from loopline.features import build_features
-    from loopline.ingest import ingest_source
-    from loopline.lake import Lake
-    from loopline.synthetic import generate_source
+    from loopline.storage.lake import Lake
 
     home.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from loopline.contracts import Contract
-from loopline.lake import Lake
+from loopline.data.contracts import Contract
 from loopline.serving.inputs import TypedRows
+from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class InferenceLog:
         try:
             from deltalake import write_deltalake
 
-            from loopline.delta import open_table
+            from loopline.storage.delta import open_table
 
             # a held DeltaTable is updated by each write: the next write does not re-read the whole log
             if self._table is None:

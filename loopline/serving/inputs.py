@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from loopline.contracts import ColumnSpec, Contract
+from loopline.data.contracts import ColumnSpec, Contract
 from loopline.serving.protocol import Columns, RequestError
 
 MAX_ROWS_REPORTED = 5  # rows named per failing field; enough to find the pattern, short enough to read
@@ -336,7 +336,7 @@ def parse_timestamps(raw: list[str | None]) -> np.ndarray:
         pass
     import pandas as pd
 
-    from loopline.validation_coerce import coerce_column
+    from loopline.data.validation.coerce import coerce_column
 
     typed, _ = coerce_column(pd.Series(raw, dtype=object), _TIMESTAMP_SPEC)
     return typed.to_numpy(dtype="datetime64[us]")

@@ -66,7 +66,7 @@ def load_bundle_model(
     bundle_dir: str | os.PathLike, *, name: str, version: str, alias: str, device: str = "auto"
 ) -> LoadedModel:
     """Load a bundle directory for serving and warm it up with one row (first-call costs stay off requests)."""
-    from loopline.bundle import load_predictor
+    from loopline.packaging.bundle import load_predictor
 
     predictor = load_predictor(bundle_dir, device=pick_device(device))
     checker = InputChecker(predictor.contract)

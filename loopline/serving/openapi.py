@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loopline.contracts import Contract
+from loopline.data.contracts import Contract
 
 _JSON_TYPES = {
     "int": "integer",

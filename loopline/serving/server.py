@@ -66,8 +66,8 @@ def build_app(
         gc.collect()
         gc.freeze()
         if cfg.inference_log:
-            from loopline.lake import Lake
             from loopline.serving.inference_log import InferenceLog
+            from loopline.storage.lake import Lake
 
             app.inference_log = InferenceLog(
                 lake or Lake.from_env(home),

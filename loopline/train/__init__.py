@@ -1,31 +1,25 @@
-"""Training that never loses work: exact checkpoint/resume, preemption, DDP, MLflow tracking.
+"""Training that never loses work: the loop (`loop`, shared by one process and DDP), exact
+checkpoint/resume (`checkpoint`, `state`), preemption, DDP (`ddp`, `worker`), MLflow tracking, the
+built-in models and GPU telemetry (`gpu`). `run_training` ties them together and registers the model
+through packaging. Imports storage, data, features, packaging and monitoring (the reference profile).
+Light to import: torch and mlflow load when first used."""
 
-Light to import: `run_training` and the loop load torch and mlflow only when first used.
-"""
+from loopline._exports import lazy_exports
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-from loopline.train.preemption import PREEMPTED_EXIT_CODE, Preempted, process_is_terminating
-from loopline.train.runkey import code_version, compute_run_key
-
-if TYPE_CHECKING:
-    from loopline.train.run import run_training
-
-__all__ = [
-    "PREEMPTED_EXIT_CODE",
-    "Preempted",
-    "code_version",
-    "compute_run_key",
-    "process_is_terminating",
-    "run_training",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "run_training":
-        from loopline.train.run import run_training
-
-        return run_training
-    raise AttributeError(f"module 'loopline.train' has no attribute {name!r}")
+_EXPORTS = {
+    "run_training": "run",
+    "PREEMPTED_EXIT_CODE": "preemption",
+    "Preempted": "preemption",
+    "PreemptionWatch": "preemption",
+    "process_is_terminating": "preemption",
+    "code_version": "runkey",
+    "compute_run_key": "runkey",
+    "CheckpointStore": "checkpoint",
+    "train_loop": "loop",
+    "mlp": "models",
+    "linear": "models",
+    "GpuSampler": "gpu",
+    "read_samples": "gpu",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from loopline.config import load_config
     from loopline.errors import LooplineError
-    from loopline.lake import Lake
+    from loopline.storage.lake import Lake
     from loopline.train import run_training
 
     try:

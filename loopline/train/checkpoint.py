@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from loopline.lake import Lake
+from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loopline.lake import Lake
+from loopline.storage.lake import Lake
 from loopline.train.loop import TrainingData
 from loopline.train.outcome import TrainOutcome
 from loopline.train.preemption import Preempted, PreemptionWatch

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from loopline.contracts import Contract
-from loopline.lake import Lake
+from loopline.data.contracts import Contract
+from loopline.storage.lake import Lake
 from loopline.train.loop import TrainingData
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def load_training_inputs(lake: Lake, dataset: str, features_version: int | None 
 
 def clean_version_of(lake: Lake, dataset: str, features_version: int) -> int | None:
     """The clean/D version features/D was built from, as its commit metadata records (None if unknown)."""
-    from loopline import delta
+    from loopline.storage import delta
 
     table = delta.open_table(lake, lake.table_uri("features", dataset))
     if table is None:
@@ -85,7 +85,7 @@ def read_raw_rows(
 ) -> pd.DataFrame | None:
     """Up to `limit` raw rows of clean/D (contract columns only), train split only when fractions are given.
     None when clean/D is unreadable (a features table built elsewhere)."""
-    from loopline import delta
+    from loopline.storage import delta
 
     try:
         table = delta.open_table(lake, lake.table_uri("clean", contract.dataset), clean_version)

@@ -23,11 +23,12 @@ from torch import nn
 
 from loopline.config import TrainingConfig
 from loopline.errors import ConfigError
-from loopline.models import output_dim_for, resolve_factory
+from loopline.packaging.factory import resolve_factory
 from loopline.train.async_writer import AsyncCheckpointWriter, snapshot
 from loopline.train.checkpoint import CheckpointStore
 from loopline.train.data import BatchOrder, PlacedTensors, place_tensors, total_steps
 from loopline.train.metrics import MAXIMISED, is_better, loss_fn, validation_metrics
+from loopline.train.models import output_dim_for
 from loopline.train.preemption import Preempted, PreemptionWatch
 from loopline.train.state import (
     capture_rng_state,

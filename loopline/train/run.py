@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loopline.config import LifecycleConfig, config_to_flat_params
-from loopline.lake import Lake
+from loopline.storage.lake import Lake
 from loopline.train.checkpoint import CheckpointStore
 from loopline.train.inputs import TrainingInputs, example_rows, load_training_inputs, read_raw_rows
 from loopline.train.outcome import TrainOutcome
@@ -48,7 +48,12 @@ def run_training(
     import mlflow
     from mlflow import MlflowClient
 
-    from loopline.registry import default_tracking_uri, ensure_experiment, experiment_name, find_runs_by_key
+    from loopline.packaging.registry import (
+        default_tracking_uri,
+        ensure_experiment,
+        experiment_name,
+        find_runs_by_key,
+    )
 
     tcfg = cfg.training
     model_name = model_name or cfg.model_name or dataset
@@ -81,7 +86,7 @@ def run_training(
     resume_run = next((r for r in previous if r.info.status in RESUMABLE_STATUSES), None)
 
     # Device: pick GPUs by free memory before CUDA starts in this process or its workers
-    from loopline.gpu import GpuSampler, apply_gpu_choice, describe_device
+    from loopline.train.gpu import GpuSampler, apply_gpu_choice, describe_device
 
     if tcfg.device != "cpu":
         apply_gpu_choice(tcfg.devices)
@@ -272,9 +277,9 @@ def _register(
     """Write the bundle, check it loads and scores, profile the reference data, log + register it."""
     import mlflow
 
-    from loopline.bundle import BundleMeta, load_predictor, write_bundle
     from loopline.features import load_transform
-    from loopline.registry import log_and_register_bundle
+    from loopline.packaging.bundle import BundleMeta, load_predictor, write_bundle
+    from loopline.packaging.registry import log_and_register_bundle
 
     contract = inputs.contract
     with tempfile.TemporaryDirectory(prefix="loopline-bundle-") as tmp:
@@ -327,7 +332,7 @@ def _register(
 def _write_reference_profile(cfg: LifecycleConfig, predictor, raw, bundle_dir: Path) -> str:
     """The drift reference (loopline.drift, when installed): raw train rows and their predictions."""
     try:
-        from loopline.drift import build_reference_profile, save_profile
+        from loopline.monitoring import build_reference_profile, save_profile
     except ImportError:
         log.info("loopline.drift is not available: no reference profile written")
         return "skipped: loopline.drift not available"

@@ -16,14 +16,14 @@ import pandas as pd
 import pyarrow as pa
 
 from loopline.config import FeaturesConfig, SyntheticConfig
-from loopline.contracts import Contract, load_contract, parse_contract
-from loopline.lake import Lake
+from loopline.data.contracts import Contract, load_contract, parse_contract
+from loopline.storage.lake import Lake
 
 
 def write_clean(lake: Lake, contract: Contract, frame: pd.DataFrame, *, batch_id: str = "sample-0") -> int:
     """Append `frame` (contract columns, already valid) to clean/D as one batch. Returns the table version."""
-    from loopline import delta
-    from loopline.ingest import clean_schema
+    from loopline.data.ingest import clean_schema
+    from loopline.storage import delta
 
     schema = clean_schema(contract)
     data = frame[contract.column_names].copy()
@@ -55,7 +55,7 @@ def demo_features(
     lake: Lake, rows: int, *, seed: int = 0, contract_path: str = "contracts/demo.yaml"
 ) -> dict[str, Any]:
     """The demo dataset (binary churn) with `rows` synthetic rows."""
-    from loopline.synthetic import generate_frame
+    from loopline.data.synthetic import generate_frame
 
     contract = load_contract(contract_path)
     frame = generate_frame(SyntheticConfig(rows=rows, seed=seed))

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from loopline.config import LifecycleConfig
-from loopline.lake import Lake
+from loopline.storage.lake import Lake
 from loopline.train.checkpoint import CheckpointStore
 from loopline.train.ddp import read_arrays
 from loopline.train.loop import resolve_device, train_loop

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from loopline import deploy
 from loopline.config import load_config
+from loopline.release import deploy
 from tests.serving_support import free_port
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def test_the_loop_twice(prefect_api, home):
         served = deploy.http_json(f"http://127.0.0.1:{port}/version")["version"]
         assert served == str(promote["champion_version"])
 
-        from loopline.status import collect_status
+        from loopline.monitoring.status import collect_status
 
         status = collect_status(load_config(overrides=base), model="demo")
         assert status["champion_version"] == promote["champion_version"] and status["latest_version"] == 2

@@ -1,0 +1,228 @@
+"""Who is champion: MLflow aliases, the promotion history, the per-model lock and the check-and-set move.
+
+State lives in the MLflow registry, so any MLflow client sees it:
+- `@champion` is the serving model, `@previous` the one before it (what a rollback goes back to).
+- Every move is a registered-model tag `loopline.history.<seq>` (JSON: seq, action, time, champion,
+  previous, from, reason, metrics, stack). `stack` is the chain of champions after the move, so a rollback
+  can walk back further than `@previous`, and replaying the entries (promote pushes, rollback pops)
+  reproduces it: the history can be audited and replayed.
+- The moved version gets tags too (`loopline.promoted_at`, `loopline.promotion_reason`, ...).
+
+Serialisation: a move happens under an exclusive file lock per model (threads and processes on this host),
+and is a check-and-set: the champion read before the decision must still be the champion right before the
+alias moves, otherwise the caller decides again. The task layer adds a Prefect global concurrency limit per
+model on top, which also covers workers on other hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loopline.errors import LooplineError, ModelError
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+HISTORY_PREFIX = "loopline.history."
+STACK_LIMIT = 100  # champions remembered per entry; a rollback further back than this is a manual alias move
+LOCK_POLL_SECONDS = 0.05
+SQLITE_RETRIES = 20  # "database is locked" under concurrent writers (STACK.md): retry with backoff
+
+
+class PromotionConflict(LooplineError):
+    """The champion moved between the decision and the alias move (check-and-set failed)."""
+
+
+@dataclass
+class ChampionState:
+    champion: int | None
+    previous: int | None
+    stack: list[int]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def next_seq(self) -> int:
+        return (self.history[-1]["seq"] + 1) if self.history else 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@contextlib.contextmanager
+def promotion_lock(home: str, model: str, timeout_s: float = 900.0) -> Iterator[None]:
+    """Exclusive per-model lock: flock on $LOOPLINE_HOME/locks/promote-<model>.lock.
+
+    flock belongs to the open file description, so two threads of one process exclude each other as well as
+    two processes; the kernel drops it when a holder dies, so a crash never leaves a stale lock."""
+    folder = Path(home) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"promote-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LooplineError(
+                        f"another promotion of model {model!r} held {path} for more than {timeout_s:.0f} s"
+                    ) from None
+                time.sleep(LOCK_POLL_SECONDS)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def retry_locked(fn, *args, **kwargs):
+    """Call an MLflow client method, retrying SQLite's transient `database is locked`."""
+    delay = 0.05
+    for attempt in range(SQLITE_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc) or attempt == SQLITE_RETRIES - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
+
+
+def get_alias(client, model: str, alias: str) -> int | None:
+    from loopline.release.evaluate import alias_version
+
+    return retry_locked(alias_version, client, model, alias)
+
+
+def read_history(client, model: str) -> list[dict[str, Any]]:
+    """History entries of a registered model, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = retry_locked(client.get_registered_model, model)
+    except MlflowException as exc:
+        raise ModelError(f"model {model!r} is not registered") from exc
+    entries = []
+    for key, value in (rm.tags or {}).items():
+        if key.startswith(HISTORY_PREFIX):
+            try:
+                entries.append(json.loads(value))
+            except ValueError:
+                continue  # a hand-written tag: not ours
+    return sorted(entries, key=lambda e: e.get("seq", 0))
+
+
+def replay(history: list[dict[str, Any]]) -> list[int]:
+    """The chain of champions from the moves alone: rollback pops; promote/reconcile push (a version already
+    in the chain moves to the top rather than appearing twice)."""
+    stack: list[int] = []
+    for entry in history:
+        if entry["action"] == "rollback":
+            stack = stack[:-1]
+        else:
+            champion = int(entry["champion"])
+            stack = [*[v for v in stack if v != champion], champion][-STACK_LIMIT:]
+    return stack
+
+
+def read_state(client, model: str) -> ChampionState:
+    history = read_history(client, model)
+    stack = list(history[-1]["stack"]) if history else []
+    return ChampionState(
+        get_alias(client, model, CHAMPION), get_alias(client, model, PREVIOUS), stack, history
+    )
+
+
+def reconcile(client, model: str, state: ChampionState) -> ChampionState:
+    """When `@champion` was moved without loopline (by hand, or a move interrupted before its record),
+    record what is there, so the history stays the truth about what served."""
+    top = state.stack[-1] if state.stack else None
+    if state.champion == top:
+        return state
+    if state.champion is None:
+        # the alias was deleted by hand: nothing serves; the recorded chain is kept for a later rollback
+        return state
+    stack = [v for v in state.stack if v != state.champion] + [state.champion]
+    entry = {
+        "seq": state.next_seq,
+        "action": "reconcile",
+        "time": now_iso(),
+        "champion": state.champion,
+        "previous": stack[-2] if len(stack) > 1 else None,
+        "from": top,
+        "reason": f"@champion pointed at version {state.champion} without a recorded move",
+        "stack": stack[-STACK_LIMIT:],
+    }
+    write_entry(client, model, entry)
+    return ChampionState(state.champion, state.previous, entry["stack"], [*state.history, entry])
+
+
+def write_entry(client, model: str, entry: dict[str, Any]) -> None:
+    retry_locked(
+        client.set_registered_model_tag,
+        model,
+        f"{HISTORY_PREFIX}{entry['seq']:06d}",
+        json.dumps(entry, default=str),
+    )
+
+
+def move_champion(
+    client,
+    model: str,
+    version: int,
+    *,
+    expected: int | None,
+    action: str,
+    reason: str,
+    metrics: dict[str, Any] | None = None,
+    pop: bool = False,
+) -> dict[str, Any]:
+    """Check-and-set: move `@champion` to `version` only if it still points at `expected`. Call under
+    `promotion_lock`. `pop` (a rollback) drops the top of the chain instead of pushing. Returns the entry."""
+    state = reconcile(client, model, read_state(client, model))
+    if state.champion != expected:
+        raise PromotionConflict(
+            f"@champion of {model!r} moved from {expected} to {state.champion} while deciding; decide again"
+        )
+    stack = state.stack[:-1] if pop else [*[v for v in state.stack if v != version], version]
+    stack = stack[-STACK_LIMIT:]
+    previous = stack[-2] if len(stack) > 1 else None
+    entry = {
+        "seq": state.next_seq,
+        "action": action,
+        "time": now_iso(),
+        "champion": version,
+        "previous": previous,
+        "from": state.champion,
+        "reason": reason,
+        "metrics": metrics or {},
+        "stack": stack,
+    }
+    # aliases first, then the record: an interruption in between is found and recorded by `reconcile`
+    retry_locked(client.set_registered_model_alias, model, CHAMPION, str(version))
+    if previous is not None:
+        retry_locked(client.set_registered_model_alias, model, PREVIOUS, str(previous))
+    elif state.previous is not None:
+        retry_locked(client.delete_registered_model_alias, model, PREVIOUS)
+    write_entry(client, model, entry)
+    after = get_alias(client, model, CHAMPION)
+    if after != version:  # someone outside the lock moved it in the last milliseconds
+        raise PromotionConflict(f"@champion of {model!r} is {after} right after moving it to {version}")
+    return entry
+
+
+def tag_version(client, model: str, version: int, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        retry_locked(client.set_model_version_tag, model, str(version), key, text[:90_000])

@@ -1,0 +1,69 @@
+"""Small, shared Delta Lake helpers: open a table (or None), idempotent appends, versions.
+
+Idempotency: every write that must happen once per batch carries a Delta app transaction
+(`app_id`, version 1). A retry asks `transaction_version(app_id)` first and skips what already
+committed, so a crash half-way through a batch never duplicates rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from loopline.storage.lake import Lake
+
+
+def open_table(lake: Lake, uri: str, version: int | None = None) -> DeltaTable | None:
+    """The Delta table at `uri` (at `version` if given), or None when no table exists there."""
+    try:
+        return DeltaTable(uri, version=version, storage_options=lake.storage_options)
+    except TableNotFoundError:
+        return None
+
+
+def table_version(lake: Lake, uri: str) -> int | None:
+    table = open_table(lake, uri)
+    return None if table is None else table.version()
+
+
+def is_committed(table: DeltaTable | None, app_id: str) -> bool:
+    return table is not None and (table.transaction_version(app_id) or 0) >= 1
+
+
+def append_once(
+    lake: Lake,
+    uri: str,
+    data: pa.Table | pa.RecordBatchReader,
+    *,
+    app_id: str,
+    metadata: dict[str, Any] | None = None,
+    mode: str = "append",
+) -> tuple[int | None, bool]:
+    """Append `data` in one commit unless `app_id` already committed. Returns (table version, written)."""
+    table = open_table(lake, uri)
+    if is_committed(table, app_id):
+        return table.version(), False
+    props = CommitProperties(
+        app_transactions=[Transaction(app_id=app_id, version=1)],
+        custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
+    )
+    write_deltalake(
+        uri,
+        data,
+        mode=mode,
+        schema_mode="merge" if mode == "append" else "overwrite",
+        storage_options=lake.storage_options,
+        commit_properties=props,
+    )
+    return table_version(lake, uri), True
+
+
+def read_column(lake: Lake, uri: str, columns: list[str], version: int | None = None) -> pa.Table | None:
+    """Selected columns of a table (None if no table): cheap thanks to Parquet's column pruning."""
+    table = open_table(lake, uri, version)
+    if table is None:
+        return None
+    return table.to_pyarrow_dataset().to_table(columns=columns)

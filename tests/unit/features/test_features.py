@@ -1,0 +1,99 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from loopline.config import FeaturesConfig
+from loopline.data.contracts import parse_contract
+from loopline.features import FeatureTransform, assign_split, fit_transform
+
+CONTRACT = parse_contract(
+    {
+        "dataset": "t",
+        "id": "id",
+        "label": "y",
+        "task": "binary",
+        "columns": {
+            "id": {"type": "int"},
+            "x": {"type": "float", "nullable": True},
+            "seg": {"type": "category", "values": ["a", "b"]},
+            "at": {"type": "timestamp"},
+            "flag": {"type": "bool"},
+            "note": {"type": "string", "nullable": True},
+            "y": {"type": "int", "values": [0, 1]},
+        },
+    }
+)
+FRAME = pd.DataFrame(
+    {
+        "id": [1, 2, 3, 4],
+        "x": [1.0, 3.0, np.nan, 100.0],
+        "seg": ["a", "b", "a", "b"],
+        "at": pd.to_datetime(
+            ["2025-01-01 05:00", "2025-02-03 10:00", "2025-03-01 00:00", "2025-12-31 23:00"]
+        ),
+        "flag": [True, False, True, False],
+        "note": ["hi", None, "hello", ""],
+        "y": [0, 1, 0, 1],
+    }
+)
+
+
+def fit(**kw) -> FeatureTransform:
+    return fit_transform(FRAME, CONTRACT, FeaturesConfig(**kw))
+
+
+def column(t: FeatureTransform, frame: pd.DataFrame, name: str) -> np.ndarray:
+    return t.transform(frame)[:, t.feature_names.index(name)]
+
+
+def test_standardise_imputes_missing_and_flags_it():
+    t = fit()
+    x = column(t, FRAME, "x")
+    observed = np.array([1.0, 3.0, 100.0])
+    expected = (observed - observed.mean()) / observed.std()
+    np.testing.assert_allclose(x[[0, 1, 3]], expected, rtol=1e-6)
+    assert x[2] == 0.0 and column(t, FRAME, "x__isnull").tolist() == [0, 0, 1, 0]
+
+
+def test_log1p_clip_passthrough():
+    lg = column(fit(numeric="log1p"), FRAME, "x")
+    v = np.log1p(np.array([1.0, 3.0, 100.0]))
+    np.testing.assert_allclose(lg[[0, 1, 3]], (v - v.mean()) / v.std(), rtol=1e-5)
+    t = fit(numeric="clip", clip_quantiles=(0.0, 0.5))
+    step = t.steps[0]
+    assert step["hi"] == pytest.approx(3.0)
+    assert column(t, FRAME, "x")[3] == column(t, FRAME, "x")[1]  # 100 clipped to 3
+    assert column(fit(numeric="passthrough"), FRAME, "x")[[0, 3]].tolist() == [1.0, 100.0]
+
+
+def test_onehot_and_index_have_an_unknown_bucket():
+    t = fit()
+    unseen = FRAME.assign(seg=["a", "zzz", None, "b"])
+    onehot = np.column_stack([column(t, unseen, n) for n in ("seg__a", "seg__b", "seg__unknown")])
+    assert onehot.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 1, 0]]
+    idx = column(fit(categorical="index"), unseen, "seg__index")
+    assert idx.tolist() == [1, 0, 0, 2]
+
+
+def test_timestamp_parts_bool_and_string_length():
+    t = fit(timestamp_parts=["hour", "month"])
+    np.testing.assert_allclose(column(t, FRAME, "at__hour"), np.array([5, 10, 0, 23]) / 23.0, rtol=1e-6)
+    np.testing.assert_allclose(column(t, FRAME, "at__month"), np.array([1, 2, 3, 12]) / 11.0, rtol=1e-6)
+    assert column(t, FRAME, "flag").tolist() == [1, 0, 1, 0]
+    assert "note__len" in t.feature_names and "y" not in t.feature_names and "id" not in t.feature_names
+
+
+def test_transform_round_trips_through_json_and_is_versioned():
+    t = fit()
+    again = FeatureTransform.from_dict(t.to_dict())
+    np.testing.assert_array_equal(again.transform(FRAME), t.transform(FRAME))
+    assert again.version == t.version and fit(numeric="log1p").version != t.version
+    assert t.transform(FRAME).dtype == np.float32 and np.isfinite(t.transform(FRAME)).all()
+
+
+def test_split_is_stable_and_follows_fractions():
+    ids = np.arange(20_000)
+    a = assign_split(ids, (0.8, 0.1, 0.1))
+    assert (a == assign_split(ids, (0.8, 0.1, 0.1))).all()
+    assert abs((a == "train").mean() - 0.8) < 0.02 and abs((a == "test").mean() - 0.1) < 0.02
+    assert (assign_split(ids[::-1], (0.8, 0.1, 0.1))[::-1] == a).all()  # depends on the id only
