@@ -203,15 +203,11 @@ def create_concurrency_limits(api_url: str) -> dict[str, int]:
     """The global concurrency limit `gpu`: one slot per visible GPU, at least 1 (a CPU-only host
     still serialises training jobs on its one "accelerator"). Training takes it with
     `prefect.concurrency.sync.concurrency("gpu", occupy=k)`."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectAlreadyExists
+    from tasks.common import ensure_global_limit
 
     slots = max(count_gpus(), 1)
     with _client(api_url) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=slots))
-        except ObjectAlreadyExists:
-            client.update_global_concurrency_limit("gpu", GlobalConcurrencyLimitUpdate(limit=slots))
+        ensure_global_limit(client, "gpu", slots, update=True)
     return {"gpu": slots}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,32 @@ def code_hash() -> str:
         for path in sorted((root / pkg).rglob("*.py")):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def slug(name: str) -> str:
+    """Prefect artifact keys and limit names allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "model"
+
+
+def ensure_global_limit(client, name: str, slots: int, *, update: bool = False) -> int:
+    """Create the Prefect global concurrency limit `name` with `slots` when it is missing (a missing limit
+    limits nothing); with `update`, also set an existing one to `slots`. Safe when two runs race to create
+    it. `client` is a sync Prefect client. Returns the limit's slot count."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    try:
+        current = client.read_global_concurrency_limit_by_name(name).limit
+    except ObjectNotFound:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            return slots
+        except ObjectAlreadyExists:  # created by a concurrent run
+            current = client.read_global_concurrency_limit_by_name(name).limit
+    if update and current != slots:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
+        return slots
+    return current
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -10,7 +10,6 @@ It streams chunk by chunk (`DriftAccumulator`), so a large window never sits in 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from prefect import task
 from loopline.config import LifecycleConfig
 from loopline.errors import DriftError, ModelError
 from loopline.monitoring.verdicts import record_drift_verdict
-from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
+from tasks.common import emit, lake_for, retry_unless_user_error, run_logger, slug
 
 PROFILE_FILE = "reference_profile.json"
 PREDICTION_COLUMN = (
@@ -116,7 +115,7 @@ def report_drift(
 
     model, version = champion["model"], champion["version"]
     parsed = DriftReport.from_dict(report)
-    key = "drift-" + (re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-") or "model")
+    key = "drift-" + slug(model)
     markdown = render_drift_markdown(parsed, model=f"{model} v{version}")
     create_markdown_artifact(
         key=key, markdown=f"{markdown}\n\nWindow: {window['description']}", description=f"drift of {model}"

@@ -8,7 +8,6 @@ check-and-set on `@champion` keeps them apart even without Prefect (loopline.cha
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,12 +18,7 @@ from loopline.config import LifecycleConfig
 from loopline.packaging.model_card import render_model_card
 from loopline.release import promote as core
 from loopline.release.evaluate import tracking_uri_for
-from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
-
-
-def slug(name: str) -> str:
-    """Prefect artifact keys and limit names: lowercase letters, digits and dashes."""
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "model"
+from tasks.common import emit, ensure_global_limit, lake_for, retry_unless_user_error, run_logger, slug
 
 
 def limit_name(model: str) -> str:
@@ -34,17 +28,9 @@ def limit_name(model: str) -> str:
 def ensure_limit(name: str, slots: int = 1) -> None:
     """Create the global concurrency limit when it is missing (a missing limit would not limit anything)."""
     from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-            except ObjectAlreadyExists:  # created by a concurrent run
-                pass
+        ensure_global_limit(client, name, slots)
 
 
 @contextmanager

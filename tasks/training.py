@@ -9,7 +9,6 @@ the notice was withdrawn.
 
 from __future__ import annotations
 
-import re
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from loopline.config import LifecycleConfig
-from tasks.common import emit, lake_for, run_logger
+from tasks.common import emit, ensure_global_limit, lake_for, run_logger, slug
 
 PROGRESS_UPDATE_SECONDS = 2.0  # one API call per update: often enough for a human, cheap for the server
 
@@ -56,28 +55,18 @@ def ensure_concurrency_limit(name: str, occupy: int) -> int:
     """The global concurrency limit `name`, created when missing with one slot per GPU on this host
     (at least `occupy`, so the first run cannot deadlock on its own request). Returns its slot count."""
     from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from loopline.errors import ConfigError
     from loopline.train.gpu import read_samples
 
     with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            slots = max(len(read_samples()), occupy, 1)
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-            except ObjectAlreadyExists:  # another run created it first
-                pass
-            limit = client.read_global_concurrency_limit_by_name(name)
-    if limit.limit < occupy:
+        slots = ensure_global_limit(client, name, max(len(read_samples()), occupy, 1))
+    if slots < occupy:
         raise ConfigError(
             f"training.devices is {occupy} but the Prefect global concurrency limit {name!r} has only "
-            f"{limit.limit} slot(s): raise it (`prefect gcl update {name} --limit {occupy}`) or use fewer devices"
+            f"{slots} slot(s): raise it (`prefect gcl update {name} --limit {occupy}`) or use fewer devices"
         )
-    return limit.limit
+    return slots
 
 
 @contextmanager
@@ -125,7 +114,7 @@ class ProgressArtifact:
 
 def artifact_key(model_name: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "training-" + (re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-") or "model")
+    return "training-" + slug(model_name)
 
 
 @task(
