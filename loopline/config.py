@@ -181,7 +181,6 @@ class EvaluationConfig(_Section):
 
 
 class ServingConfig(_Section):
-    deploy: bool = Field(True, description="the lifecycle's deploy stage: start/reload the model server")
     host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
     port: int = Field(8080, ge=0, le=65535)
     max_batch_size: int = Field(256, ge=1, description="rows per model call in dynamic batching")

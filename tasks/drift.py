@@ -147,13 +147,10 @@ def report_drift(
 
 def write_metrics(cfg: LifecycleConfig, model: str, text: str) -> Path:
     """$LOOPLINE_HOME/metrics/drift_M.prom for node_exporter's textfile collector (atomic replace)."""
-    import os
+    from loopline.storage.files import atomic_write_text
 
     target = Path(cfg.home) / "metrics" / f"drift_{model}.prom"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    atomic_write_text(target, text)
     return target
 
 

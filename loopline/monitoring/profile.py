@@ -37,6 +37,7 @@ from loopline.monitoring.binning import (
     order_statistic_edges,
     sort_finite,
 )
+from loopline.storage.files import atomic_write_text
 
 PROFILE_FORMAT = "loopline.monitoring.profile"
 PROFILE_VERSION = 1
@@ -363,9 +364,7 @@ def profile_from_json(text: str, source: str = "profile") -> dict[str, Any]:
 def save_profile(profile: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the profile as JSON (atomically: a reader never sees half a file)."""
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(profile_to_json(profile))
-    os.replace(tmp, target)
+    atomic_write_text(target, profile_to_json(profile))
     return target
 
 

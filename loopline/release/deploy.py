@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loopline.config import ServingConfig
-
-RELOAD_TOKEN_ENV = "LOOPLINE_RELOAD_TOKEN"
+from loopline.serving import RELOAD_TOKEN_ENV
 
 
 @dataclass

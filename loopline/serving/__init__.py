@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from loopline.config import ServingConfig
 
-__all__ = ["run_server"]
+__all__ = ["RELOAD_TOKEN_ENV", "run_server"]
+
+# the environment variable holding the token `POST /reload` requires; the deploy stage sets it for servers it starts
+RELOAD_TOKEN_ENV = "LOOPLINE_RELOAD_TOKEN"
 
 
 def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from loopline.serving import RELOAD_TOKEN_ENV
 from loopline.serving.inference_log import InferenceLog
 from loopline.serving.inputs import TypedRows
 from loopline.serving.manager import ModelManager
@@ -32,7 +33,6 @@ from loopline.serving.router import SHADOW, Router, Slot
 
 log = logging.getLogger(__name__)
 
-RELOAD_TOKEN_ENV = "LOOPLINE_RELOAD_TOKEN"
 _JSON = [(b"content-type", b"application/json")]
 
 

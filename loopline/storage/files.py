@@ -16,19 +16,16 @@ TMP_MARKER = ".tmp-"  # temp files carry it; listings skip them (Lake.list)
 @contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yield a file handle on a temp file beside `path`; on a clean exit it replaces `path` durably.
-    On an exception the temp file is removed and `path` is untouched."""
+    On an exception `path` is untouched and the temp file stays, as after a kill: listings skip names with
+    TMP_MARKER, and owners of a folder sweep them (CheckpointStore.remove_stale_temp_files)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
     fsync_dir(target.parent)
 
 

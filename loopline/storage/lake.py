@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from loopline.storage.files import TMP_MARKER, atomic_write_bytes
+
 TABLE_KINDS = ("raw", "quarantine", "clean", "features", "predictions")
 
 
@@ -70,15 +72,7 @@ class Lake:
             bucket, key = split_s3_uri(uri)
             self.s3_client().put_object(Bucket=bucket, Key=key, Body=data)
             return
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write_bytes(uri, data)
 
     def get_bytes(self, uri: str) -> bytes:
         if is_s3_uri(uri):
@@ -99,7 +93,7 @@ class Lake:
         root = Path(prefix_uri)
         if not root.exists():
             return []
-        return sorted(str(p) for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+        return sorted(str(p) for p in root.rglob("*") if p.is_file() and TMP_MARKER not in p.name)
 
     def delete(self, uri: str) -> None:
         if is_s3_uri(uri):
@@ -145,16 +139,3 @@ def make_s3_client(
         aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key,
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from loopline.storage.files import atomic_writer
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -127,18 +127,5 @@ class CheckpointStore:
 
 def _save_local_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save streamed into a temp file (no second in-memory copy of a large state), fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_writer(path, "wb") as fh:
         torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from loopline.storage.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 _nvml_lock = threading.Lock()
@@ -363,10 +365,7 @@ def _number(value: float) -> str:
 
 
 def write_textfile(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def sample_to_dict(sample: GpuSample) -> dict[str, Any]:

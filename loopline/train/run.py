@@ -240,9 +240,7 @@ def _log_params(client, run_id: str, cfg: LifecycleConfig, *, resumed: bool) -> 
 def _log_summary(outcome: TrainOutcome, gpu: dict[str, Any] | None) -> None:
     import mlflow
 
-    metrics = {
-        f"final_{k}" if not k.startswith("val_") else f"final_{k}": v for k, v in outcome.val_metrics.items()
-    }
+    metrics = {f"final_{k}": v for k, v in outcome.val_metrics.items()}
     metrics.update(
         {
             "train_samples_per_s": outcome.samples_per_s,
