@@ -5,12 +5,14 @@ before it (tests/unit/test_layers.py holds this), and none of them imports prefe
     data        contracts, ingest, the synthetic source, validation/ (the gate)
     features    the fitted transform, the features table, the feature-store read API
     packaging   the model bundle, factories by name, the MLflow pyfunc and registry, model cards
+    serving     the model server (MLflow scoring protocol), batching, routing, inference log
     monitoring  drift (and the reference profile training stores), verdicts, retrain gates, status
     train       the loop, checkpoints, preemption, DDP, built-in models, GPU telemetry
     release     evaluation, metrics, infra validation, the promotion gate, champion aliases, deploy
-    serving     the model server (MLflow scoring protocol), batching, routing, inference log
 
-`config.py` (one typed config per stage) and `errors.py` (typed user errors) sit below them all.
+Serving sits low (it needs only bundles), so it can never reach into training; training sits above
+monitoring because it stores the drift reference profile. `config.py` (one typed config per stage) and
+`errors.py` (typed user errors) sit below them all.
 Each stage has a task module in tasks/ and a flow in flows/; README.md maps them.
 """
 

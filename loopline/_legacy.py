@@ -41,10 +41,10 @@ OLD_TO_NEW = {
     "loopline.verdicts": "loopline.monitoring.verdicts",
     "loopline.retrain": "loopline.monitoring.retrain",
     "loopline.status": "loopline.monitoring.status",
-    "loopline.evaluate": "loopline.release.evaluate",
+    "loopline.evaluate": "loopline.release.scoring",
     "loopline.eval_metrics": "loopline.release.metrics",
     "loopline.infra_validation": "loopline.release.infra_validation",
-    "loopline.promote": "loopline.release.promote",
+    "loopline.promote": "loopline.release.promotion",
     "loopline.champion": "loopline.release.champion",
     "loopline.deploy": "loopline.release.deploy",
 }
@@ -63,7 +63,7 @@ class _Alias(importlib.abc.Loader):
 
 
 class LegacyFinder(importlib.abc.MetaPathFinder):
-    """Answers only for the old names, and only when no real module of that name exists."""
+    """Answers only for the old names (none of which is a module any more)."""
 
     def find_spec(self, fullname, path=None, target=None):
         new = OLD_TO_NEW.get(fullname)
@@ -73,6 +73,7 @@ class LegacyFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Idempotent: after the regular finders, so a real module always wins."""
+    """Idempotent. First in line: a stale folder left by an in-place upgrade (loopline/drift/ holding only
+    __pycache__) would otherwise import as an empty namespace package."""
     if not any(isinstance(f, LegacyFinder) for f in sys.meta_path):
-        sys.meta_path.append(LegacyFinder())
+        sys.meta_path.insert(0, LegacyFinder())
