@@ -29,6 +29,7 @@ from loopline.train.checkpoint import CheckpointStore
 from loopline.train.data import BatchOrder, PlacedTensors, place_tensors, total_steps
 from loopline.train.metrics import MAXIMISED, is_better, loss_fn, validation_metrics
 from loopline.train.models import output_dim_for
+from loopline.train.outcome import TrainOutcome
 from loopline.train.preemption import Preempted, PreemptionWatch
 from loopline.train.state import (
     capture_rng_state,
@@ -66,27 +67,10 @@ class TrainingData:
 
 
 @dataclass
-class LoopResult:
-    model: nn.Module
-    state_dict: dict[str, torch.Tensor]
-    steps: int
-    resumed_from_step: int
-    state_sha256: str
-    samples_per_s: float
-    seconds: float
-    device: str
-    precision: str
-    data_placement: str
-    input_dim: int
-    output_dim: int
-    target_mean: float
-    target_std: float
-    val_metrics: dict[str, float] = field(default_factory=dict)
-    best_metric: float | None = None
-    stopped_early: bool = False
-    checkpoint_uri: str | None = None
-    checkpoint_writes: int = 0
-    checkpoint_seconds_last: float | None = None
+class LoopResult(TrainOutcome):
+    """What `train_loop` returns: the outcome plus the trained module itself."""
+
+    model: nn.Module | None = field(default=None, repr=False)
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:

@@ -7,8 +7,6 @@ from typing import Any
 
 import torch
 
-from loopline.train.loop import LoopResult
-
 
 @dataclass
 class TrainOutcome:
@@ -34,8 +32,9 @@ class TrainOutcome:
     state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_loop(cls, result: LoopResult, world_size: int = 1) -> TrainOutcome:
-        fields = {k: getattr(result, k) for k in cls.__dataclass_fields__ if hasattr(result, k)}
+    def from_loop(cls, result: TrainOutcome, world_size: int = 1) -> TrainOutcome:
+        """The plain outcome of a loop's result (which also holds the module), for one of `world_size` ranks."""
+        fields = {k: getattr(result, k) for k in cls.__dataclass_fields__}
         return cls(**{**fields, "world_size": world_size})
 
     def to_json(self) -> dict[str, Any]:
