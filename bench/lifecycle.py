@@ -106,7 +106,14 @@ def warm_imports() -> float:
     started = time.perf_counter()
     for name in ("flows.lifecycle", "flows.ingest", "flows.features", "flows.training", "flows.promotion"):
         importlib.import_module(name)
-    for name in ("tasks.data", "tasks.training", "tasks.promotion", "loopline.data.ingest", "loopline.train"):
+    for name in (
+        "tasks.ingest",
+        "tasks.features",
+        "tasks.training",
+        "tasks.promotion",
+        "loopline.data.ingest",
+        "loopline.train",
+    ):
         importlib.import_module(name)
     return time.perf_counter() - started
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from loopline.config import LifecycleConfig, resolve_config
-from tasks.data import build_features
+from tasks.features import build_features
 
 
 @flow(name="features", log_prints=True)

@@ -7,7 +7,7 @@ from prefect import flow
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.data.ingest import summarise_dicts
 from loopline.errors import DataQualityError
-from tasks.data import ingest_batch, list_source_files, synthesise_source
+from tasks.ingest import ingest_batch, list_source_files, synthesise_source
 
 
 @flow(name="ingest", log_prints=True)

@@ -25,19 +25,12 @@ import numpy as np
 import pyarrow as pa
 
 from loopline.data.contracts import Contract
+from loopline.data.schemas import ARROW_TYPES
 from loopline.serving.inputs import TypedRows
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
-_ARROW_TYPES = {
-    "int": pa.int64(),
-    "float": pa.float64(),
-    "bool": pa.bool_(),
-    "string": pa.string(),
-    "category": pa.string(),
-    "timestamp": pa.timestamp("us"),
-}
 PREDICTION = "_prediction"
 COMPACT_SECONDS = 0.25  # queued entries become one Arrow batch this often (see `compact`)
 META_COLUMNS = ("_model_version", "_role", "_request_id")
@@ -56,12 +49,12 @@ class _Entry:
 def log_schema(contract: Contract) -> pa.Schema:
     """The predictions/M schema for a contract (see the module docstring)."""
     fields = [
-        pa.field(c, _ARROW_TYPES[contract.columns[c].type])
+        pa.field(c, ARROW_TYPES[contract.columns[c].type])
         for c in contract.column_names
         if c != contract.label
     ]
     label = contract.columns[contract.label]
-    prediction_type = _ARROW_TYPES[label.type] if contract.task == "multiclass" else pa.float64()
+    prediction_type = ARROW_TYPES[label.type] if contract.task == "multiclass" else pa.float64()
     if contract.task == "multiclass" and label.type == "category":
         prediction_type = pa.string()
     fields.append(pa.field(PREDICTION, prediction_type))

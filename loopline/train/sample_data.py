@@ -22,7 +22,7 @@ from loopline.storage.lake import Lake
 
 def write_clean(lake: Lake, contract: Contract, frame: pd.DataFrame, *, batch_id: str = "sample-0") -> int:
     """Append `frame` (contract columns, already valid) to clean/D as one batch. Returns the table version."""
-    from loopline.data.ingest import clean_schema
+    from loopline.data.schemas import clean_schema
     from loopline.storage import delta
 
     schema = clean_schema(contract)

@@ -1,21 +1,19 @@
-"""Tasks of the data plane: ingest one file through the gate, report it, build features."""
+"""Tasks of the ingest stage: the demo source, a source's files, and one file through the gate as one batch
+(its own task: retries, artifacts and the data event per batch)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from loopline import features as core_features
 from loopline.config import LifecycleConfig
 from loopline.data import ingest as core_ingest
 from loopline.data.contracts import load_contract
 from loopline.data.synthetic import generate_source
-from loopline.errors import SourceError
 from loopline.storage import sources
-from tasks.common import code_hash, emit, lake_for, retry_unless_user_error, run_logger
+from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 
 
 @task(name="synthesise-demo-source")
@@ -42,17 +40,7 @@ def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
 def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dict:
     """One file as one batch. In a folder, an unreadable file is reported as that file's rejection."""
     contract = load_contract(cfg.data.contract)
-    workdir = sources.scratch_dir()
-    try:
-        result = core_ingest.ingest_file(uri, contract, lake_for(cfg), cfg, workdir=workdir)
-    except SourceError as exc:
-        if not in_folder:
-            raise
-        result = core_ingest.unreadable_result(uri, contract, exc)
-    finally:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+    result = core_ingest.ingest_file(uri, contract, lake_for(cfg), cfg, in_folder=in_folder)
     report_batch(result)
     return result.as_dict()
 
@@ -135,46 +123,3 @@ def report_batch(result: core_ingest.BatchResult) -> None:
             resource,
             {**payload, "rows_in": result.rows_in, "reason": result.reason},
         )
-
-
-def _features_cache_key(context, parameters) -> str:
-    """Cached on what the output depends on: clean version, features config, code (never on frames or clients)."""
-    cfg: LifecycleConfig = parameters["cfg"]
-    from loopline.storage import delta
-
-    lake = lake_for(cfg)
-    contract = load_contract(cfg.data.contract)
-    clean_v = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
-    blob = json.dumps(
-        [
-            lake.root,
-            contract.hash,
-            clean_v,
-            cfg.features.model_dump(mode="json"),
-            parameters.get("refit"),
-            code_hash(),
-        ]
-    )
-    return "features-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-@task(
-    name="build-features",
-    cache_key_fn=_features_cache_key,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[5, 15],
-    retry_condition_fn=retry_unless_user_error,
-)
-def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
-    contract = load_contract(cfg.data.contract)
-    result = core_features.build_features(lake_for(cfg), contract, cfg.features, refit=refit)
-    run_logger().info(
-        "features/%s v%s: %d new batch(es), %d rows, transform %s",
-        contract.dataset,
-        result["features_version"],
-        result["new_batches"],
-        result["rows_added"],
-        result["transform_version"],
-    )
-    return result

@@ -1,0 +1,191 @@
+"""The raw commit of one batch, pipelined: chunks stream from the file through the gate into ONE raw/D Delta
+commit written on its own thread, while each chunk's clean and quarantined rows are staged as local Parquet
+files (`stage/clean`, `stage/quarantine`) for the clean/D and quarantine/D commits that follow once the whole
+batch has passed.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loopline.config import LifecycleConfig
+from loopline.data.contracts import Contract
+from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
+from loopline.storage import delta, sources
+from loopline.storage.lake import Lake
+
+_DONE = object()
+
+
+def write_pipelined(
+    lake: Lake, uri: str, schema: pa.Schema, stream: Iterable[pa.RecordBatch], app_id: str, metadata: dict
+) -> None:
+    """Stream `stream`'s record batches into one Delta commit, with the writer on its own thread.
+
+    Reading + validating chunk i+1 (Python) overlaps with encoding chunk i to Parquet (Rust, no GIL);
+    a queue of two chunks bounds memory. An error on either side aborts the commit: nothing is written.
+    """
+    pipe: queue.Queue = queue.Queue(maxsize=4)
+    failure: list[BaseException] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while (item := pipe.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def write() -> None:
+        try:
+            delta.append_once(
+                lake,
+                uri,
+                pa.RecordBatchReader.from_batches(schema, batches()),
+                app_id=app_id,
+                metadata=metadata,
+            )
+        except BaseException as exc:  # reported to the reading side below
+            failure.append(exc)
+
+    writer = threading.Thread(target=write, name="loopline-raw-writer", daemon=True)
+    writer.start()
+    try:
+        for batch in stream:
+            while True:  # never block forever on a writer that died
+                if failure:
+                    raise failure[0]
+                try:
+                    pipe.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+        pipe.put(_DONE)
+    except BaseException as exc:
+        if writer.is_alive():
+            pipe.put(RuntimeError(f"aborted: {exc}"))
+        writer.join()
+        raise
+    writer.join()
+    if failure:
+        raise failure[0]
+
+
+def new_stage(workdir: str, batch_id: str) -> Path:
+    """An empty staging folder for the batch (a crashed attempt's leftovers removed)."""
+    stage = Path(workdir) / batch_id
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "clean").mkdir(parents=True)
+    (stage / "quarantine").mkdir(parents=True)
+    return stage
+
+
+class ChunkStream:
+    """One pass over the file's chunks: validate, stage clean/quarantine, yield raw record batches.
+
+    With no gate (the file's columns were rejected) the chunks only go to raw.
+    Errors raised while reading are kept in `error`, because the Delta writer wraps them.
+    """
+
+    def __init__(
+        self, src, contract: Contract, cfg: LifecycleConfig, gate, stage: Path, batch_id: str, at: datetime
+    ):
+        self.src, self.contract, self.cfg, self.gate = src, contract, cfg, gate
+        self.stage, self.batch_id, self.at = stage, batch_id, at
+        self.rows = 0
+        self.error: BaseException | None = None
+        self._done = False
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        if self._done:
+            return
+        self._done = True
+        try:
+            yield from self._batches()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+        if self.error is not None:
+            raise self.error
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        contract, names = self.contract, self.contract.column_names
+        qschema, cschema = quarantine_schema(contract), clean_schema(contract)
+        for i, table in enumerate(sources.read_tables(self.src, names, self.cfg.data.chunk_rows)):
+            offset = self.rows
+            raw = _raw_table(table, contract, self.src.uri, self.batch_id, self.at, offset)
+            if self.gate is not None:
+                verdict = self.gate.validate_chunk(raw.select(names).to_pandas(), row_offset=offset)
+                if len(verdict.clean):
+                    clean = verdict.clean
+                    clean["_batch_id"] = self.batch_id
+                    clean["_ingested_at"] = pd.Timestamp(self.at)
+                    _write_stage(
+                        pa.Table.from_pandas(clean[cschema.names], schema=cschema, preserve_index=False),
+                        self.stage / "clean" / f"{i:06d}.parquet",
+                    )
+                if len(verdict.quarantine):
+                    q = verdict.quarantine
+                    qraw = raw.take(pa.array(q["_row"].to_numpy(dtype=np.int64) - offset))
+                    reasons = [r if isinstance(r, str) else "; ".join(r) for r in q["_reasons"]]
+                    qraw = qraw.append_column("_reasons", pa.array(reasons, pa.string()))
+                    _write_stage(
+                        qraw.select(qschema.names).cast(qschema),
+                        self.stage / "quarantine" / f"{i:06d}.parquet",
+                    )
+            self.rows += table.num_rows
+            yield from raw.to_batches()
+
+
+def _raw_table(
+    table: pa.Table, contract: Contract, source: str, batch_id: str, at: datetime, offset: int
+) -> pa.Table:
+    """The chunk as raw/D stores it: the contract's columns as received (null when absent), unexpected
+    columns as JSON in `_extra`, and the batch metadata."""
+    n = table.num_rows
+    schema = raw_schema(contract)
+    present = set(table.column_names)
+    arrays = [table[name] if name in present else pa.nulls(n, pa.string()) for name in contract.column_names]
+    extra = [c for c in table.column_names if c not in contract.columns]
+    if extra:
+        import orjson
+
+        rows = table.select(extra).to_pylist()
+        arrays.append(pa.array([orjson.dumps(r).decode() for r in rows], pa.string()))
+    else:
+        arrays.append(pa.nulls(n, pa.string()))
+    arrays += [
+        pa.array(np.full(n, batch_id, dtype=object), pa.string()),
+        pa.array(np.full(n, source, dtype=object), pa.string()),
+        pa.array(np.full(n, np.datetime64(at.replace(tzinfo=None), "us")), pa.timestamp("us", tz="UTC")),
+        pa.array(np.arange(offset, offset + n, dtype=np.int64)),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _write_stage(table: pa.Table, path: Path) -> None:
+    # lz4: staging files are read once, a moment later; speed over size
+    pq.write_table(table, path, compression="lz4")
+
+
+def staged_reader(folder: Path, schema: pa.Schema) -> pa.RecordBatchReader:
+    """The staged Parquet files of one folder, in chunk order, as one stream for a Delta commit."""
+    files = sorted(folder.glob("*.parquet"))
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        for f in files:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=65536)
+
+    return pa.RecordBatchReader.from_batches(schema, gen())

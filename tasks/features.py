@@ -1,0 +1,56 @@
+"""Tasks of the features stage: bring features/D up to date with clean/D, cached on what it depends on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import task
+
+from loopline import features as core_features
+from loopline.config import LifecycleConfig
+from loopline.data.contracts import load_contract
+from tasks.common import code_hash, lake_for, retry_unless_user_error, run_logger
+
+
+def _features_cache_key(context, parameters) -> str:
+    """Cached on what the output depends on: clean version, features config, code (never on frames or clients)."""
+    cfg: LifecycleConfig = parameters["cfg"]
+    from loopline.storage import delta
+
+    lake = lake_for(cfg)
+    contract = load_contract(cfg.data.contract)
+    clean_v = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
+    blob = json.dumps(
+        [
+            lake.root,
+            contract.hash,
+            clean_v,
+            cfg.features.model_dump(mode="json"),
+            parameters.get("refit"),
+            code_hash(),
+        ]
+    )
+    return "features-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@task(
+    name="build-features",
+    cache_key_fn=_features_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 15],
+    retry_condition_fn=retry_unless_user_error,
+)
+def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
+    contract = load_contract(cfg.data.contract)
+    result = core_features.build_features(lake_for(cfg), contract, cfg.features, refit=refit)
+    run_logger().info(
+        "features/%s v%s: %d new batch(es), %d rows, transform %s",
+        contract.dataset,
+        result["features_version"],
+        result["new_batches"],
+        result["rows_added"],
+        result["transform_version"],
+    )
+    return result
