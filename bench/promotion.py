@@ -90,7 +90,7 @@ def prepare(home: Path, test_rows: int) -> dict:
 
 
 def run_ours(env: dict, repeat: int) -> dict:
-    from loopline.release.evaluate import clear_caches, evaluate_versions
+    from loopline.release.scoring import clear_caches, evaluate_versions
 
     runs = []
     for _ in range(repeat):
@@ -118,7 +118,8 @@ def run_limit(env: dict, repeat: int) -> dict:
     """Read + score both models, no metrics: the floor under any evaluation."""
     import mlflow.pyfunc
 
-    from loopline.release.evaluate import clear_caches, read_test_set
+    from loopline.release.scoring import clear_caches
+    from loopline.release.testset import read_test_set
 
     mlflow.set_tracking_uri(env["tracking"])
     runs = []
@@ -169,8 +170,8 @@ def run_sklearn(y: np.ndarray, cand: np.ndarray, champ: np.ndarray, replicates: 
 
 def run_latency(env: dict, promotions: int) -> dict:
     """Alternate two versions through promote(); every move allowed (lateral), infra validation off."""
-    from loopline.release.evaluate import registry_client
-    from loopline.release.promote import promote
+    from loopline.packaging.registry import registry_client
+    from loopline.release import promote
 
     cfg = env["cfg"].model_copy(
         update={

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from loopline.config import LifecycleConfig, resolve_config
-from loopline.release.evaluate import model_name_for
+from loopline.packaging.registry import model_name_for
 from tasks.promotion import evaluate_model, promote_model, rollback_model
 
 

@@ -13,7 +13,7 @@ from tasks.common import run_logger
 
 
 def _tracking_uri(cfg: LifecycleConfig) -> str:
-    from loopline.release.evaluate import tracking_uri_for
+    from loopline.packaging.registry import tracking_uri_for
 
     return tracking_uri_for(cfg, None)
 

@@ -3,7 +3,7 @@ artifacts; `loopline.model.promoted` / `loopline.model.rolled_back` events.
 
 Serialisation has two layers: here a Prefect global concurrency limit `promote-<model>` (one slot, created
 on first use) keeps promotions of a model apart across workers and hosts; in the core a file lock plus a
-check-and-set on `@champion` keeps them apart even without Prefect (loopline.champion).
+check-and-set on `@champion` keeps them apart even without Prefect (loopline.release.champion).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from loopline.config import LifecycleConfig
 from loopline.packaging.model_card import render_model_card
-from loopline.release import promote as core
-from loopline.release.evaluate import tracking_uri_for
+from loopline.packaging.registry import tracking_uri_for
+from loopline.release import evaluate, promote, rollback
 from tasks.common import emit, ensure_global_limit, lake_for, retry_unless_user_error, run_logger, slug
 
 
@@ -53,7 +53,7 @@ def promotion_slot(model: str):
 )
 def evaluate_model(cfg: LifecycleConfig, model: str, version: int | None = None) -> dict[str, Any]:
     """Metrics of the version against @champion on the same rows; nothing moves. Card as an artifact."""
-    result = core.evaluate(cfg, model, version, lake=lake_for(cfg))
+    result = evaluate(cfg, model, version, lake=lake_for(cfg))
     card = render_model_card(result)
     create_markdown_artifact(
         key=f"evaluation-{slug(model)}",
@@ -84,7 +84,7 @@ def promote_model(cfg: LifecycleConfig, model: str, version: int | None = None) 
     log = run_logger()
     log.info("waiting for the promotion slot of %s (limit %r)", model, limit_name(model))
     with promotion_slot(model):
-        result = core.promote(cfg, model, version, lake=lake_for(cfg))
+        result = promote(cfg, model, version, lake=lake_for(cfg))
     report_promotion(result)
     verdict = "promoted" if result["promoted"] else "not promoted"
     log.info("%s v%s %s: %s", model, result["candidate_version"], verdict, result["reason"])
@@ -122,7 +122,7 @@ def report_promotion(result: dict[str, Any]) -> None:
 def rollback_model(cfg: LifecycleConfig, model: str, reason: str = "manual") -> dict[str, Any]:
     """@champion back to the previous champion; `loopline.model.rolled_back`."""
     with promotion_slot(model):
-        result = core.rollback(
+        result = rollback(
             model,
             tracking_uri=tracking_uri_for(cfg, None),
             reason=reason,

@@ -13,6 +13,8 @@ _EXPORTS = {
     "resolve_factory": "factory",
     "LooplineModel": "pyfunc",
     "default_tracking_uri": "registry",
+    "tracking_uri_for": "registry",
+    "model_name_for": "registry",
     "log_and_register_bundle": "registry",
     "render_model_card": "model_card",
 }

@@ -14,11 +14,11 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-BUNDLE_ARTIFACT = "bundle"
+from loopline.packaging.registry import BUNDLE_ARTIFACT
 
 
 class LooplineModel(mlflow.pyfunc.PythonModel):
-    """Wraps `loopline.bundle.Predictor`. Input: a DataFrame with the contract's feature columns (the id
+    """Wraps `loopline.packaging.bundle.Predictor`. Input: a DataFrame with the contract's feature columns (the id
     and the label may be present and are ignored). Output: binary P(positive), multiclass labels,
     regression values."""
 

@@ -1,8 +1,11 @@
-"""MLflow helpers: where tracking lives, experiments, finding a run by run key, logging + registering
-a bundle as a pyfunc model.
+"""MLflow helpers: where tracking lives, the registry client, versions and aliases, the registered model's
+name, experiments, finding a run by run key, logging + registering a bundle as a pyfunc model.
 
 The embedded default is `sqlite:///$LOOPLINE_HOME/mlflow.db` with artifacts under
 `$LOOPLINE_HOME/artifacts/mlflow` (MLflow refuses the file store; STACK.md). `MLFLOW_TRACKING_URI` wins.
+
+Light at import (no mlflow, no pandas): the model server imports it for the default tracking URI and the
+bundle's artifact name, and never imports `mlflow.pyfunc`. MLflow is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -10,14 +13,19 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from loopline.errors import ModelError
 
-from loopline.data.contracts import Contract
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from loopline.config import LifecycleConfig
+    from loopline.data.contracts import Contract
 
 log = logging.getLogger(__name__)
 
+BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact holding the bundle directory (serving downloads only it)
 RUN_KEY_TAG = "loopline.run_key"
 MLFLOW_TYPES = {
     "int": "long",
@@ -34,6 +42,89 @@ def default_tracking_uri(home: str) -> str:
     if env:
         return env
     return f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri_for(cfg: LifecycleConfig | None, tracking_uri: str | None) -> str:
+    """`tracking_uri` when given, else the default for the config's home (or $LOOPLINE_HOME)."""
+    from loopline.config import default_home
+
+    return tracking_uri or default_tracking_uri(cfg.home if cfg is not None else default_home())
+
+
+def registry_client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def model_name_for(cfg: LifecycleConfig) -> str:
+    """The registered model's name: `model_name` from the config, else the contract's dataset."""
+    return cfg.model_name or contract_dataset(cfg)
+
+
+def contract_dataset(cfg: LifecycleConfig) -> str:
+    from loopline.data.contracts import load_contract
+
+    return load_contract(cfg.data.contract).dataset
+
+
+def newest_version(client, model: str) -> int:
+    """The highest version number of a registered model. ModelError when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{model}'")
+    except MlflowException as exc:
+        raise ModelError(f"cannot list the versions of model {model!r}: {exc}") from exc
+    if not versions:
+        raise ModelError(f"model {model!r} has no registered versions: run `loopline train` first")
+    return max(int(v.version) for v in versions)
+
+
+def alias_version(client, model: str, alias: str) -> int | None:
+    """The version an alias points at, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(model, alias).version)
+    except MlflowException as exc:
+        code = str(getattr(exc, "error_code", ""))
+        if (
+            "RESOURCE_DOES_NOT_EXIST" in code
+            or "INVALID_PARAMETER_VALUE" in code
+            or "not found" in str(exc).lower()
+        ):
+            return None
+        raise
+
+
+def version_info(client, model: str, version: int) -> dict[str, Any]:
+    """What a version was trained on, from its MLflow run's tags."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(model, str(version))
+    except MlflowException as exc:
+        raise ModelError(f"model {model!r} has no version {version}") from exc
+    tags: dict[str, str] = {}
+    if mv.run_id:
+        try:
+            tags = client.get_run(mv.run_id).data.tags
+        except MlflowException:
+            tags = {}
+    fv = tags.get("data.features_version")
+    return {
+        "version": int(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "dataset": tags.get("loopline.dataset"),
+        "features_version": int(fv) if fv not in (None, "") else None,
+        "transform_version": tags.get("data.transform_version"),
+        "clean_version": tags.get("data.clean_version") or None,
+        "contract_hash": tags.get("contract.hash"),
+        "code_version": tags.get("code.version"),
+        "version_tags": dict(mv.tags or {}),
+    }
 
 
 def artifact_root(home: str) -> str:
@@ -114,7 +205,7 @@ def log_and_register_bundle(
     import mlflow
 
     import loopline
-    from loopline.packaging.pyfunc import BUNDLE_ARTIFACT, LooplineModel
+    from loopline.packaging.pyfunc import LooplineModel
 
     info = mlflow.pyfunc.log_model(
         name="model",

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from loopline.errors import LooplineError, ModelError
+from loopline.packaging.registry import alias_version, registry_client, tracking_uri_for
 
-CHAMPION = "champion"
-PREVIOUS = "previous"
+CHAMPION = "champion"  # the serving version's alias
+PREVIOUS = "previous"  # the one before it: where a rollback goes back to
 HISTORY_PREFIX = "loopline.history."
 STACK_LIMIT = 100  # champions remembered per entry; a rollback further back than this is a manual alias move
 LOCK_POLL_SECONDS = 0.05
@@ -100,8 +101,6 @@ def retry_locked(fn, *args, **kwargs):
 
 
 def get_alias(client, model: str, alias: str) -> int | None:
-    from loopline.release.evaluate import alias_version
-
     return retry_locked(alias_version, client, model, alias)
 
 
@@ -121,6 +120,11 @@ def read_history(client, model: str) -> list[dict[str, Any]]:
             except ValueError:
                 continue  # a hand-written tag: not ours
     return sorted(entries, key=lambda e: e.get("seq", 0))
+
+
+def promotion_history(model: str, *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded move of `@champion`, oldest first."""
+    return read_history(registry_client(tracking_uri or tracking_uri_for(None, None)), model)
 
 
 def replay(history: list[dict[str, Any]]) -> list[int]:

@@ -185,9 +185,10 @@ def _alive(pid: int) -> bool:
 
 def champion_version(tracking_uri: str, model: str) -> int:
     """The version `@champion` points at now."""
-    from loopline.release.evaluate import registry_client
+    from loopline.packaging.registry import registry_client
+    from loopline.release.champion import CHAMPION
 
-    return int(registry_client(tracking_uri).get_model_version_by_alias(model, "champion").version)
+    return int(registry_client(tracking_uri).get_model_version_by_alias(model, CHAMPION).version)
 
 
 def stop_all_servers(home: str) -> list[str]:

@@ -6,7 +6,7 @@ MLflow client use, and scores sample rows built from the contract: real held-out
 category value, numeric bounds, nulls where the contract allows them). Any exception, a crash, a timeout,
 or outputs of the wrong length, type or range fail validation, with the error as the reason.
 
-    python -m loopline.infra_validation MODEL_URI ROWS.parquet TASK [CLASSES_JSON]
+    python -m loopline.release.infra_validation MODEL_URI ROWS.parquet TASK [CLASSES_JSON]
 
 prints one JSON line: {"ok": true, "rows": n, "load_s": ..., "predict_s": ...} or {"ok": false, "error": ...}.
 """

@@ -24,7 +24,7 @@ class LoadedModel:
     name: str
     version: str
     alias: str
-    predictor: Any  # loopline.bundle.Predictor
+    predictor: Any  # loopline.packaging.bundle.Predictor
     checker: InputChecker
     features: Callable[[TypedRows], np.ndarray]
     bundle_dir: str

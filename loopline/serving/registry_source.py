@@ -13,10 +13,9 @@ import shutil
 from pathlib import Path
 
 from loopline.errors import ModelError
+from loopline.packaging.registry import BUNDLE_ARTIFACT  # light: no mlflow at import
 
 log = logging.getLogger(__name__)
-
-BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact name (loopline.pyfunc.BUNDLE_ARTIFACT; not imported: it imports mlflow.pyfunc)
 
 
 class RegistrySource:

@@ -106,13 +106,10 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
     sqlite:///<home>/mlflow.db."""
     import uvicorn
 
+    from loopline.packaging.registry import default_tracking_uri
     from loopline.serving.registry_source import RegistrySource
 
-    uri = (
-        tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
-    )
+    uri = tracking_uri or default_tracking_uri(home)
     source = RegistrySource(uri, Path(home) / "serving" / "bundles")
     app = build_app(model, cfg, source=source, home=home)
     config = uvicorn.Config(

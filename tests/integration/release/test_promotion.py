@@ -130,7 +130,7 @@ def cfg_with(setup, **evaluation) -> LifecycleConfig:
 
 
 def promote(setup, name, version, cfg=None, **kw):
-    from loopline.release.promote import promote as core_promote
+    from loopline.release import promote as core_promote
 
     return core_promote(
         cfg or setup["cfg"], name, version, lake=setup["lake"], tracking_uri=setup["tracking"], **kw
@@ -320,7 +320,7 @@ def test_eight_concurrent_promotions_end_with_one_champion_and_a_consistent_hist
 
 
 def test_rollback_twice_walks_back_two_champions(setup):
-    from loopline.release.promote import rollback
+    from loopline.release import rollback
 
     name = clone(setup, setup["crippled"], setup["good"], setup["good"])
     lateral = cfg_with(setup, min_improvement=-0.001)
@@ -357,7 +357,7 @@ def test_a_hand_moved_alias_is_recorded_before_the_next_move(setup):
     name = clone(setup, setup["crippled"], setup["good"])
     promote(setup, name, 1)
     setup["client"].set_registered_model_alias(name, "champion", "2")  # someone moved it by hand
-    from loopline.release.promote import rollback
+    from loopline.release import rollback
 
     back = rollback(name, tracking_uri=setup["tracking"], home=str(setup["home"]))
     assert back["champion_version"] == 1
@@ -366,7 +366,7 @@ def test_a_hand_moved_alias_is_recorded_before_the_next_move(setup):
 
 
 def test_evaluate_reports_without_moving_anything(setup):
-    from loopline.release.promote import evaluate
+    from loopline.release import evaluate
 
     name = clone(setup, setup["good"], setup["crippled"])
     promote(setup, name, 1, infra_validate=False)

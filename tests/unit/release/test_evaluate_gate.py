@@ -11,7 +11,7 @@ from loopline.config import EvaluationConfig
 from loopline.errors import LooplineError
 from loopline.packaging.model_card import render_model_card
 from loopline.release.champion import promotion_lock, replay
-from loopline.release.promote import decide
+from loopline.release.gate import decide
 
 
 def evaluation(cand=0.80, champ=0.75, *, primary="roc_auc", champion_version=1, ci=(0.02, 0.08), slices=None):

@@ -1,20 +1,16 @@
-"""Evaluate a candidate model version against the current champion on the same held-out rows.
+"""Score a candidate model version and the current champion on the same held-out rows, and compare them.
 
-The test set is the `test` split of features/D at the candidate's features version (its MLflow run records
-it as `data.features_version`). Both models score the RAW contract rows of those ids (clean/D at the clean
-version that features version was built from), each through its own bundled transform, so a champion
-trained on an older transform is still judged on exactly the same rows. Reported: every metric of the task,
-the same per slice of each categorical column, and a paired bootstrap interval of candidate - champion on
-the primary metric. Pure computation and reads: nothing here moves an alias (see loopline.promote).
+Both models score the raw contract rows of the candidate's test split (loopline.release.testset), each
+through its own bundled transform, so a champion trained on an older transform is still judged on exactly
+the same rows. Reported: every metric of the task, the same per slice of each categorical column, and a
+paired bootstrap interval of candidate - champion on the primary metric. Pure computation and reads:
+nothing here moves an alias (see loopline.release.promotion).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +18,18 @@ import pandas as pd
 
 from loopline.config import LifecycleConfig
 from loopline.data.contracts import Contract
-from loopline.errors import ContractError, LooplineError, ModelError
+from loopline.errors import ContractError, ModelError
+from loopline.packaging.registry import (
+    alias_version,
+    contract_dataset,
+    model_name_for,
+    newest_version,
+    registry_client,
+    tracking_uri_for,
+    version_info,
+)
+from loopline.release.cache import ComputeCache
+from loopline.release.champion import CHAMPION
 from loopline.release.metrics import (
     HIGHER_IS_BETTER,
     bootstrap_difference,
@@ -32,181 +39,16 @@ from loopline.release.metrics import (
     prepare_metric,
     primary_metric_for,
 )
+from loopline.release.testset import TestSet, clear_test_sets, read_test_set
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-PREVIOUS = "previous"
 SCORE_CHUNK_ROWS = 250_000  # rows per model call: bounds the transform's float32 matrix to ~40 MB
 NULL_SLICE = "(null)"
 _CACHE_ENTRIES = 16
 
-
-@dataclass
-class TestSet:
-    """The held-out rows of one features version: raw contract columns and encoded labels."""
-
-    frame: pd.DataFrame
-    y: np.ndarray
-    contract: Contract
-    dataset: str
-    features_version: int
-    clean_version: int | None
-    transform_version: str
-
-
-class _Cache:
-    """Small thread-safe LRU. Model versions and Delta versions are immutable, so entries never go stale."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.data: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
-        self.key_locks: dict[Any, threading.Lock] = {}
-
-    def get_or_compute(self, key, compute):
-        with self.lock:
-            if key in self.data:
-                self.data.move_to_end(key)
-                return self.data[key]
-            key_lock = self.key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # one computation per key even when threads ask at once
-            with self.lock:
-                if key in self.data:
-                    return self.data[key]
-            value = compute()
-            with self.lock:
-                self.data[key] = value
-                while len(self.data) > self.size:
-                    self.data.popitem(last=False)
-                self.key_locks.pop(key, None)
-            return value
-
-
-_test_sets = _Cache(4)
-_scores = _Cache(_CACHE_ENTRIES)
-
-
-# -- the registry -----------------------------------------------------------------------------------
-
-
-def tracking_uri_for(cfg: LifecycleConfig | None, tracking_uri: str | None) -> str:
-    from loopline.config import default_home
-    from loopline.packaging.registry import default_tracking_uri
-
-    return tracking_uri or default_tracking_uri(cfg.home if cfg is not None else default_home())
-
-
-def registry_client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def newest_version(client, model: str) -> int:
-    """The highest version number of a registered model. ModelError when it has none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{model}'")
-    except MlflowException as exc:
-        raise ModelError(f"cannot list the versions of model {model!r}: {exc}") from exc
-    if not versions:
-        raise ModelError(f"model {model!r} has no registered versions: run `loopline train` first")
-    return max(int(v.version) for v in versions)
-
-
-def alias_version(client, model: str, alias: str) -> int | None:
-    """The version an alias points at, or None when the alias is not set."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(client.get_model_version_by_alias(model, alias).version)
-    except MlflowException as exc:
-        code = str(getattr(exc, "error_code", ""))
-        if (
-            "RESOURCE_DOES_NOT_EXIST" in code
-            or "INVALID_PARAMETER_VALUE" in code
-            or "not found" in str(exc).lower()
-        ):
-            return None
-        raise
-
-
-def version_info(client, model: str, version: int) -> dict[str, Any]:
-    """What a version was trained on, from its MLflow run's tags."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version(model, str(version))
-    except MlflowException as exc:
-        raise ModelError(f"model {model!r} has no version {version}") from exc
-    tags: dict[str, str] = {}
-    if mv.run_id:
-        try:
-            tags = client.get_run(mv.run_id).data.tags
-        except MlflowException:
-            tags = {}
-    fv = tags.get("data.features_version")
-    return {
-        "version": int(mv.version),
-        "run_id": mv.run_id,
-        "source": mv.source,
-        "dataset": tags.get("loopline.dataset"),
-        "features_version": int(fv) if fv not in (None, "") else None,
-        "transform_version": tags.get("data.transform_version"),
-        "clean_version": tags.get("data.clean_version") or None,
-        "contract_hash": tags.get("contract.hash"),
-        "code_version": tags.get("code.version"),
-        "version_tags": dict(mv.tags or {}),
-    }
-
-
-# -- the test set -----------------------------------------------------------------------------------
-
-
-def read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
-    """Raw rows of the test split of features/D@features_version (cached: Delta versions are immutable)."""
-    key = (lake.root, dataset, int(features_version))
-    return _test_sets.get_or_compute(key, lambda: _read_test_set(lake, dataset, int(features_version)))
-
-
-def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from loopline.features import encode_labels, load_transform
-    from loopline.storage import delta
-    from loopline.train.inputs import clean_version_of
-
-    feats = delta.open_table(lake, lake.table_uri("features", dataset), features_version)
-    if feats is None:
-        raise LooplineError(f"dataset {dataset!r} has no features table at version {features_version}")
-    fds = feats.to_pyarrow_dataset()
-    id_col = fds.schema.names[0]  # features/D starts with the id, then the label (loopline.features)
-    test = fds.to_table(columns=[id_col, "_transform"], filter=pc.field("_split") == "test")
-    if test.num_rows == 0:
-        raise LooplineError(f"features/{dataset} v{features_version} has no test rows to evaluate on")
-    transforms = pc.unique(test["_transform"]).to_pylist()
-    if len(transforms) != 1:
-        raise LooplineError(f"features/{dataset} v{features_version} mixes transforms {transforms}")
-    contract = load_transform(lake, dataset, transforms[0]).contract
-    clean_version = clean_version_of(lake, dataset, features_version)
-    clean = delta.open_table(lake, lake.table_uri("clean", dataset), clean_version)
-    if clean is None:
-        raise LooplineError(f"dataset {dataset!r} has no clean table to read the raw test rows from")
-    cds = clean.to_pyarrow_dataset()
-    ids = pa.array(test[id_col].to_numpy(zero_copy_only=False), type=cds.schema.field(contract.id).type)
-    rows = cds.to_table(columns=contract.column_names, filter=pc.field(contract.id).isin(ids))
-    if rows.num_rows != test.num_rows:
-        raise LooplineError(
-            f"clean/{dataset} v{clean_version} holds {rows.num_rows} of the {test.num_rows} test ids of "
-            f"features/{dataset} v{features_version}: was clean/{dataset} rewritten or vacuumed?"
-        )
-    frame = rows.to_pandas()
-    y = encode_labels(frame[contract.label].to_numpy(), contract)
-    return TestSet(frame, y, contract, dataset, features_version, clean_version, transforms[0])
+_scores = ComputeCache(_CACHE_ENTRIES)
 
 
 # -- scoring ----------------------------------------------------------------------------------------
@@ -295,7 +137,7 @@ def evaluate_versions(
     cand_info = version_info(client, model, int(candidate_version))
     if champion_version == -1:
         champion_version = alias_version(client, model, CHAMPION)
-    dataset = cand_info["dataset"] or _contract_dataset(cfg)
+    dataset = cand_info["dataset"] or contract_dataset(cfg)
     if cand_info["features_version"] is None:
         raise ModelError(
             f"model {model!r} version {candidate_version}: its run records no data.features_version, "
@@ -410,18 +252,7 @@ def _subset_metrics(task: str, y: np.ndarray, outputs: np.ndarray) -> dict[str, 
     return {name: float(prepare_metric(name, task, y, outputs)(None)) for name in metric_names(task)}
 
 
-def model_name_for(cfg: LifecycleConfig) -> str:
-    return cfg.model_name or _contract_dataset(cfg)
-
-
-def _contract_dataset(cfg: LifecycleConfig) -> str:
-    from loopline.data.contracts import load_contract
-
-    return load_contract(cfg.data.contract).dataset
-
-
 def clear_caches() -> None:
     """Forget cached test sets and scores (tests and long-lived processes that rewrite a lake)."""
-    for cache in (_test_sets, _scores):
-        with cache.lock:
-            cache.data.clear()
+    clear_test_sets()
+    _scores.clear()
