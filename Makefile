@@ -27,7 +27,7 @@ demo: install
 	$(VENV)/bin/loopline run --set synthetic.bad_fraction=0.01
 	$(VENV)/bin/loopline run --set synthetic.bad_fraction=0.01 $(DRIFTED)
 
-# test_loop.py runs in its own process: it starts its own Prefect stack, and Prefect's events client is
+# tests/e2e/test_loop.py runs in its own process: it starts its own Prefect stack, and Prefect's events client is
 # process-wide (bound to the first API it met), so after the session server it would emit into the void.
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --ignore=tests/e2e/test_loop.py

@@ -36,7 +36,7 @@ def deploy_project(
     trigger_within_seconds: dict[str, float] | None = None,
     only: list[str] | None = None,
 ) -> list[str]:
-    """Create or update every deployment of prefect.yaml whose entrypoint exists in this checkout.
+    """Create or update every deployment of prefect.yaml.
 
     `trigger_within_seconds` overrides a trigger's `within` by the event it expects (e.g. the retrain
     cooldown from the config); `only` limits it to these deployment names. Returns the deployed names
@@ -50,9 +50,6 @@ def deploy_project(
     for raw in spec.get("deployments", []):
         if only is not None and raw["name"] not in only:
             continue
-        entry_file = PROJECT_DIR / raw["entrypoint"].split(":")[0]
-        if not entry_file.exists():
-            continue  # a stage not in this checkout yet; the rest still deploys
         triggers = copy.deepcopy(raw.get("triggers") or [])  # event templates stay for the server
         with _environ(env):  # prefect resolves `{{ $VAR }}` from os.environ only
             conf = apply_values({k: v for k, v in raw.items() if k != "triggers"}, {}, remove_notset=False)

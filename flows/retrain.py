@@ -7,7 +7,6 @@ when deployed) -> evaluate + promote -> deploy. A run that stops at a gate ends 
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from prefect import flow
@@ -85,11 +84,6 @@ def _train(cfg: LifecycleConfig, dataset: str, features: dict[str, Any]) -> dict
 
 
 def _promote(cfg: LifecycleConfig, model: str, version: int) -> dict[str, Any]:
-    if importlib.util.find_spec("flows.promotion") is None:
-        run_logger().warning(
-            "flows/promotion.py is not in this checkout: v%s is registered but not evaluated", version
-        )
-        return {"evaluated": False, "promoted": False, "reason": "no promotion flow in this checkout"}
     from flows.promotion import promotion_flow
 
     return promotion_flow(cfg, model=model, version=version)
@@ -102,11 +96,6 @@ def _deploy(cfg: LifecycleConfig, model: str, promotion: dict[str, Any]) -> dict
         return {"deployed": False, "reason": "no new champion"}
     if not cfg.serving.deploy:
         return {"deployed": False, "reason": "serving.deploy is off"}
-    if importlib.util.find_spec("flows.deployment") is None:
-        run_logger().warning(
-            "flows/deployment.py is not in this checkout: serving picks up @champion by polling"
-        )
-        return {"deployed": False, "reason": "no deployment flow in this checkout; serving polls @champion"}
     from flows.deployment import deployment_flow
 
     return deployment_flow(cfg, model=model, start_if_missing=False)

@@ -108,7 +108,7 @@ def report_drift(
 ) -> bool:
     """Markdown + table artifacts, Prometheus gauges, a row in the lake's drift/M table, and the event
     `loopline.drift.detected` when drift was detected. Returns whether the event was emitted.
-    (`loopline.verdicts.last_drift_verdict` reads the table back for `loopline status`.)"""
+    (`loopline.monitoring.verdicts.last_drift_verdict` reads the table back for `loopline status`.)"""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from loopline.monitoring import DriftReport, drift_metrics_text, render_drift_markdown

@@ -29,7 +29,7 @@ from loopline.storage.lake import Lake
 
 EVENT_REASONS = ("drift", "new-data")  # reasons set by deployment triggers; anything else is manual
 SKIPPED_STATE = "Skipped"
-CLAIM_TAG = "loopline.monitoring.retrain.claimed"
+CLAIM_TAG = "loopline.retrain.claimed"  # a Prefect run tag (stored data, not a module path): pre-regroup name
 FINAL_TYPES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 

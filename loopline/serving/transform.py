@@ -5,7 +5,7 @@ pandas overhead per call, whatever the row count. Serving already holds each col
 (`loopline.serving.inputs`), so this module applies the same steps with the same numpy arithmetic straight
 on those arrays: bit-identical output (a test compares both on every step kind), without pandas.
 A step kind this module does not know makes `compile_transform` return None, and the server falls back to
-the pandas transform, so a new step kind in features.py can never serve wrong features.
+the pandas transform, so a new step kind in loopline/features/transform.py can never serve wrong features.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _NUMERIC_OPS = ("passthrough", "standardise", "log1p", "clip")
 
 
 class _NumericBlock:
-    """All numeric steps as one array: loopline.features._apply_step's arithmetic, column-vectorised."""
+    """All numeric steps as one array: loopline.features.transform._apply_step's arithmetic, column-vectorised."""
 
     def __init__(self) -> None:
         self.columns: list[str] = []

@@ -328,12 +328,12 @@ def _register(
 
 
 def _write_reference_profile(cfg: LifecycleConfig, predictor, raw, bundle_dir: Path) -> str:
-    """The drift reference (loopline.drift, when installed): raw train rows and their predictions."""
+    """The drift reference (loopline.monitoring, when it imports): raw train rows and their predictions."""
     try:
         from loopline.monitoring import build_reference_profile, save_profile
     except ImportError:
-        log.info("loopline.drift is not available: no reference profile written")
-        return "skipped: loopline.drift not available"
+        log.info("loopline.monitoring is not available: no reference profile written")
+        return "skipped: loopline.monitoring not available"
     if raw is None or not len(raw):
         log.info("no raw clean rows readable: no reference profile written")
         return "skipped: no raw rows"

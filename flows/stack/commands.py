@@ -1,0 +1,92 @@
+"""What each stack process runs: the command lines of the Prefect server, the MLflow server and the
+process workers, and the environment each one gets (the workers' is what every flow run they start sees)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows.stack.state import PROJECT_DIR
+from flows.stack.urls import HOST, asyncpg_url, mlflow_artifact_root, mlflow_backend_store_uri
+
+# Process workers poll the API for scheduled runs; Prefect's default (10 s) makes an event-triggered
+# retrain wait that long before it starts.
+DEFAULT_WORKER_POLL_SECONDS = 5.0
+
+
+def prefect_server_cmd(port: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
+
+
+def mlflow_server_cmd(root: Path, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", mlflow_backend_store_uri(root),
+        "--default-artifact-root", mlflow_artifact_root(root),
+        "--host", HOST, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def worker_cmd(pool: str) -> list[str]:
+    name = f"loopline-{pool}-{socket.gethostname()}"
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        name,
+    ]
+
+
+def base_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_HOME=str(root / "prefect"),
+        LOOPLINE_HOME=str(root),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        MLFLOW_ENABLE_TELEMETRY="false",
+        GX_ANALYTICS_ENABLED="false",
+    )
+    return env
+
+
+def server_env(root: Path, postgres_url: str | None) -> dict[str, str]:
+    env = base_env(root)
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if postgres_url:  # env only: never on a command line, where `ps` shows the password
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = asyncpg_url(postgres_url)
+    return env
+
+
+def client_env(
+    root: Path, state: dict[str, Any], config_path: str | None, poll_seconds: float
+) -> dict[str, str]:
+    """What the CLI helpers and the workers (and so every flow run they start) see."""
+    env = base_env(root)
+    env.update(
+        PREFECT_API_URL=state["prefect_api_url"],
+        MLFLOW_TRACKING_URI=state["mlflow_tracking_uri"],
+        LOOPLINE_PROJECT_DIR=str(PROJECT_DIR),
+        PREFECT_WORKER_QUERY_SECONDS=str(poll_seconds),
+        PREFECT_WORKER_PREFETCH_SECONDS=str(max(poll_seconds, 1.0)),
+        # results of deployment runs go to $LOOPLINE_HOME/prefect/storage, so a parent flow can read
+        # the result of a child it started on another pool (retrain -> train)
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
+        PREFECT_LOCAL_STORAGE_PATH=str(root / "prefect" / "storage"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p),
+    )
+    env.setdefault("LOOPLINE_LANDING", str(root / "landing"))
+    if config_path:
+        env["LOOPLINE_CONFIG"] = config_path
+    return env
