@@ -41,8 +41,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# every benchmark, each side by side with its peer (drift prints how to create its Evidently side venv)
+BENCHES := data_plane training promotion serving drift lifecycle
 bench: install
-	$(PY) -m bench all
+	for b in $(BENCHES); do $(PY) -m bench $$b || exit 1; done
 
 up: install
 	$(VENV)/bin/loopline up

@@ -1,4 +1,4 @@
-"""`python -m bench NAME [ARGS]` runs bench/NAME.py's main(ARGS) (DESIGN.md: Benchmarks)."""
+"""`python -m bench NAME [ARGS]` runs bench/NAME.py's main(ARGS)."""
 
 from __future__ import annotations
 

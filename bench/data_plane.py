@@ -4,7 +4,7 @@ The demo source (contracts/demo.yaml: 38 columns, 64 GX expectations plus the ga
 1M rows with 1% bad rows of every violation kind, one Parquet file of text (as an upstream hands it over).
 Timed side by side in one process, interleaved, best of --repeat (wall and CPU seconds):
 
-- ours (the number compared): `loopline.validate.Gate` over the 250k-row chunks of the typed frame -
+- ours (the number compared): `loopline.data.validation.gate.Gate` over the 250k-row chunks of the typed frame -
   numpy pass, row verdicts, clean/quarantine frames, and the GX audit run through a Checkpoint (COMPLETE on
   the rejected rows plus a 10k-row sample of the accepted ones, cross-checked row by row). Data Docs off,
   because the peer writes none (their cost is reported apart).
@@ -14,7 +14,7 @@ Timed side by side in one process, interleaved, best of --repeat (wall and CPU s
   COMPLETE with unexpected_index_column_names=[id] (what per-row quarantining needs).
 - limit: the same checks as one vectorised numpy pass over the typed frame (+ write_deltalake of the clean
   and quarantine rows for the data-plane limit).
-- ingest + features: `loopline.ingest.ingest_source` (read, gate, raw/clean/quarantine Delta commits, ledger)
+- ingest + features: `loopline.data.ingest.ingest_source` (read, gate, raw/clean/quarantine Delta commits, ledger)
   and `loopline.features.build_features` on a fresh lake, against the limit above.
 Verdicts: the peer's failing ids per expectation must equal the numpy pass's on the same frame, and the
 gate's counts must equal the peer's for every per-value expectation (uniqueness differs by design: GX fails

@@ -1,4 +1,5 @@
-"""Typed errors a user can cause. The CLI maps them to exit codes (DESIGN.md: 2 bad input, 3 gate)."""
+"""Typed errors a user can cause. The CLI maps them to exit codes: 2 bad input, 3 the gate rejected a
+batch, 1 anything unexpected."""
 
 from __future__ import annotations
 

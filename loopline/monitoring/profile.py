@@ -40,9 +40,8 @@ from loopline.monitoring.binning import (
 from loopline.storage.files import atomic_write_text
 
 # a data format name stored in every profile, not a module path: it keeps its pre-regroup value, so
-# models registered before the regroup still have a readable reference (the regroup's name is read too)
+# a stored format name, not a module path: it stays as written before the core was grouped by stage
 PROFILE_FORMAT = "loopline.drift.profile"
-READ_FORMATS = (PROFILE_FORMAT, "loopline.monitoring.profile")
 PROFILE_VERSION = 1
 DEFAULT_BINS = 20  # coarse quantile bins for PSI / Jensen-Shannon on numeric features
 DEFAULT_CDF_BINS = 256  # fine quantile bins for Wasserstein / KS: ~1/256 of the mass per bin
@@ -357,7 +356,7 @@ def profile_from_json(text: str, source: str = "profile") -> dict[str, Any]:
         profile = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DriftError(f"{source} is not valid JSON: {exc}") from exc
-    if not isinstance(profile, dict) or profile.get("format") not in READ_FORMATS:
+    if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
         raise DriftError(f"{source} is not a loopline drift profile (no format {PROFILE_FORMAT!r})")
     if profile.get("version") != PROFILE_VERSION:
         raise DriftError(f"{source}: profile version {profile.get('version')} is not {PROFILE_VERSION}")

@@ -2,7 +2,7 @@
 name, experiments, finding a run by run key, logging + registering a bundle as a pyfunc model.
 
 The embedded default is `sqlite:///$LOOPLINE_HOME/mlflow.db` with artifacts under
-`$LOOPLINE_HOME/artifacts/mlflow` (MLflow refuses the file store; STACK.md). `MLFLOW_TRACKING_URI` wins.
+`$LOOPLINE_HOME/artifacts/mlflow` (MLflow 3 refuses the file store). `MLFLOW_TRACKING_URI` wins.
 
 Light at import (no mlflow, no pandas): the model server imports it for the default tracking URI and the
 bundle's artifact name, and never imports `mlflow.pyfunc`. MLflow is imported inside the functions.

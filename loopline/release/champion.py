@@ -36,7 +36,7 @@ PREVIOUS = "previous"  # the one before it: where a rollback goes back to
 HISTORY_PREFIX = "loopline.history."
 STACK_LIMIT = 100  # champions remembered per entry; a rollback further back than this is a manual alias move
 LOCK_POLL_SECONDS = 0.05
-SQLITE_RETRIES = 20  # "database is locked" under concurrent writers (STACK.md): retry with backoff
+SQLITE_RETRIES = 20  # "database is locked" under concurrent SQLite writers: retry with backoff
 
 
 class PromotionConflict(LooplineError):

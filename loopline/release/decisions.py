@@ -58,7 +58,7 @@ def record_decision(
             }
         )
     if result["model_card_uri"]:
-        tags["loopline.packaging.model_card"] = result["model_card_uri"]
+        tags["loopline.model_card"] = result["model_card_uri"]
     tag_version(client, model, version, tags)
 
 

@@ -1,4 +1,4 @@
-"""The layer rules (DESIGN.md, loopline/__init__.py): flows -> tasks -> loopline; the core never imports
+"""The layer rules (README.md "Layers and the map", loopline/__init__.py): flows -> tasks -> loopline; the core never imports
 prefect; within the core a stage imports only the stages before it; the CLI starts without the heavy
 libraries; models registered under the pre-regroup module paths still resolve."""
 

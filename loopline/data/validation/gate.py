@@ -13,7 +13,7 @@ columns x 64 expectations costs ~2 s, and GX also has a fixed ~0.5 s of Python o
 row count (measured: COMPLETE on 10k rows 0.5 s, on 1M rows 2.1 s; BOOLEAN_ONLY on 1M rows still 0.8-1.1 s,
 SUMMARY 1.5 s). So no result format that scans every row can be 2x faster than plain GX once our own pass
 is added. Instead:
-1. The contract compiles once (`loopline.gx_suite`) into checks that have both a GX expectation and a
+1. The contract compiles once (`loopline.data.validation.suite`) into checks that have both a GX expectation and a
    vectorised numpy/pandas form written to GX's pandas semantics. The numpy pass gives the row masks, the
    reasons and the counts for every row of every chunk.
 2. GX runs the same suite through a Checkpoint (the official verdict, and Data Docs) on every row the numpy
@@ -29,7 +29,7 @@ Memory stays bounded for any batch size: chunks are validated and returned one a
 is the ids seen (8 bytes each, for uniqueness), the rows waiting for GX (flushed to a GX run every
 `gx_max_rows_per_run` rows), the sample and a few examples per check.
 
-Semantics worth knowing (see also loopline.validation_coerce for the type grammars):
+Semantics worth knowing (see also loopline.data.validation.coerce for the type grammars):
 - unique columns (the id always): nulls are ignored (as in GX); a value already claimed by an earlier row of
   the batch that passed every per-value check is a duplicate: first clean arrival wins, across chunks. Ids
   already in clean/D (`existing_ids`) break `new_id`. GX's uniqueness expectation (every member of a

@@ -7,7 +7,7 @@
   not-null; between is `(min <= v) & (v <= max)`; in-set is `Series.isin`; regex is
   `astype(str).str.contains` (a search: anchor a contract regex with ^...$ to match whole values); length
   is `astype(str).str.len()`; unique is `duplicated(keep=False)`.
-`loopline.validation_gx.cross_check` runs both on the same frame and raises if any row differs.
+`loopline.data.validation.gx.cross_check` runs both on the same frame and raises if any row differs.
 
 Two checks are the gate's alone, because GX cannot see them: `type` (the value did not parse as the contract
 type; GX sees only the typed frame, where such a value is null) and `new_id` (the id is already in clean/D,
