@@ -44,21 +44,19 @@ def tracking_uri(cfg: LifecycleConfig) -> str:
 def find_champion(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
     """The champion's version and its bundle directory (downloaded once per version); None when the
     model is registered but has no @champion yet. An unknown model is a ModelError."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from loopline.packaging.registry import CHAMPION
     from loopline.serving.registry_source import RegistrySource
 
     source = RegistrySource(tracking_uri(cfg), Path(cfg.home) / "cache" / "models")
     try:
-        MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri).get_registered_model(
-            model
-        )
+        source.client.get_registered_model(model)
     except MlflowException as exc:
         raise ModelError(
             f"model {model!r} is not in the registry at {source.tracking_uri}; train it first"
         ) from exc
-    version = source.resolve(model, "champion")
+    version = source.resolve(model, CHAMPION)
     if version is None:
         return None
     bundle = source.download(model, version)

@@ -110,15 +110,13 @@ def check_freshness(cfg: LifecycleConfig, model: str, dataset: str, reason: str)
 
 def champion_training_data(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
     """The champion's version and the clean/D version its training run read; None without a champion."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from loopline.packaging.registry import default_tracking_uri
+    from loopline.packaging.registry import CHAMPION, default_tracking_uri, registry_client
 
-    uri = default_tracking_uri(cfg.home)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = registry_client(default_tracking_uri(cfg.home))
     try:
-        version = client.get_model_version_by_alias(model, "champion")
+        version = client.get_model_version_by_alias(model, CHAMPION)
     except MlflowException:  # no such model, or no champion alias yet
         return None
     tags = client.get_run(version.run_id).data.tags if version.run_id else {}

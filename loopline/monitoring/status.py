@@ -7,6 +7,14 @@ from typing import Any
 
 from loopline.config import LifecycleConfig
 from loopline.monitoring.verdicts import last_drift_verdict
+from loopline.packaging.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    default_tracking_uri,
+    experiment_name,
+    registry_client,
+)
 from loopline.storage import delta
 from loopline.storage.lake import TABLE_KINDS, Lake
 
@@ -56,14 +64,10 @@ def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
     """Per registered model: champion, previous, latest version, last runs, last drift verdict."""
     from pathlib import Path as _Path
 
-    from loopline.packaging.registry import default_tracking_uri
-
     uri = default_tracking_uri(cfg.home)
     if uri.startswith("sqlite:///") and not _Path(uri.removeprefix("sqlite:///")).exists():
         return {}
-    from mlflow import MlflowClient  # lazy: 2 s import, only when there is a registry to read
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = registry_client(uri)  # imports mlflow (2 s) only when there is a registry to read
     lake = Lake.from_env(cfg.home)
     names = [only] if only else [m.name for m in client.search_registered_models()]
     out: dict[str, Any] = {}
@@ -82,9 +86,9 @@ def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
         versions = client.search_model_versions(f"name='{name}'")
         latest = max((int(v.version) for v in versions), default=None)
         out[name] = {
-            "champion_version": aliases.get("champion"),
-            "previous_version": aliases.get("previous"),
-            "challenger_version": aliases.get("challenger"),
+            "champion_version": aliases.get(CHAMPION),
+            "previous_version": aliases.get(PREVIOUS),
+            "challenger_version": aliases.get(CHALLENGER),
             "latest_version": latest,
             "last_runs": _last_runs(client, name),
             "last_drift": last_drift_verdict(lake, name),
@@ -93,8 +97,6 @@ def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
 
 
 def _last_runs(client, model: str, limit: int = 5) -> list[dict[str, Any]]:
-    from loopline.packaging.registry import experiment_name
-
     experiment = client.get_experiment_by_name(experiment_name(model))
     if experiment is None:
         return []

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CHAMPION = "champion"  # the alias of the version in service
+PREVIOUS = "previous"  # the one before it: where a rollback goes back to
+CHALLENGER = "challenger"  # a candidate the server may route a share of traffic to
 BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact holding the bundle directory (serving downloads only it)
 RUN_KEY_TAG = "loopline.run_key"
 MLFLOW_TYPES = {

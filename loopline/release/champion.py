@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from loopline.errors import LooplineError, ModelError
-from loopline.packaging.registry import alias_version, registry_client, tracking_uri_for
+from loopline.packaging.registry import CHAMPION, PREVIOUS, alias_version, registry_client, tracking_uri_for
 
-CHAMPION = "champion"  # the serving version's alias
-PREVIOUS = "previous"  # the one before it: where a rollback goes back to
 HISTORY_PREFIX = "loopline.history."
 STACK_LIMIT = 100  # champions remembered per entry; a rollback further back than this is a manual alias move
 LOCK_POLL_SECONDS = 0.05

@@ -23,10 +23,10 @@ class RegistrySource:
         os.environ.setdefault(
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
         )  # no progress bars in server logs
-        from mlflow import MlflowClient
+        from loopline.packaging.registry import registry_client
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = registry_client(tracking_uri)
         self.cache_dir = Path(cache_dir)
 
     def resolve(self, name: str, alias: str) -> str | None:

@@ -46,13 +46,13 @@ def run_training(
     """Train, log and register. Returns the CLI JSON (see module docstring). Raises Preempted when
     stopped by SIGTERM or a spot notice (after a checkpoint): call again to resume."""
     import mlflow
-    from mlflow import MlflowClient
 
     from loopline.packaging.registry import (
         default_tracking_uri,
         ensure_experiment,
         experiment_name,
         find_runs_by_key,
+        registry_client,
     )
 
     tcfg = cfg.training
@@ -74,7 +74,7 @@ def run_training(
     # both, always: mlflow keeps them process-wide, and a worker or test process runs many stages
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name(model_name), cfg.home, tracking_uri)
     previous = [] if fresh else find_runs_by_key(client, experiment_id, run_key)
     for run in previous:
@@ -328,12 +328,9 @@ def _register(
 
 
 def _write_reference_profile(cfg: LifecycleConfig, predictor, raw, bundle_dir: Path) -> str:
-    """The drift reference (loopline.monitoring, when it imports): raw train rows and their predictions."""
-    try:
-        from loopline.monitoring import build_reference_profile, save_profile
-    except ImportError:
-        log.info("loopline.monitoring is not available: no reference profile written")
-        return "skipped: loopline.monitoring not available"
+    """The drift reference profile: raw train rows and their predictions, stored beside the bundle."""
+    from loopline.monitoring.profile import build_reference_profile, save_profile
+
     if raw is None or not len(raw):
         log.info("no raw clean rows readable: no reference profile written")
         return "skipped: no raw rows"
