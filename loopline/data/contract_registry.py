@@ -1,0 +1,244 @@
+"""The lake remembers each dataset's contract: `contracts/D` is a Delta table of its versions.
+
+The first ingest of dataset D registers the contract it was given; every later command that names D finds
+it here, so `--contract` is needed only to ingest. A changed contract is diffed against the latest version:
+compatible changes (a new nullable column, a wider range, a new category, a relaxed check) become a new
+version; incompatible ones (a type change, a removed column, a narrower range, a new required column, ...)
+are refused with every change named, unless the caller asks for them explicitly.
+
+Each registration is one Delta commit with an app transaction named after the transition (previous hash ->
+new hash), so a retried or concurrent registration of the same change lands once. Versions number the
+distinct registrations in commit order, from 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from loopline.data.contracts import ColumnSpec, Contract, parse_contract
+from loopline.errors import ConfigError, ContractError
+from loopline.storage import delta
+from loopline.storage.lake import Lake
+
+TABLE = "contracts"
+SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("hash", pa.string()),
+        pa.field("previous_hash", pa.string()),
+        pa.field("contract_yaml", pa.string()),
+        pa.field("changes", pa.string()),  # JSON list of {"change", "compatible"}
+        pa.field("source", pa.string()),
+        pa.field("registered_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str  # names the column and the check: "column 'age': max 120 -> 100 (narrower)"
+    compatible: bool
+
+
+@dataclass(frozen=True)
+class ContractVersion:
+    dataset: str
+    version: int
+    hash: str
+    contract: Contract
+    changes: tuple[Change, ...]
+    registered_at: datetime
+
+
+class UnknownDatasetError(ConfigError):
+    """A command named a dataset the lake has never ingested."""
+
+
+def contracts_uri(lake: Lake, dataset: str) -> str:
+    return lake.uri(TABLE, dataset)
+
+
+def contract_versions(lake: Lake, dataset: str) -> list[ContractVersion]:
+    """Every registered version of D's contract, oldest first (empty when D was never ingested)."""
+    table = delta.open_table(lake, contracts_uri(lake, dataset))
+    if table is None:
+        return []
+    rows = table.to_pyarrow_table().sort_by([("registered_at", "ascending")]).to_pylist()
+    out: list[ContractVersion] = []
+    for i, row in enumerate(rows, start=1):
+        source = f"lake {contracts_uri(lake, dataset)} v{i}"
+        contract = parse_contract(yaml.safe_load(row["contract_yaml"]), file=source)
+        changes = tuple(Change(c["change"], c["compatible"]) for c in json.loads(row["changes"] or "[]"))
+        out.append(ContractVersion(dataset, i, row["hash"], contract, changes, row["registered_at"]))
+    return out
+
+
+def latest_contract(lake: Lake, dataset: str) -> ContractVersion | None:
+    versions = contract_versions(lake, dataset)
+    return versions[-1] if versions else None
+
+
+def known_datasets(lake: Lake) -> list[str]:
+    """Datasets with a registered contract."""
+    prefix = lake.uri(TABLE)
+    if lake.is_s3:
+        names = {u[len(prefix) + 1 :].split("/", 1)[0] for u in lake.list(prefix)}
+    else:
+        root = Path(prefix)
+        names = {p.name for p in root.iterdir() if (p / "_delta_log").is_dir()} if root.is_dir() else set()
+    return sorted(n for n in names if n)
+
+
+def require_contract(lake: Lake, dataset: str) -> Contract:
+    """D's latest contract; an UnknownDatasetError (exit 2) naming the known datasets when D has none."""
+    found = latest_contract(lake, dataset)
+    if found is None:
+        known = known_datasets(lake)
+        listing = ", ".join(repr(d) for d in known) if known else "none yet"
+        raise UnknownDatasetError(
+            f"dataset {dataset!r} is not in the lake at {lake.root} (datasets: {listing}); "
+            f"ingest it first: loopline ingest --contract <contract.yaml> --source <file>"
+        )
+    return found.contract
+
+
+def register_contract(lake: Lake, contract: Contract, *, allow_incompatible: bool = False) -> ContractVersion:
+    """Make `contract` D's latest version (a no-op when it already is). Raises ContractError naming every
+    incompatible change, unless `allow_incompatible`."""
+    latest = latest_contract(lake, contract.dataset)
+    if latest is not None and latest.hash == contract.hash:
+        return latest
+    changes = diff_contracts(latest.contract, contract) if latest is not None else []
+    breaking = [c.what for c in changes if not c.compatible]
+    if breaking and not allow_incompatible:
+        raise ContractError(
+            f"incompatible with version {latest.version} of dataset {contract.dataset!r} in the lake: "
+            + "; ".join(breaking)
+            + ". Keep the old checks, or ingest with --allow-incompatible to make this version "
+            "(features are then refit)",
+            file=contract.path,
+        )
+    previous = latest.hash if latest is not None else ""
+    row = {
+        "dataset": contract.dataset,
+        "hash": contract.hash,
+        "previous_hash": previous,
+        "contract_yaml": yaml.safe_dump(contract.raw, sort_keys=False),
+        "changes": json.dumps([{"change": c.what, "compatible": c.compatible} for c in changes]),
+        "source": contract.path or "",
+        "registered_at": datetime.now(UTC),
+    }
+    delta.append_once(
+        lake,
+        contracts_uri(lake, contract.dataset),
+        pa.Table.from_pylist([row], schema=SCHEMA),
+        app_id=f"loopline-contract-{previous or 'none'}-{contract.hash}",
+        metadata={"dataset": contract.dataset, "hash": contract.hash},
+    )
+    now = latest_contract(lake, contract.dataset)
+    assert now is not None
+    return now
+
+
+def diff_contracts(old: Contract, new: Contract) -> list[Change]:
+    """What changed from `old` to `new`, each change marked compatible (old data still valid, old models
+    still fed) or not."""
+    changes: list[Change] = []
+    for key in ("id", "label", "task"):
+        if getattr(old, key) != getattr(new, key):
+            changes.append(Change(f"{key}: {getattr(old, key)!r} -> {getattr(new, key)!r}", False))
+    if new.quarantine_max_fraction != old.quarantine_max_fraction:
+        changes.append(
+            Change(
+                f"quarantine_max_fraction: {old.quarantine_max_fraction} -> {new.quarantine_max_fraction}",
+                True,
+            )
+        )
+    for name in old.columns:
+        if name not in new.columns:
+            changes.append(Change(f"column {name!r} removed", False))
+    for name, spec in new.columns.items():
+        if name not in old.columns:
+            ok = spec.nullable
+            what = "added (nullable)" if ok else "added, not nullable (rows without it would be rejected)"
+            changes.append(Change(f"column {name!r} {what}", ok))
+        else:
+            changes += _column_changes(old.columns[name], spec, is_label=name == new.label)
+    return changes
+
+
+def _column_changes(old: ColumnSpec, new: ColumnSpec, *, is_label: bool) -> list[Change]:
+    col = f"column {old.name!r}"
+    out: list[Change] = []
+    if old.type != new.type:
+        # even int -> float: clean/D's column type cannot change under the data already in it
+        return [Change(f"{col}: type {old.type} -> {new.type}", False)]
+    if old.nullable != new.nullable:
+        out.append(Change(f"{col}: nullable {old.nullable} -> {new.nullable}", new.nullable))
+    for bound, wider in (("min", lambda a, b: b < a), ("max", lambda a, b: b > a)):
+        a, b = getattr(old, bound), getattr(new, bound)
+        if a == b:
+            continue
+        if b is None:
+            out.append(Change(f"{col}: {bound} {a} removed (wider)", True))
+        elif a is None:
+            out.append(Change(f"{col}: {bound} {b} added (narrower)", False))
+        else:
+            ok = wider(a, b)
+            out.append(Change(f"{col}: {bound} {a} -> {b} ({'wider' if ok else 'narrower'})", ok))
+    if old.values != new.values:
+        before = {str(v) for v in old.values or ()}
+        after = {str(v) for v in new.values or ()}
+        if new.values is None:
+            out.append(Change(f"{col}: values list removed (any value)", old.type != "category"))
+        elif old.values is None:
+            out.append(Change(f"{col}: values restricted to {sorted(after)}", False))
+        else:
+            added, removed = sorted(after - before), sorted(before - after)
+            if added:
+                out.append(Change(f"{col}: new values {added}", True))
+            if removed:
+                out.append(Change(f"{col}: values {removed} removed", False))
+            if not added and not removed:
+                # the label's classes are indexed in order: a reorder would relabel every model's output
+                out.append(Change(f"{col}: values reordered", not is_label))
+    if old.unique != new.unique:
+        out.append(Change(f"{col}: unique {old.unique} -> {new.unique}", not new.unique))
+    if old.regex != new.regex:
+        out.append(Change(f"{col}: regex {old.regex!r} -> {new.regex!r}", new.regex is None))
+    if old.max_length != new.max_length:
+        ok = new.max_length is None or (old.max_length is not None and new.max_length > old.max_length)
+        out.append(Change(f"{col}: max_length {old.max_length} -> {new.max_length}", ok))
+    return out
+
+
+def describe(version: ContractVersion) -> dict[str, Any]:
+    """The JSON face of a version (status, artifacts)."""
+    return {
+        "dataset": version.dataset,
+        "version": version.version,
+        "hash": version.hash,
+        "registered_at": version.registered_at.isoformat(),
+        "changes": [c.what for c in version.changes],
+    }
+
+
+__all__ = [
+    "Change",
+    "ContractVersion",
+    "UnknownDatasetError",
+    "contract_versions",
+    "describe",
+    "diff_contracts",
+    "known_datasets",
+    "latest_contract",
+    "register_contract",
+    "require_contract",
+]
