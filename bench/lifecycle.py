@@ -128,7 +128,7 @@ def timed_lifecycle(cfg, api: str, heartbeat: str = "default") -> dict:
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None if heartbeat == "off" else int(heartbeat)
     with temporary_settings(updates=updates):
         started = time.perf_counter()
-        state = lifecycle_flow(cfg, return_state=True)
+        state = lifecycle_flow(config=cfg, return_state=True)
         wall = time.perf_counter() - started
     if not state.is_completed():
         raise RuntimeError(f"lifecycle ended {state.name}: {state.message}")

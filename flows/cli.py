@@ -23,6 +23,14 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override one key: section.key=value (repeatable)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as one JSON object on the last line")]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="dataset name; its contract comes from the lake (default: the contract file's)",
+    ),
+]
 
 
 def _config(config: Path | None, sets: list[str] | None, extra: list[str] | None = None):
@@ -88,18 +96,24 @@ def ingest(
     source: Annotated[
         str | None, typer.Option(help="file, folder or s3:// URI; default: the synthetic demo batch")
     ] = None,
+    allow_incompatible: Annotated[
+        bool,
+        typer.Option(help="accept a contract change that breaks the lake's version (features are refit)"),
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest a source through the validation gate into raw/, clean/ and quarantine/."""
+    """Ingest a source through the validation gate into raw/, clean/ and quarantine/. The first ingest of a
+    dataset stores its contract in the lake; later commands find it there by the dataset's name."""
     try:
         from loopline.data.contracts import load_contract
 
         load_contract(contract)  # a broken contract is exit 2 before anything starts
-        cfg = _config(
-            config, set_, [f"data.contract={contract}"] + ([f"data.source={source}"] if source else [])
-        )
+        extra = [f"data.contract={contract}"] + ([f"data.source={source}"] if source else [])
+        if allow_incompatible:
+            extra.append("data.allow_incompatible_contract=true")
+        cfg = _config(config, set_, extra)
         _quiet_prefect()
         from flows.ingest import ingest_flow
         from loopline.data.ingest import summarise_dicts
@@ -111,7 +125,7 @@ def ingest(
 
 @app.command()
 def features(
-    dataset: Annotated[str | None, typer.Option(help="dataset name (default: the contract's)")] = None,
+    dataset: DatasetOpt = None,
     refit: Annotated[bool, typer.Option(help="fit a new transform and rewrite features/D")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -120,18 +134,17 @@ def features(
     """Bring features/D up to date with clean/D."""
     try:
         cfg = _config(config, set_)
-        _check_dataset(cfg, dataset)
         _quiet_prefect()
         from flows.features import features_flow
 
-        _emit(features_flow(cfg, refit=refit), as_json)
+        _emit(features_flow(cfg, refit=refit, dataset=dataset), as_json)
     except Exception as exc:
         _fail(exc, as_json)
 
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Option(help="dataset name (default: the contract's)")] = None,
+    dataset: DatasetOpt = None,
     model: Annotated[
         str | None, typer.Option(help="registered model name (default: the dataset name)")
     ] = None,
@@ -143,11 +156,10 @@ def train(
     """Train on features/D and register a new model version (not promoted); resumes from checkpoints."""
     try:
         cfg = _config(config, set_, [f"model_name={model}"] if model else [])
-        name = _dataset_name(cfg, dataset)
         _quiet_prefect()
         from flows.training import train_flow
 
-        _emit(train_flow(cfg, dataset=name, fresh=fresh), as_json)
+        _emit(train_flow(cfg, dataset=dataset, fresh=fresh), as_json)
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -237,10 +249,10 @@ def serve(
         ]
         cfg = _config(config, set_, extra + (["serving.shadow=true"] if shadow else []))
         _use_stack()
-        from loopline.data.contracts import load_contract
+        from loopline.packaging.registry import model_name_for
         from loopline.serving import run_server
 
-        name = model or cfg.model_name or load_contract(cfg.data.contract).dataset
+        name = model or model_name_for(cfg)
         run_server(name, cfg.serving, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), home=cfg.home)
     except Exception as exc:
         _fail(exc, False)
@@ -331,14 +343,37 @@ def _up_summary(info: dict) -> str:
 
 
 @app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Run the whole lifecycle (by default on the synthetic demo data)."""
+def run(
+    contract: Annotated[
+        Path | None, typer.Option(help="your dataset's contract YAML (first run on a dataset)")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="file, folder or s3:// URI to ingest")] = None,
+    dataset: DatasetOpt = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="registered model name (default: the dataset name)")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole lifecycle: on your data with --contract F --source S (or --dataset D --source S for a
+    dataset the lake knows); with neither, on a fresh synthetic demo batch."""
     try:
+        if contract is not None:
+            from loopline.data.contracts import load_contract
+
+            load_contract(contract)  # a broken contract is exit 2 before anything starts
         cfg = _config(config, set_)
         _quiet_prefect()
         from flows.lifecycle import lifecycle_flow
 
-        result = lifecycle_flow(cfg)
+        result = lifecycle_flow(
+            contract=str(contract) if contract else None,
+            source=source,
+            dataset=dataset,
+            model=model,
+            config=cfg,
+        )
         _emit(result, as_json, human=_run_summary(result, cfg))
     except Exception as exc:
         _fail(exc, as_json)
@@ -361,25 +396,6 @@ def status(
         _emit(collect_status(cfg, dataset=dataset, model=model), as_json)
     except Exception as exc:
         _fail(exc, as_json)
-
-
-def _dataset_name(cfg, dataset: str | None) -> str:
-    from loopline.data.contracts import load_contract
-
-    _check_dataset(cfg, dataset)
-    return dataset or load_contract(cfg.data.contract).dataset
-
-
-def _check_dataset(cfg, dataset: str | None) -> None:
-    from loopline.data.contracts import load_contract
-    from loopline.errors import ConfigError
-
-    contract = load_contract(cfg.data.contract)
-    if dataset and dataset != contract.dataset:
-        raise ConfigError(
-            f"dataset {dataset!r} does not match the contract {cfg.data.contract} (dataset {contract.dataset!r}); "
-            "pass --set data.contract=contracts/<file>.yaml"
-        )
 
 
 def _run_summary(result: dict, cfg) -> str:
@@ -406,6 +422,50 @@ def _run_summary(result: dict, cfg) -> str:
         else "  Prefect UI:   start one with `loopline up` (this run used an ephemeral API)"
     )
     return "\n".join(lines)
+
+
+@app.command()
+def init(
+    sample: Annotated[
+        str, typer.Option("--from", help="sample to draft from: a .csv, .parquet or .jsonl file (or s3://)")
+    ],
+    name: Annotated[str | None, typer.Option(help="dataset name (default: the sample file's stem)")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="label column (default: one named label/target/y/class/outcome)")
+    ] = None,
+    id_: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="id column (default: a unique, non-null int/string column, id-like names first)"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="contract file to write (default: contracts/<name>.yaml)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="overwrite the contract file if it exists")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Draft a dataset contract from a sample (types, nulls, ranges, categories, id, label, task) to edit."""
+    try:
+        from loopline.data.draft import draft_contract, write_draft
+
+        draft = draft_contract(sample, name=name, label=label, id_column=id_)
+        result = draft.summary(str(write_draft(draft, out, force=force)))
+        by_type = result["columns_by_type"]
+        human = [
+            f"drafted {result['out']} from {sample} ({result['rows']} rows read)",
+            f"  dataset: {result['dataset']}",
+            f"  id:      {result['id']} ({result['id_reason']})",
+            f"  label:   {result['label']}, task {result['task']} ({result['task_reason']})",
+            f"  columns: {sum(map(len, by_type.values()))} ("
+            + ", ".join(f"{len(cols)} {kind}" for kind, cols in by_type.items())
+            + ")",
+            *(f"    {kind:<9} {', '.join(cols)}" for kind, cols in by_type.items()),
+            f"Read it, edit it, then: loopline ingest --contract {result['out']} --source {sample}",
+        ]
+        _emit(result, as_json, human="\n".join(human))
+    except Exception as exc:
+        _fail(exc, as_json)
 
 
 def main() -> None:

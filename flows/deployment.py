@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from loopline.config import LifecycleConfig, resolve_config
+from loopline.packaging.registry import model_name_for
 from tasks.deployment import find_servers, read_champion, report, start_server, swap_champion
 
 
@@ -15,10 +16,8 @@ from tasks.deployment import find_servers, read_champion, report, start_server, 
 def deployment_flow(
     config: LifecycleConfig | None = None, model: str | None = None, start_if_missing: bool = True
 ) -> dict[str, Any]:
-    from loopline.data.contracts import load_contract
-
     cfg = resolve_config(config)
-    model = model or cfg.model_name or load_contract(cfg.data.contract).dataset
+    model = model or model_name_for(cfg)
     version = read_champion(cfg, model)
     # Find: the servers that serve this model (start one when none runs)
     servers = find_servers(cfg, model)

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from loopline.config import LifecycleConfig, resolve_config
-from loopline.data.contracts import load_contract
-from loopline.errors import ModelError
 from loopline.monitoring.retrain import SKIPPED_STATE
+from loopline.packaging.registry import model_name_for
 from tasks.common import run_logger
-from tasks.drift import detect_window, find_champion, report_drift
+from tasks.drift import detect_window, find_champion, list_champions, report_drift
 
 
 @flow(name="drift", log_prints=True)
@@ -27,29 +26,43 @@ def drift_flow(
     current: str | None = None,
     window_hours: float | None = None,
     skip_unknown_model: bool = False,
+    all_models: bool = False,
 ) -> dict[str, Any]:
     """Check `model` (default: config.model_name, else the dataset) for drift.
 
     `current`: a data file (local or s3://), or `batch:ID` / `batch:latest` (a batch of clean/D);
     default: what the champion scored in the last `window_hours` (default drift.window_hours).
     `skip_unknown_model`: a model not registered yet ends the run as Skipped instead of an error (the
-    scheduled drift-watch on a fresh stack).
+    scheduled drift-watch on a fresh stack). `all_models`: check every model that has a @champion (the
+    drift-watch deployment; `model` is ignored) and return {"models": {name: result}}.
     Returns drift_detected, drift_share, prediction_drift, features {name: {method, score, threshold,
     drift}}, event_emitted, plus the model version and the window.
     """
     cfg = resolve_config(config)
-    model_name = model or cfg.model_name or load_contract(cfg.data.contract).dataset
+    if all_models:
+        # Watch: every champion in the registry, whatever dataset it serves (a skip is one model's result)
+        checked = {name: _check(cfg, name, current, window_hours, True) for name in list_champions(cfg)}
+        return {"models": {k: v.result() if isinstance(v, State) else v for k, v in checked.items()}}
+    return _check(cfg, model or model_name_for(cfg), current, window_hours, skip_unknown_model)
+
+
+def _check(
+    cfg: LifecycleConfig,
+    model_name: str,
+    current: str | None,
+    window_hours: float | None,
+    skip_unknown_model: bool,
+) -> dict[str, Any]:
     hours = float(window_hours or cfg.drift.window_hours)
 
     # Reference: the champion's profile, stored with the model at training time
-    try:
-        champion = find_champion(cfg, model_name)
-    except ModelError as exc:
-        if not skip_unknown_model:
-            raise
-        return _skipped(model_name, None, str(exc))
+    champion = find_champion(cfg, model_name, missing_ok=skip_unknown_model)
     if champion is None:
-        return _skipped(model_name, None, f"model {model_name!r} has no @champion yet: nothing to compare")
+        return _skipped(
+            model_name,
+            None,
+            f"model {model_name!r} has no @champion yet (or is not registered): nothing to compare",
+        )
     # Detect: stream the current window through the profile
     detected = detect_window(cfg, champion, current, hours)
     report, window = detected["report"], detected["window"]

@@ -9,6 +9,9 @@ from tasks.features import build_features
 
 
 @flow(name="features", log_prints=True)
-def features_flow(config: LifecycleConfig | None = None, refit: bool = False) -> dict:
-    cfg = resolve_config(config)
+def features_flow(
+    config: LifecycleConfig | None = None, refit: bool = False, dataset: str | None = None
+) -> dict:
+    """`dataset`: the dataset to build (the `features` trigger passes the event's); default: the config's."""
+    cfg = resolve_config(config).for_dataset(dataset)
     return build_features(cfg, refit=refit)

@@ -6,7 +6,9 @@ from prefect import flow
 
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.data.ingest import summarise_dicts
-from loopline.errors import DataQualityError
+from loopline.data.synthetic import DEMO_DATASET
+from loopline.errors import ConfigError, DataQualityError
+from loopline.packaging.registry import contract_dataset
 from tasks.ingest import ingest_batch, list_source_files, synthesise_source
 
 
@@ -14,7 +16,12 @@ from tasks.ingest import ingest_batch, list_source_files, synthesise_source
 def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
     """Ingest `config.data.source` (a file, folder or s3:// URI); with no source, the synthetic demo batch."""
     cfg = resolve_config(config)
-    # Extract: which files
+    # Extract: which files (the synthetic source makes only the demo dataset)
+    if not cfg.data.source and contract_dataset(cfg) != DEMO_DATASET:
+        raise ConfigError(
+            f"no source to ingest for dataset {contract_dataset(cfg)!r}: pass --source FILE (a file, folder or "
+            "s3:// prefix); the synthetic source makes only the demo dataset"
+        )
     source = cfg.data.source or synthesise_source(cfg)
     files = list_source_files(source, cfg)
     # Validate + load: one batch per file, in order (ids are first-arrival-wins across batches)

@@ -1,6 +1,8 @@
 """The whole loop as one flow. Each stage is a subflow, so every step shows in the Prefect UI.
 
-Its one parameter is the LifecycleConfig, which the Prefect UI renders as a form.
+Its parameters are the few inputs people change per run (a contract file and a source for their own
+data, or a dataset the lake knows, and a model name); the whole LifecycleConfig is an optional, advanced
+parameter (the Prefect UI renders it as a form). With no source, a fresh synthetic demo batch is ingested.
 
 ingest -> validate -> monitor the new batch against the champion (drift; the event starts `retrain` on a
 server) -> features -> train -> evaluate + promote -> deploy to the model server.
@@ -14,7 +16,23 @@ from loopline.config import LifecycleConfig, resolve_config
 
 
 @flow(name="lifecycle", log_prints=True)
-def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
+def lifecycle_flow(
+    contract: str = "",
+    source: str = "",
+    dataset: str = "",
+    model: str = "",
+    config: LifecycleConfig | None = None,
+) -> dict:
+    """The whole loop on one dataset: ingest -> validate -> drift check -> features -> train -> evaluate ->
+    promote -> deploy. Plain text fields (empty means "not set"), so the Prefect UI shows them as inputs.
+
+    Args:
+        contract: Path of a dataset contract (YAML), needed the first time a dataset is ingested.
+        source: File, folder or s3:// prefix to ingest. Empty: a fresh synthetic demo batch.
+        dataset: A dataset the lake already knows (its contract comes from the lake).
+        model: Registered model name. Empty: the dataset's name.
+        config: Every other setting (training, evaluation, drift ...). Empty: the platform's configuration.
+    """
     from flows.deployment import deployment_flow
     from flows.drift import drift_flow
     from flows.features import features_flow
@@ -22,7 +40,7 @@ def lifecycle_flow(config: LifecycleConfig | None = None) -> dict:
     from flows.promotion import promotion_flow
     from flows.training import train_flow
 
-    cfg = resolve_config(config)
+    cfg = resolve_config(config).with_inputs(contract=contract, source=source, dataset=dataset, model=model)
     result: dict = {}
     # Ingest + validate: land the batch, quarantine bad rows (a rejected batch stops the run here)
     result["ingest"] = batches = ingest_flow(cfg)

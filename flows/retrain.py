@@ -13,10 +13,10 @@ from prefect import flow
 from prefect.states import Completed
 
 from loopline.config import LifecycleConfig, resolve_config
-from loopline.data.contracts import load_contract
 from loopline.monitoring.retrain import SKIPPED_STATE
+from loopline.packaging.registry import contract_dataset, model_name_for
 from tasks.common import run_logger
-from tasks.retrain import check_cooldown, check_freshness, claim_retrain, train_on_pool
+from tasks.retrain import check_cooldown, check_freshness, claim_retrain, model_dataset, train_on_pool
 
 
 @flow(name="retrain", log_prints=True)
@@ -28,26 +28,28 @@ def retrain_flow(
     force: bool = False,
 ) -> dict[str, Any]:
     """Retrain `model` (default: config.model_name, else the dataset). `reason` is "drift" or
-    "new-data" when an event started the run (then the cooldown applies), "manual" otherwise;
+    "new-data" when an event started the run (then the cooldown applies), "manual" otherwise. A new-data
+    event names a dataset D (its model is D); any other run finds the model's dataset in the registry;
     `event_payload` is the triggering event's payload, recorded in the result. `force` skips the
     freshness check (not the cooldown)."""
     cfg = resolve_config(config)
-    dataset = load_contract(cfg.data.contract).dataset
-    # a new-data event names the dataset (loopline.dataset.D); its model is the config's for D
-    model_name = (cfg.model_name or dataset) if reason == "new-data" else (model or cfg.model_name or dataset)
+    # Which model, which dataset: from the event or the parameters, never from the platform's config
+    if reason == "new-data":
+        dataset = model or contract_dataset(cfg)
+        model_name = dataset
+    else:
+        model_name = model or model_name_for(cfg)
+        dataset = model_dataset(cfg, model_name) or contract_dataset(cfg)
+    cfg = cfg.for_dataset(dataset)
     result: dict[str, Any] = {
         "model": model_name,
         "dataset": dataset,
         "reason": reason,
         "event": event_payload or {},
     }
-    if reason == "new-data" and model not in (None, dataset):
-        return _skipped(
-            result, f"the event is for dataset {model!r}; this config's contract is for {dataset!r}"
-        )
 
     # Gate 1: cooldown (event-triggered runs only; a burst of events starts one retrain)
-    result["cooldown"] = check_cooldown(cfg, model or model_name, reason)
+    result["cooldown"] = check_cooldown(cfg, model_name, reason)
     if not result["cooldown"]["proceed"]:
         return _skipped(result, result["cooldown"]["message"])
     # Gate 2: freshness (new labelled rows since the champion was trained)

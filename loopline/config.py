@@ -31,8 +31,13 @@ class SyntheticConfig(_Section):
     """The seeded demo source (contracts/demo.yaml). Used when `data.source` is empty."""
 
     rows: int = Field(20_000, ge=1, description="rows to generate")
-    seed: int = Field(0, description="RNG seed; the same seed gives the same rows")
-    id_offset: int = Field(0, ge=0, description="first customer id, so later batches do not collide")
+    seed: int | None = Field(
+        None,
+        description="RNG seed (the same seed gives the same rows); empty: one per batch, a fresh batch each run",
+    )
+    id_offset: int | None = Field(
+        None, ge=0, description="first customer id; empty: the next id after those the lake holds"
+    )
     drift_columns: list[str] = Field(
         default_factory=list, description="columns to shift (numeric or category)"
     )
@@ -52,7 +57,15 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    contract: str = Field("contracts/demo.yaml", description="dataset contract (YAML)")
+    dataset: str | None = Field(
+        None, description="dataset to work on; its contract comes from the lake (stored by its first ingest)"
+    )
+    contract: str = Field(
+        "contracts/demo.yaml", description="contract file (YAML): needed to ingest; else the lake's copy wins"
+    )
+    allow_incompatible_contract: bool = Field(
+        False, description="accept a contract change that breaks the stored version (features are refit)"
+    )
     source: str | None = Field(
         None, description="file, folder, or s3:// URI to ingest; empty: the synthetic source"
     )
@@ -269,6 +282,27 @@ class LifecycleConfig(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+    def with_inputs(
+        self,
+        *,
+        contract: str | None = None,
+        source: str | None = None,
+        dataset: str | None = None,
+        model: str | None = None,
+    ) -> LifecycleConfig:
+        """This config with the few inputs people change per run (a flow's top-level parameters)."""
+        data = {k: v for k, v in (("contract", contract), ("source", source), ("dataset", dataset)) if v}
+        update: dict[str, Any] = {"data": self.data.model_copy(update=data)} if data else {}
+        if model:
+            update["model_name"] = model
+        return self.model_copy(update=update) if update else self
+
+    def for_dataset(self, dataset: str | None) -> LifecycleConfig:
+        """This config working on `dataset` (unchanged when None): its contract comes from the lake."""
+        if not dataset:
+            return self
+        return self.model_copy(update={"data": self.data.model_copy(update={"dataset": dataset})})
 
 
 def _parse_value(text: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from prefect import task
 
 from loopline.config import LifecycleConfig
@@ -41,9 +42,10 @@ def tracking_uri(cfg: LifecycleConfig) -> str:
 @task(
     name="find-champion", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error
 )
-def find_champion(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
+def find_champion(cfg: LifecycleConfig, model: str, missing_ok: bool = False) -> dict[str, Any] | None:
     """The champion's version and its bundle directory (downloaded once per version); None when the
-    model is registered but has no @champion yet. An unknown model is a ModelError."""
+    model is registered but has no @champion yet. An unknown model is a ModelError, or None with
+    `missing_ok` (the first lifecycle run: an expected state, not a failed task)."""
     from mlflow.exceptions import MlflowException
 
     from loopline.packaging.registry import CHAMPION
@@ -53,6 +55,8 @@ def find_champion(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
     try:
         source.client.get_registered_model(model)
     except MlflowException as exc:
+        if missing_ok:
+            return None
         raise ModelError(
             f"model {model!r} is not in the registry at {source.tracking_uri}; train it first"
         ) from exc
@@ -64,7 +68,17 @@ def find_champion(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
         raise DriftError(
             f"model {model!r} v{version} has no reference profile ({PROFILE_FILE} in its bundle): retrain it"
         )
-    return {"model": model, "version": version, "bundle_dir": str(bundle)}
+    dataset = (yaml.safe_load((bundle / "contract.yaml").read_text()) or {}).get("dataset")
+    return {"model": model, "version": version, "bundle_dir": str(bundle), "dataset": dataset}
+
+
+@task(name="list-champions", retries=2, retry_delay_seconds=[2, 10])
+def list_champions(cfg: LifecycleConfig) -> list[str]:
+    """Every registered model that has a @champion (what the drift-watch deployment checks)."""
+    from loopline.packaging.registry import CHAMPION, registry_client
+
+    client = registry_client(tracking_uri(cfg))
+    return sorted(m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {}))
 
 
 @task(name="detect-drift")
@@ -165,7 +179,7 @@ def _window(
     if current is None:
         return _serving_window(cfg, champion, window_hours, columns)
     if current.startswith("batch:"):
-        return _batch_window(cfg, current.removeprefix("batch:"), columns)
+        return _batch_window(cfg, champion["dataset"], current.removeprefix("batch:"), columns)
     return _file_window(cfg, current, columns)
 
 
@@ -207,15 +221,13 @@ def _serving_window(cfg, champion, window_hours: float, columns: list[str]):
     return window, chunks()
 
 
-def _batch_window(cfg, batch_id: str, columns: list[str]):
+def _batch_window(cfg, dataset_name: str, batch_id: str, columns: list[str]):
     """An accepted batch of clean/D (`latest`: the newest accepted one in the batch ledger)."""
     import pyarrow.compute as pc
 
-    from loopline.data.contracts import load_contract
     from loopline.storage import delta
 
     lake = lake_for(cfg)
-    dataset_name = load_contract(cfg.data.contract).dataset
     if batch_id == "latest":
         ledger = delta.read_column(
             lake, lake.uri("batches", dataset_name), ["batch_id", "status", "ingested_at"]

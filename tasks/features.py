@@ -9,17 +9,22 @@ from prefect import task
 
 from loopline import features as core_features
 from loopline.config import LifecycleConfig
-from loopline.data.contracts import load_contract
+from loopline.data.contract_registry import resolve_contract
 from tasks.common import code_hash, lake_for, retry_unless_user_error, run_logger
 
 
-def _features_cache_key(context, parameters) -> str:
-    """Cached on what the output depends on: clean version, features config, code (never on frames or clients)."""
+def _features_cache_key(context, parameters) -> str | None:
+    """Cached on what the output depends on: clean version, features config, code (never on frames or clients).
+    None (no caching) when the dataset is unknown: the task itself then says so."""
     cfg: LifecycleConfig = parameters["cfg"]
+    from loopline.errors import LooplineError
     from loopline.storage import delta
 
     lake = lake_for(cfg)
-    contract = load_contract(cfg.data.contract)
+    try:
+        contract = resolve_contract(lake, cfg.data)
+    except LooplineError:
+        return None
     clean_v = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
     blob = json.dumps(
         [
@@ -43,8 +48,9 @@ def _features_cache_key(context, parameters) -> str:
     retry_condition_fn=retry_unless_user_error,
 )
 def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
-    contract = load_contract(cfg.data.contract)
-    result = core_features.build_features(lake_for(cfg), contract, cfg.features, refit=refit)
+    lake = lake_for(cfg)
+    contract = resolve_contract(lake, cfg.data)  # the lake's latest version of the dataset's contract
+    result = core_features.build_features(lake, contract, cfg.features, refit=refit)
     run_logger().info(
         "features/%s v%s: %d new batch(es), %d rows, transform %s",
         contract.dataset,

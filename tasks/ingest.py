@@ -10,18 +10,33 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loopline.config import LifecycleConfig
 from loopline.data import ingest as core_ingest
-from loopline.data.contracts import load_contract
-from loopline.data.synthetic import generate_source
+from loopline.data.contract_registry import ingest_contract
+from loopline.data.synthetic import generate_source, next_batch
 from loopline.storage import sources
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 
 
 @task(name="synthesise-demo-source")
 def synthesise_source(cfg: LifecycleConfig) -> str:
-    """The seeded demo batch, written once under $LOOPLINE_HOME/landing (same knobs, same file)."""
+    """The seeded demo batch, written once under $LOOPLINE_HOME/landing (same knobs, same file). An unset
+    seed or id_offset makes a fresh batch: the next id range and a new seed, stated in an artifact."""
     from pathlib import Path
 
-    return str(generate_source(cfg.synthetic, Path(cfg.home) / "landing"))
+    synthetic = next_batch(cfg.synthetic, lake_for(cfg))
+    path = generate_source(synthetic, Path(cfg.home) / "landing")
+    first, last = synthetic.id_offset, synthetic.id_offset + synthetic.rows - 1
+    create_markdown_artifact(
+        key="demo-source",
+        markdown=(
+            f"# Synthetic demo batch\n\n{synthetic.rows} rows, customer_id {first}..{last}, seed {synthetic.seed}"
+            f" ({'set in the config' if cfg.synthetic.seed is not None else 'one per batch'}), "
+            f"bad_fraction {synthetic.bad_fraction:g}, drifted columns {synthetic.drift_columns or 'none'}."
+            f"\n\nFile: `{path}`"
+        ),
+        description="the synthetic batch this run ingests",
+    )
+    run_logger().info("demo batch: %d rows, ids %d..%d, seed %d", synthetic.rows, first, last, synthetic.seed)
+    return str(path)
 
 
 # S3 listing may hiccup; a missing path will not fix itself
@@ -39,8 +54,8 @@ def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
 @task(name="ingest-batch", retries=2, retry_delay_seconds=[5, 15], retry_condition_fn=retry_unless_user_error)
 def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dict:
     """One file as one batch. In a folder, an unreadable file is reported as that file's rejection."""
-    contract = load_contract(cfg.data.contract)
-    result = core_ingest.ingest_file(uri, contract, lake_for(cfg), cfg, in_folder=in_folder)
+    lake = lake_for(cfg)
+    result = core_ingest.ingest_file(uri, ingest_contract(lake, cfg.data), lake, cfg, in_folder=in_folder)
     report_batch(result)
     return result.as_dict()
 

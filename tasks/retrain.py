@@ -108,6 +108,15 @@ def check_freshness(cfg: LifecycleConfig, model: str, dataset: str, reason: str)
     return out
 
 
+# the registry may hiccup
+@task(name="find-model-dataset", retries=2, retry_delay_seconds=[2, 10])
+def model_dataset(cfg: LifecycleConfig, model: str) -> str | None:
+    """The dataset `model` was trained on (its newest version's run tag); None for an unknown model."""
+    from loopline.packaging.registry import dataset_of_model, default_tracking_uri, registry_client
+
+    return dataset_of_model(registry_client(default_tracking_uri(cfg.home)), model)
+
+
 def champion_training_data(cfg: LifecycleConfig, model: str) -> dict[str, Any] | None:
     """The champion's version and the clean/D version its training run read; None without a champion."""
     from mlflow.exceptions import MlflowException

@@ -137,7 +137,12 @@ def up(
         "logs": {},
     }
     try:
-        start(state, "prefect-server", prefect_server_cmd(prefect_port), server_env(root, postgres_url))
+        start(
+            state,
+            "prefect-server",
+            prefect_server_cmd(prefect_port),
+            server_env(root, postgres_url, prefect_port),
+        )
         start(state, "mlflow-server", mlflow_server_cmd(root, mlflow_port), base_env(root))
         write_stack(root, state)  # from here on, `down` can clean up whatever follows
         wait_http(f"{api_url}/health", startup_timeout_seconds, state, "prefect-server")

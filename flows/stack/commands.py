@@ -60,8 +60,12 @@ def base_env(root: Path) -> dict[str, str]:
     return env
 
 
-def server_env(root: Path, postgres_url: str | None) -> dict[str, str]:
+def server_env(root: Path, postgres_url: str | None, port: int) -> dict[str, str]:
     env = base_env(root)
+    # the UI's own API address: Prefect derives it from PREFECT_SERVER_API_PORT, not from --port, so a
+    # server on a free port other than 4200 would serve a UI that calls 4200 ("Can't connect to Server API")
+    env["PREFECT_SERVER_API_PORT"] = str(port)
+    env["PREFECT_UI_API_URL"] = f"http://{HOST}:{port}/api"
     env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
     if postgres_url:  # env only: never on a command line, where `ps` shows the password

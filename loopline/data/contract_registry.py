@@ -22,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from loopline.data.contracts import ColumnSpec, Contract, parse_contract
+from loopline.config import DataConfig
+from loopline.data.contracts import ColumnSpec, Contract, load_contract, parse_contract
 from loopline.errors import ConfigError, ContractError
 from loopline.storage import delta
 from loopline.storage.lake import Lake
@@ -94,6 +95,40 @@ def known_datasets(lake: Lake) -> list[str]:
         root = Path(prefix)
         names = {p.name for p in root.iterdir() if (p / "_delta_log").is_dir()} if root.is_dir() else set()
     return sorted(n for n in names if n)
+
+
+def dataset_name(data: DataConfig) -> str:
+    """The dataset a command works on: `data.dataset`, else the contract file's dataset."""
+    return data.dataset or load_contract(data.contract).dataset
+
+
+def resolve_contract(lake: Lake, data: DataConfig) -> Contract:
+    """The contract a command works with. The lake's latest version of the dataset wins; the contract file
+    serves only a dataset the lake does not know yet (an ingest registers it)."""
+    if data.dataset:
+        found = latest_contract(lake, data.dataset)
+        if found is not None:
+            return found.contract
+        if Path(data.contract).is_file():
+            from_file = load_contract(data.contract)
+            if from_file.dataset == data.dataset:
+                return from_file
+        return require_contract(lake, data.dataset)  # raises, naming the datasets the lake knows
+    from_file = load_contract(data.contract)
+    found = latest_contract(lake, from_file.dataset)
+    return found.contract if found is not None else from_file
+
+
+def ingest_contract(lake: Lake, data: DataConfig) -> Contract:
+    """The contract an ingest judges by: the contract file (it becomes a new version when it changed),
+    unless `data.dataset` names a dataset the file is not about: then the lake's latest version of it."""
+    if data.dataset:
+        if Path(data.contract).is_file():
+            from_file = load_contract(data.contract)
+            if from_file.dataset == data.dataset:
+                return from_file
+        return require_contract(lake, data.dataset)
+    return load_contract(data.contract)
 
 
 def require_contract(lake: Lake, dataset: str) -> Contract:
@@ -235,10 +270,13 @@ __all__ = [
     "ContractVersion",
     "UnknownDatasetError",
     "contract_versions",
+    "dataset_name",
+    "ingest_contract",
     "describe",
     "diff_contracts",
     "known_datasets",
     "latest_contract",
     "register_contract",
     "require_contract",
+    "resolve_contract",
 ]

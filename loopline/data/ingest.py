@@ -28,6 +28,7 @@ import numpy as np
 
 from loopline.config import LifecycleConfig
 from loopline.data import ledger
+from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
 from loopline.data.raw_writer import ChunkStream, new_stage, staged_reader, write_pipelined
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
@@ -54,6 +55,7 @@ class BatchResult:
     quarantine_version: int | None = None
     per_expectation: list[dict] = field(default_factory=list)
     data_docs_path: str | None = None
+    contract_version: int | None = None  # the dataset's contract version in the lake that judged the batch
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -94,11 +96,15 @@ def ingest_file(
     is that file's rejection and the others still land, returns it as a rejected result instead.
     Scratch files go under `workdir`, or under a scratch folder of its own that is removed afterwards.
     """
+    # the lake remembers the contract (first ingest) or refuses an incompatible change before any commit
+    registered = register_contract(lake, contract, allow_incompatible=cfg.data.allow_incompatible_contract)
     own_workdir = workdir is None
     if workdir is None:
         workdir = sources.scratch_dir()
     try:
-        return _ingest_batch(uri, contract, lake, cfg, workdir)
+        result = _ingest_batch(uri, contract, lake, cfg, workdir)
+        result.contract_version = registered.version
+        return result
     except SourceError as exc:
         if not in_folder:
             raise
@@ -228,6 +234,7 @@ def summarise(results: list[BatchResult]) -> dict:
         "raw_version": last.raw_version,
         "clean_version": last.clean_version,
         "quarantine_version": last.quarantine_version,
+        "contract_version": last.contract_version,
         "batches": [_public(r) for r in results],
     }
 
@@ -252,5 +259,6 @@ def _public(r: BatchResult) -> dict:
         "clean_version",
         "quarantine_version",
         "data_docs_path",
+        "contract_version",
     )
     return {k: getattr(r, k) for k in keys}

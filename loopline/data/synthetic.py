@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from loopline.config import SyntheticConfig
+from loopline.storage import delta
+from loopline.storage.lake import Lake
 
+DEMO_DATASET = "demo"  # the dataset of contracts/demo.yaml, the only one this source makes
 N_FEATURES = 30
 SEGMENTS = ["retail", "sme", "corp"]
 REGIONS = ["north", "south", "east", "west"]
@@ -39,7 +43,7 @@ BAD_KINDS = (
 def generate_frame(cfg: SyntheticConfig | None = None) -> pd.DataFrame:
     """Rows of the demo dataset as a DataFrame (object columns where violations were injected)."""
     cfg = cfg or SyntheticConfig()
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed or 0)
     n = cfg.rows
     # fixed per-column location and scale (seed 12345: the same "population" for every batch)
     pop = np.random.default_rng(12345)
@@ -48,7 +52,8 @@ def generate_frame(cfg: SyntheticConfig | None = None) -> pd.DataFrame:
     latent = rng.standard_normal((n, N_FEATURES))
     latent[:, 1::2] = 0.6 * latent[:, 1::2] + 0.4 * latent[:, 0::2]  # some correlation
     feats = loc + scale * latent
-    cols: dict[str, object] = {"customer_id": np.arange(cfg.id_offset, cfg.id_offset + n, dtype=np.int64)}
+    first_id = cfg.id_offset or 0
+    cols: dict[str, object] = {"customer_id": np.arange(first_id, first_id + n, dtype=np.int64)}
     age = np.clip(rng.normal(45, 14, n).round(), 18, 95).astype(np.int64)
     cols["age"] = age
     for i in range(N_FEATURES):
@@ -163,9 +168,25 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def next_batch(cfg: SyntheticConfig, lake: Lake, dataset: str = DEMO_DATASET) -> SyntheticConfig:
+    """`cfg` with an unset seed / id_offset filled so that each run lands a fresh batch: ids start after
+    the largest id in clean/D, and the seed is the number of batches D has seen. Set values stay."""
+    if cfg.seed is not None and cfg.id_offset is not None:
+        return cfg
+    update: dict[str, int] = {}
+    if cfg.id_offset is None:
+        ids = delta.read_column(lake, lake.table_uri("clean", dataset), ["customer_id"])
+        top = pc.max(ids["customer_id"]).as_py() if ids is not None and ids.num_rows else None
+        update["id_offset"] = 0 if top is None else int(top) + 1
+    if cfg.seed is None:
+        batches = delta.read_column(lake, lake.uri("batches", dataset), ["batch_id"])
+        update["seed"] = batches.num_rows if batches is not None else 0
+    return cfg.model_copy(update=update)
+
+
 def generate_source(cfg: SyntheticConfig, directory: str | Path) -> Path:
     """Generate one batch file named by its parameters (the same knobs give the same file)."""
-    name = f"demo-seed{cfg.seed}-rows{cfg.rows}-off{cfg.id_offset}"
+    name = f"demo-seed{cfg.seed or 0}-rows{cfg.rows}-off{cfg.id_offset or 0}"
     if cfg.drift_columns:
         knobs = (
             f"{sorted(cfg.drift_columns)}|{cfg.drift_mean_shift}|{cfg.drift_scale}|{cfg.drift_category_mix}"

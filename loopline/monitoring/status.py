@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from loopline.config import LifecycleConfig
+from loopline.data.contract_registry import describe, latest_contract, require_contract
 from loopline.monitoring.verdicts import last_drift_verdict
 from loopline.packaging.registry import (
     CHALLENGER,
@@ -44,7 +45,11 @@ def collect_status(
 ) -> dict[str, Any]:
     lake = Lake.from_env(cfg.home)
     datasets = {}
-    for name in [dataset] if dataset else list_datasets(lake):
+    names = [dataset] if dataset else list_datasets(lake)
+    if dataset:
+        require_contract(lake, dataset)  # an unknown dataset is exit 2, naming the known ones
+    for name in names:
+        contract = latest_contract(lake, name)
         tables = {kind: table_summary(lake, kind, name) for kind in TABLE_KINDS if kind != "predictions"}
         ledger = delta.open_table(lake, lake.uri("batches", name))
         batches = ledger.to_pyarrow_dataset().to_table().to_pylist() if ledger is not None else []
@@ -52,6 +57,7 @@ def collect_status(
             "tables": tables,
             "batches_accepted": sum(b["status"] == "accepted" for b in batches),
             "batches_rejected": len({b["batch_id"] for b in batches if b["status"] == "rejected"}),
+            "contract": describe(contract) if contract is not None else None,
         }
     out: dict[str, Any] = {"home": str(Path(cfg.home).resolve()), "lake": lake.root, "datasets": datasets}
     out["models"] = _models(cfg, model)

@@ -61,14 +61,27 @@ def registry_client(tracking_uri: str):
 
 
 def model_name_for(cfg: LifecycleConfig) -> str:
-    """The registered model's name: `model_name` from the config, else the contract's dataset."""
+    """The registered model's name: `model_name` from the config, else the dataset's name."""
     return cfg.model_name or contract_dataset(cfg)
 
 
 def contract_dataset(cfg: LifecycleConfig) -> str:
-    from loopline.data.contracts import load_contract
+    """The dataset the config works on (`data.dataset`, else the contract file's)."""
+    from loopline.data.contract_registry import dataset_name
 
-    return load_contract(cfg.data.contract).dataset
+    return dataset_name(cfg.data)
+
+
+def dataset_of_model(client, model: str) -> str | None:
+    """The dataset the newest version of `model` was trained on (its run's tag); None for an unknown
+    model. Commands that name only a model find their dataset, and so its contract, this way."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = newest_version(client, model)
+        return version_info(client, model, version)["dataset"]
+    except (ModelError, MlflowException):
+        return None
 
 
 def newest_version(client, model: str) -> int:

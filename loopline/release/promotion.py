@@ -61,7 +61,7 @@ def run_infra_validation(
     cfg: LifecycleConfig, model: str, version: int, *, lake: Lake, tracking_uri: str
 ) -> dict[str, Any]:
     """Load + score the version in a fresh process on contract rows (real test rows plus edge rows)."""
-    from loopline.data.contracts import load_contract
+    from loopline.data.contract_registry import resolve_contract
     from loopline.release.infra_validation import sample_rows, validate_infra
 
     client = registry_client(tracking_uri)
@@ -73,7 +73,8 @@ def run_infra_validation(
             real, contract = test.frame, test.contract
         except LooplineError as exc:
             log.info("infra validation of %s v%s uses synthetic rows only: %s", model, version, exc)
-    contract = contract or load_contract(cfg.data.contract)
+    # no test rows: the contract of the model's dataset, as the lake keeps it
+    contract = contract or resolve_contract(lake, cfg.for_dataset(info["dataset"]).data)
     rows = sample_rows(contract, real, cfg.evaluation.infra_sample_rows)
     key = (tracking_uri, info["source"], sys.executable, len(rows))
 

@@ -200,7 +200,7 @@ def _assert_the_stack_is_bootstrapped(stack: dict, home: Path) -> None:
         deployments["train"]["work_pool_name"] == "gpu" and deployments["retrain"]["work_pool_name"] == "cpu"
     )
     watch = deployments["drift-watch"]
-    assert watch["parameters"] == {"model": "demo", "skip_unknown_model": True}
+    assert watch["parameters"] == {"all_models": True}
     assert watch["schedules"][0]["schedule"]["interval"] == 3600
     step = watch["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
     assert step["directory"] == str(Path(__file__).resolve().parents[2])  # resolved at deploy time

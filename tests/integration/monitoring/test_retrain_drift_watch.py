@@ -173,5 +173,5 @@ def test_drift_skips_what_it_cannot_check(api, home):
     with pytest.raises(ModelError):
         drift_flow(cfg, model="nope")
     skipped = drift_flow(cfg, model="nope", skip_unknown_model=True, return_state=True)
-    assert skipped.name == "Skipped" and "not in the registry" in skipped.message
+    assert skipped.name == "Skipped" and "not registered" in skipped.message
     assert skipped.result()["drift_detected"] is False
