@@ -132,7 +132,7 @@ class _Profile:
 
 # -- the entry points ----------------------------------------------------------------------------------
 def draft_contract(
-    sample: str,
+    sample: str | Path,
     *,
     name: str | None = None,
     label: str | None = None,
@@ -141,6 +141,7 @@ def draft_contract(
 ) -> Draft:
     """Read a CSV, Parquet or JSON-lines sample (local or s3://) and draft its contract.
     Raises ConfigError (no label, no usable id, ...) or SourceError (unreadable sample)."""
+    sample = str(sample)
     dataset = _dataset_name(sample, name)
     table, declared_float = _read_sample(sample, lake)
     rows = table.num_rows

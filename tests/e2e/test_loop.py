@@ -160,6 +160,9 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
         _post_drift_events(stack, "demo", 5)
         time.sleep(8)
         assert len(drift_runs(stack)) == 1
+
+        # the Prefect UI as a new user meets it: the lifecycle deployment's run form, a dataset of one's own
+        _run_the_lifecycle_from_the_ui(stack, tmp_path)
         # a pid in stack.json that now belongs to another process (its start time differs) is not ours
         state = read_stack(home)
         state["processes"].append(
@@ -167,6 +170,9 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
         )
         (home / "stack.json").write_text(json.dumps(state))
     finally:
+        from loopline.release.deploy import stop_all_servers
+
+        stop_all_servers(str(home))  # the model server the UI's lifecycle run started
         stopped = down(str(home))
         alive_after = _alive(bystander.pid)
         bystander.terminate()
@@ -177,6 +183,72 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
     for pid in stack["pids"].values():
         assert not _alive(pid)
     assert down(str(home))["stopped"] == []  # nothing left to stop
+
+
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def _run_the_lifecycle_from_the_ui(stack: dict, tmp_path: Path) -> None:
+    """In a real browser (Debian's Chromium driven by Playwright): open the lifecycle deployment's run
+    form, type a contract and a source of a non-demo dataset (wine, contract drafted by `loopline init`),
+    submit, and the run completes on the cpu worker; the ingest event's `features` run builds that
+    dataset (the trigger passes the event's dataset, not the platform config's)."""
+    import shutil
+
+    from loopline.data.draft import draft_contract, write_draft
+    from tests.datasets import write_dataset
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is needed for the Prefect UI test: apt-get install -y chromium")
+        pytest.skip("no Chromium here (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    sample = write_dataset("wine", tmp_path / "landing-wine")
+    contract = write_draft(draft_contract(sample, label="target"), tmp_path / "wine.yaml")
+    ui = stack["prefect_api_url"].removesuffix("/api")
+    deployment = httpx.get(
+        f"{stack['prefect_api_url']}/deployments/name/lifecycle/lifecycle", timeout=30
+    ).json()
+    features_before = len(flow_runs(stack, "features/features"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(f"{ui}/deployments/deployment/{deployment['id']}/run", wait_until="networkidle")
+            # the few parameters people change are plain fields, not a config toggle that defaults to None
+            page.locator("label", has_text="contract").locator("xpath=following::textarea[1]").fill(
+                str(contract)
+            )
+            page.locator("label", has_text="source").locator("xpath=following::textarea[1]").fill(str(sample))
+            page.get_by_role("button", name="Submit").click()
+            page.wait_for_url("**tab=Runs**", timeout=60_000)
+        finally:
+            browser.close()
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    (run,) = wait_for(
+        lambda: [
+            r for r in flow_runs(stack, "lifecycle/lifecycle")
+            if r["parameters"].get("contract") == str(contract) and r["state"]["type"] in final
+        ],
+        420,
+        "the lifecycle run submitted from the UI to finish",
+    )  # fmt: skip
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["source"] == str(sample) and run["work_pool_name"] == "cpu"
+    wine_features = wait_for(
+        lambda: [
+            r for r in flow_runs(stack, "features/features")[features_before:]
+            if r["parameters"].get("dataset") == "wine" and r["state"]["type"] in final
+        ],
+        120,
+        "the features run started by wine's ingest event",
+    )  # fmt: skip
+    assert all(r["state"]["type"] == "COMPLETED" for r in wine_features)
 
 
 def _assert_the_stack_is_bootstrapped(stack: dict, home: Path) -> None:
