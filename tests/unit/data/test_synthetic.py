@@ -39,3 +39,29 @@ def test_bad_fraction_injects_every_kind():
     assert df["churned"].isna().sum() >= 1
     assert df["customer_id"].duplicated().sum() >= 1
     assert len(BAD_KINDS) == 10
+
+
+def test_an_unset_seed_and_id_offset_make_a_fresh_batch_each_run(tmp_path):
+    """The demo run from the Prefect UI with its defaults: each run lands new ids and a new seed (a rerun of
+    the same batch would be 99% duplicate ids and fail the gate); explicit values are kept as given."""
+    from pathlib import Path
+
+    from loopline.config import LifecycleConfig
+    from loopline.data.contracts import load_contract
+    from loopline.data.ingest import ingest_source
+    from loopline.data.synthetic import generate_source, next_batch
+    from loopline.storage.lake import Lake
+
+    contract = load_contract(Path(__file__).resolve().parents[3] / "contracts" / "demo.yaml")
+    lake = Lake(root=str(tmp_path / "lake"))
+    cfg = LifecycleConfig(home=str(tmp_path), synthetic={"rows": 300})
+    cfg.validation.data_docs = False
+    seen = []
+    for _ in range(2):
+        synthetic = next_batch(cfg.synthetic, lake)
+        seen.append((synthetic.seed, synthetic.id_offset))
+        (result,) = ingest_source(str(generate_source(synthetic, tmp_path / "landing")), contract, lake, cfg)
+        assert result.accepted and result.rows_quarantined == 0 and not result.duplicate_batch
+    assert seen == [(0, 0), (1, 300)]
+    pinned = SyntheticConfig(rows=300, seed=5, id_offset=7)
+    assert next_batch(pinned, lake) == pinned
