@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopline.config import LifecycleConfig, ValidationConfig
-from loopline.data import draft as draft_mod
 from loopline.data.contracts import load_contract
 from loopline.data.draft import MARGIN, draft_contract, write_draft
+from loopline.data.draft import columns as draft_columns
 from loopline.data.ingest import ingest_source
 from loopline.data.validation.gate import Gate
 from loopline.errors import ConfigError
@@ -303,7 +303,7 @@ def test_any_sample_passes_the_gate_under_its_draft(columns):
 
 
 def test_margins_never_cross_zero():
-    widen = draft_mod._widen
+    widen = draft_columns._widen
     assert widen(0.0, 10.0, is_int=False) == (0.0, 11.0)
     assert widen(-10.0, -1.0, is_int=False) == (-10.9, -0.1)
     assert widen(-10.0, 0.0, is_int=False) == (-11.0, 0.0)
