@@ -14,8 +14,9 @@ from tasks.common import code_hash, lake_for, retry_unless_user_error, run_logge
 
 
 def _features_cache_key(context, parameters) -> str | None:
-    """Cached on what the output depends on: clean version, features config, code (never on frames or clients).
-    None (no caching) when the dataset is unknown: the task itself then says so."""
+    """Cached on what the output depends on (never on frames or clients): the lake's latest contract (a new
+    version makes the build refit when the transform follows another one), clean/D's version, the features
+    config, refit and the code. None (no caching) when the dataset is unknown: the task itself then says so."""
     cfg: LifecycleConfig = parameters["cfg"]
     from loopline.errors import LooplineError
     from loopline.storage import delta
@@ -59,4 +60,6 @@ def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
         result["rows_added"],
         result["transform_version"],
     )
+    if result.get("refit_reason") not in (None, "requested"):
+        run_logger().warning("features/%s refit on its own: %s", contract.dataset, result["refit_reason"])
     return result

@@ -6,9 +6,13 @@ compatible changes (a new nullable column, a wider range, a new category, a rela
 version; incompatible ones (a type change, a removed column, a narrower range, a new required column, ...)
 are refused with every change named, unless the caller asks for them explicitly.
 
-Each registration is one Delta commit with an app transaction named after the transition (previous hash ->
-new hash), so a retried or concurrent registration of the same change lands once. Versions number the
-distinct registrations in commit order, from 1.
+Each row stores its version number (1, 2, ...) and is committed with an app transaction named after it,
+so two registrations racing for the same number conflict in Delta: the loser reads the winner and either
+finds its own contract there (one version, no duplicate) or diffs against it and tries the next number.
+Creating a Delta table is the one write Delta cannot make exclusive (two creators may both commit), so the
+table is created empty before its first row and that race is over no rows. Should two rows with one number
+land anyway (a store without atomic commits), readers keep the earliest and a writer whose row was not
+kept tries again. A retry after a crash is a no-op: the latest version already has the contract's hash.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 import yaml
+from deltalake import write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from loopline.config import DataConfig
 from loopline.data.contracts import ColumnSpec, Contract, load_contract, parse_contract
@@ -38,8 +44,11 @@ SCHEMA = pa.schema(
         pa.field("changes", pa.string()),  # JSON list of {"change", "compatible"}
         pa.field("source", pa.string()),
         pa.field("registered_at", pa.timestamp("us", tz="UTC")),
+        # the version number; null in rows written before it was stored (numbered by registered_at)
+        pa.field("version", pa.int64()),
     ]
 )
+REGISTER_ATTEMPTS = 8  # each lost race means another writer registered a version: a few always suffice
 
 
 @dataclass(frozen=True)
@@ -71,19 +80,35 @@ def contract_versions(lake: Lake, dataset: str) -> list[ContractVersion]:
     table = delta.open_table(lake, contracts_uri(lake, dataset))
     if table is None:
         return []
-    rows = table.to_pyarrow_table().sort_by([("registered_at", "ascending")]).to_pylist()
+    rows = table.to_pyarrow_table().to_pylist()
+    unnumbered = sorted((r for r in rows if r.get("version") is None), key=lambda r: r["registered_at"])
+    for i, row in enumerate(unnumbered, start=1):
+        row["version"] = i
+    kept: dict[int, dict] = {}
+    for row in rows:  # one row per number: the earliest (a race that Delta could not refuse)
+        other = kept.get(row["version"])
+        if other is None or (row["registered_at"], row["hash"]) < (other["registered_at"], other["hash"]):
+            kept[row["version"]] = row
     out: list[ContractVersion] = []
-    for i, row in enumerate(rows, start=1):
-        source = f"lake {contracts_uri(lake, dataset)} v{i}"
+    for number in sorted(kept):
+        row = kept[number]
+        source = f"lake {contracts_uri(lake, dataset)} v{number}"
         contract = parse_contract(yaml.safe_load(row["contract_yaml"]), file=source)
         changes = tuple(Change(c["change"], c["compatible"]) for c in json.loads(row["changes"] or "[]"))
-        out.append(ContractVersion(dataset, i, row["hash"], contract, changes, row["registered_at"]))
+        out.append(ContractVersion(dataset, number, row["hash"], contract, changes, row["registered_at"]))
     return out
 
 
 def latest_contract(lake: Lake, dataset: str) -> ContractVersion | None:
     versions = contract_versions(lake, dataset)
     return versions[-1] if versions else None
+
+
+def contract_version_of(lake: Lake, dataset: str, contract_hash: str) -> int | None:
+    """The lake's version number of D's contract with this hash (the newest, if it was registered twice);
+    None when the lake never registered it."""
+    found = [v.version for v in contract_versions(lake, dataset) if v.hash == contract_hash]
+    return found[-1] if found else None
 
 
 def known_datasets(lake: Lake) -> list[str]:
@@ -146,40 +171,64 @@ def require_contract(lake: Lake, dataset: str) -> Contract:
 
 def register_contract(lake: Lake, contract: Contract, *, allow_incompatible: bool = False) -> ContractVersion:
     """Make `contract` D's latest version (a no-op when it already is). Raises ContractError naming every
-    incompatible change, unless `allow_incompatible`."""
-    latest = latest_contract(lake, contract.dataset)
-    if latest is not None and latest.hash == contract.hash:
-        return latest
-    changes = diff_contracts(latest.contract, contract) if latest is not None else []
-    breaking = [c.what for c in changes if not c.compatible]
-    if breaking and not allow_incompatible:
-        raise ContractError(
-            f"incompatible with version {latest.version} of dataset {contract.dataset!r} in the lake: "
-            + "; ".join(breaking)
-            + ". Keep the old checks, or ingest with --allow-incompatible to make this version "
-            "(features are then refit)",
-            file=contract.path,
-        )
-    previous = latest.hash if latest is not None else ""
-    row = {
-        "dataset": contract.dataset,
-        "hash": contract.hash,
-        "previous_hash": previous,
-        "contract_yaml": yaml.safe_dump(contract.raw, sort_keys=False),
-        "changes": json.dumps([{"change": c.what, "compatible": c.compatible} for c in changes]),
-        "source": contract.path or "",
-        "registered_at": datetime.now(UTC),
-    }
-    delta.append_once(
-        lake,
-        contracts_uri(lake, contract.dataset),
-        pa.Table.from_pylist([row], schema=SCHEMA),
-        app_id=f"loopline-contract-{previous or 'none'}-{contract.hash}",
-        metadata={"dataset": contract.dataset, "hash": contract.hash},
+    incompatible change, unless `allow_incompatible`. Safe to call concurrently (see the module docstring)."""
+    uri = contracts_uri(lake, contract.dataset)
+    _create_empty(lake, uri)
+    for _ in range(REGISTER_ATTEMPTS):
+        versions = contract_versions(lake, contract.dataset)
+        latest = versions[-1] if versions else None
+        if latest is not None and latest.hash == contract.hash:
+            return latest
+        changes = diff_contracts(latest.contract, contract) if latest is not None else []
+        breaking = [c.what for c in changes if not c.compatible]
+        if breaking and not allow_incompatible:
+            raise ContractError(
+                f"incompatible with version {latest.version} of dataset {contract.dataset!r} in the lake: "
+                + "; ".join(breaking)
+                + ". Keep the old checks, or ingest with --allow-incompatible to make this version "
+                "(features are then refit)",
+                file=contract.path,
+            )
+        number = latest.version + 1 if latest is not None else 1
+        row = {
+            "dataset": contract.dataset,
+            "hash": contract.hash,
+            "previous_hash": latest.hash if latest is not None else "",
+            "contract_yaml": yaml.safe_dump(contract.raw, sort_keys=False),
+            "changes": json.dumps([{"change": c.what, "compatible": c.compatible} for c in changes]),
+            "source": contract.path or "",
+            "registered_at": datetime.now(UTC),
+            "version": number,
+        }
+        try:
+            delta.append_once(
+                lake,
+                uri,
+                pa.Table.from_pylist([row], schema=SCHEMA),
+                app_id=f"loopline-contract-v{number}",
+                metadata={"dataset": contract.dataset, "hash": contract.hash, "version": number},
+            )
+        except CommitFailedError:  # another writer committed version `number` first: read it, go again
+            continue
+        mine = next((v for v in contract_versions(lake, contract.dataset) if v.version == number), None)
+        if mine is not None and mine.hash == contract.hash:
+            return mine
+    raise ContractError(
+        f"dataset {contract.dataset!r}: its contract kept changing while this one was being registered "
+        f"({REGISTER_ATTEMPTS} attempts); try again",
+        file=contract.path,
     )
-    now = latest_contract(lake, contract.dataset)
-    assert now is not None
-    return now
+
+
+def _create_empty(lake: Lake, uri: str) -> None:
+    """contracts/D with no rows, unless it exists (see the module docstring: why empty first)."""
+    if delta.open_table(lake, uri) is not None:
+        return
+    try:
+        write_deltalake(uri, SCHEMA.empty_table(), mode="append", storage_options=lake.storage_options)
+    except (CommitFailedError, DeltaError):  # created by a concurrent registration meanwhile
+        if delta.open_table(lake, uri) is None:
+            raise
 
 
 def diff_contracts(old: Contract, new: Contract) -> list[Change]:
@@ -269,6 +318,7 @@ __all__ = [
     "Change",
     "ContractVersion",
     "UnknownDatasetError",
+    "contract_version_of",
     "contract_versions",
     "dataset_name",
     "ingest_contract",

@@ -9,6 +9,9 @@ transaction (`loopline-ingest-<batch_id>`); a retry skips the commits that alrea
 half-way never duplicates rows. The ledger row is written last: it is what makes a batch "done".
 Memory: chunks stream from the file through the gate straight into the raw commit; clean and quarantine
 chunks are staged as local Parquet files and streamed into their commits once the whole batch has passed.
+A column type change the user allowed (`--allow-incompatible`) rewrites clean/D in the batch's clean commit,
+old rows cast to the new type (Delta would otherwise cast the new values to the old type: 2.5 -> 2); rows
+that cannot take the new type refuse the batch before any commit.
 
 Here: the orchestration of one batch (`ingest_file`), of a source (`ingest_source`, one `ingest_file` per
 file; the ingest flow runs the same step once per file as its own task) and the CLI's summary. The table
@@ -25,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from loopline.config import LifecycleConfig
 from loopline.data import ledger
@@ -32,7 +36,7 @@ from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
 from loopline.data.raw_writer import ChunkStream, new_stage, staged_reader, write_pipelined
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
-from loopline.errors import DataQualityError, SourceError
+from loopline.errors import ContractError, DataQualityError, SourceError
 from loopline.storage import delta, sources
 from loopline.storage.lake import Lake
 
@@ -97,6 +101,8 @@ def ingest_file(
     Scratch files go under `workdir`, or under a scratch folder of its own that is removed afterwards.
     """
     # the lake remembers the contract (first ingest) or refuses an incompatible change before any commit
+    if cfg.data.allow_incompatible_contract:
+        check_retype(lake, contract)
     registered = register_contract(lake, contract, allow_incompatible=cfg.data.allow_incompatible_contract)
     own_workdir = workdir is None
     if workdir is None:
@@ -192,17 +198,81 @@ def _ingest_batch(
         app_id=app_id,
         metadata=meta,
     )
+    clean_uri = lake.table_uri("clean", contract.dataset)
+    clean_rows = staged_reader(stage / "clean", clean_schema(contract))
+    retyped = retyped_columns(lake, contract)
     delta.append_once(
         lake,
-        lake.table_uri("clean", contract.dataset),
-        staged_reader(stage / "clean", clean_schema(contract)),
+        clean_uri,
+        _retyped_reader(lake, clean_uri, retyped, clean_rows) if retyped else clean_rows,
         app_id=app_id,
-        metadata=meta,
+        metadata={**meta, "retyped": sorted(retyped)} if retyped else meta,
+        mode="overwrite" if retyped else "append",
     )
     ledger.record(lake, ledger_uri, result, contract, "accepted", ingested_at)
     ledger.fill_versions(result, lake, contract.dataset)
     shutil.rmtree(stage, ignore_errors=True)
     return result
+
+
+def retyped_columns(lake: Lake, contract: Contract) -> dict[str, pa.DataType]:
+    """clean/D's columns whose stored type is not the contract's (after an allowed type change)."""
+    table = delta.open_table(lake, lake.table_uri("clean", contract.dataset))
+    if table is None:
+        return {}
+    stored = table.to_pyarrow_dataset().schema
+    return {
+        f.name: f.type
+        for f in clean_schema(contract)
+        if f.name in stored.names and stored.field(f.name).type != f.type
+    }
+
+
+def check_retype(lake: Lake, contract: Contract) -> None:
+    """Before anything commits: every value clean/D holds in a retyped column must take the new type
+    (int -> float always does; 2.5 -> int does not). Raises ContractError naming the column."""
+    retyped = retyped_columns(lake, contract)
+    if not retyped:
+        return
+    stored = delta.read_column(lake, lake.table_uri("clean", contract.dataset), sorted(retyped))
+    assert stored is not None
+    for name, to in retyped.items():
+        try:
+            stored[name].cast(to)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ContractError(
+                f"column {name!r} becomes {contract.columns[name].type}, but clean/{contract.dataset} holds "
+                f"values that are not ({exc}); keep the old type or clean those rows first",
+                file=contract.path,
+            ) from exc
+
+
+def _retyped_reader(
+    lake: Lake, uri: str, retyped: dict[str, pa.DataType], new_rows: pa.RecordBatchReader
+) -> pa.RecordBatchReader:
+    """clean/D's rows with the retyped columns cast, then the batch's rows: what the overwrite commits.
+    Columns the contract no longer names stay (null in new rows), as an append would keep them."""
+    table = delta.open_table(lake, uri)
+    assert table is not None
+    old = table.to_pyarrow_dataset()
+    fields = [pa.field(f.name, retyped.get(f.name, f.type)) for f in old.schema]
+    fields += [f for f in new_rows.schema if f.name not in old.schema.names]
+    schema = pa.schema(fields)
+
+    def conform(rb: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = [
+            rb.column(f.name).cast(f.type) if f.name in rb.schema.names else pa.nulls(rb.num_rows, f.type)
+            for f in schema
+        ]
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    def batches():
+        for rb in old.to_batches(batch_size=65_536):
+            yield conform(rb)
+        for rb in new_rows:
+            yield conform(rb)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _existing_ids(lake: Lake, contract: Contract, *, exclude_batch: str) -> np.ndarray:

@@ -4,6 +4,21 @@ Rows carry the id, the label, `_split` (a stable hash of the id), `_batch_id` an
 batches not yet in features/D are transformed and appended (one commit, app transaction per set of
 batches). `refit=True` fits a new transform and rewrites the table (a new version; older versions stay
 readable by time travel).
+
+The transform follows the contract. It stores the contract it was fitted with; when the dataset's latest
+contract differs in what features or serving read (the id, label, task, or any column's type or checks),
+the build refits on its own and says why (`refit_reason`): after an incompatible change it must (the
+old steps may read a column that is gone or retyped), and after a compatible one it does too, because a
+transform kept on the old contract would ignore a new column and put a new category in the unknown bucket
+until someone refits, fail on a new label class, and hand the models trained on it (their bundle carries
+the transform's contract, which serving checks requests against) a contract that refuses values the lake
+now accepts (a wider range, a new category). A contract change is rare and deliberate; one rewrite of
+features/D per change is its price. Changes only the ingest gate reads (quarantine_max_fraction, the
+description) keep the transform.
+
+clean/D may hold columns of several contract versions (Delta schema merge: a column added by a later
+version is null in earlier batches, a removed one null in later batches); `contract_columns` reads a
+contract's columns from it, with nulls for a column that no batch has yet.
 """
 
 from __future__ import annotations
@@ -18,7 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loopline.config import FeaturesConfig
+from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
+from loopline.data.schemas import ARROW_TYPES
 from loopline.errors import LooplineError
 from loopline.features.transform import (
     FIT_SAMPLE_ROWS,
@@ -43,33 +60,86 @@ def features_schema(contract: Contract, transform: FeatureTransform, clean: pa.S
     return pa.schema(fields)
 
 
+def contract_columns(schema: pa.Schema, contract: Contract, names: list[str]) -> dict[str, pc.Expression]:
+    """A projection (for `Dataset.to_batches/to_table(columns=...)`) of clean/D's `names` columns: a column
+    the table does not hold (the contract version that added it has no accepted batch yet) reads as nulls."""
+    return {
+        name: pc.field(name)
+        if name in schema.names
+        else pc.scalar(pa.scalar(None, ARROW_TYPES[contract.columns[name].type]))
+        for name in names
+    }
+
+
+def refit_reason(lake: Lake, fitted: Contract, latest: Contract) -> str | None:
+    """Why a transform fitted on `fitted` must be refit for the dataset's `latest` contract (None: keep it).
+    See the module docstring for the policy."""
+    if fitted.hash == latest.hash or _feature_view(fitted) == _feature_view(latest):
+        return None
+    changes = diff_contracts(fitted, latest)
+    breaking = [c.what for c in changes if not c.compatible]
+    which = f"contract {_label(lake, fitted)} -> {_label(lake, latest)}"
+    if breaking:
+        return f"{which} changed incompatibly: " + "; ".join(breaking)
+    what = "; ".join(c.what for c in changes if not c.what.startswith("quarantine_max_fraction"))
+    return f"{which} changed compatibly ({what or 'column order'}): the transform follows the contract"
+
+
+def _feature_view(contract: Contract) -> tuple:
+    """What the transform and the bundled contract's serving checks read (the column order does not matter)."""
+    return (contract.id, contract.label, contract.task, contract.columns)
+
+
+def _label(lake: Lake, contract: Contract) -> str:
+    version = contract_version_of(lake, contract.dataset, contract.hash)
+    return f"v{version} ({contract.hash})" if version is not None else contract.hash
+
+
 def build_features(
     lake: Lake, contract: Contract, cfg: FeaturesConfig, *, refit: bool = False, batch_rows: int = 250_000
 ) -> dict[str, Any]:
-    """Bring features/D up to date with clean/D. Returns versions and counts (the CLI's JSON)."""
+    """Bring features/D up to date with clean/D under `contract`, the dataset's latest contract (a transform
+    fitted on another one is refit: see the module docstring). Returns versions and counts (the CLI's JSON)."""
     dataset = contract.dataset
     clean_uri, feat_uri = lake.table_uri("clean", dataset), lake.table_uri("features", dataset)
     clean = delta.open_table(lake, clean_uri)
     if clean is None:
         raise LooplineError(f"dataset {dataset!r} has no clean data yet: run `loopline ingest` first")
     clean_version = clean.version()
-    feats = None if refit else delta.open_table(lake, feat_uri)
+    feats = delta.open_table(lake, feat_uri)
+    replaced = feats.version() if feats is not None else None  # the version a refit rewrites
+    reason = "requested" if refit else None
     transform: FeatureTransform | None = None
     done: set[str] = set()
-    if feats is not None:
+    if feats is not None and not refit:
         meta = feats.to_pyarrow_dataset().to_table(columns=["_batch_id", "_transform"])
         done = set(pc.unique(meta["_batch_id"]).to_pylist())
         versions = pc.unique(meta["_transform"]).to_pylist()
         if versions:
             transform = load_transform(lake, dataset, versions[-1])
+            reason = refit_reason(lake, transform.contract, contract)
+            if reason is not None:
+                refit, transform, done = True, None, set()
     clean_ds = clean.to_pyarrow_dataset()
     all_batches = sorted(set(pc.unique(clean_ds.to_table(columns=["_batch_id"])["_batch_id"]).to_pylist()))
     new_batches = [b for b in all_batches if b not in done]
     if transform is None:
         transform = fit_transform(_train_sample(clean_ds, contract, cfg), contract, cfg)
     tv = save_transform(lake, dataset, transform)
+    result = {
+        "dataset": dataset,
+        "clean_version": clean_version,
+        "features_version": delta.table_version(lake, feat_uri),
+        "transform_version": tv,
+        # the lake's version of the contract the transform follows (None: a contract the lake never saw)
+        "contract_version": contract_version_of(lake, dataset, transform.contract.hash),
+        "new_batches": 0,
+        "rows_added": 0,
+        "refit": refit,
+        "refit_reason": reason,  # None, "requested", or the contract change that made it refit on its own
+    }
     if not new_batches:
-        return _features_result(dataset, clean_version, delta.table_version(lake, feat_uri), tv, 0, 0, refit)
+        return result
     flt = pc.field("_batch_id").isin(new_batches)
     schema = features_schema(contract, transform, clean_ds.schema)
     counter = {"rows": 0}
@@ -82,32 +152,27 @@ def build_features(
             counter["rows"] += len(frame)
             yield _features_batch(frame, contract, transform, cfg, schema)
 
-    app_id = "loopline-features-" + hashlib.sha256(("|".join(new_batches) + tv).encode()).hexdigest()[:20]
+    # a refit names the version it replaces: refitting back to an earlier transform over the same batches
+    # (a contract reverted) is a new commit, not a no-op against the first one's app transaction
+    key = "|".join(new_batches) + tv + (f"|replaces:{replaced}" if refit else "")
     version, _ = delta.append_once(
         lake,
         feat_uri,
         pa.RecordBatchReader.from_batches(schema, batches()),
-        app_id=app_id,
+        app_id="loopline-features-" + hashlib.sha256(key.encode()).hexdigest()[:20],
         metadata={"transform": tv, "clean_version": clean_version, "batches": len(new_batches)},
         mode="overwrite" if refit else "append",
     )
-    return _features_result(dataset, clean_version, version, tv, len(new_batches), counter["rows"], refit)
-
-
-def _features_result(dataset, clean_version, version, tv, n_batches, rows, refit) -> dict[str, Any]:
     return {
-        "dataset": dataset,
-        "clean_version": clean_version,
+        **result,
         "features_version": version,
-        "transform_version": tv,
-        "new_batches": n_batches,
-        "rows_added": rows,
-        "refit": refit,
+        "new_batches": len(new_batches),
+        "rows_added": counter["rows"],
     }
 
 
 def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataFrame:
-    cols = contract.feature_columns + [contract.id]
+    cols = contract_columns(clean_ds.schema, contract, contract.feature_columns + [contract.id])
     parts, n = [], 0
     for rb in clean_ds.to_batches(columns=cols, batch_size=250_000):
         frame = rb.to_pandas()
@@ -117,7 +182,7 @@ def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataF
         if n >= FIT_SAMPLE_ROWS:
             break
     if not parts:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=list(cols))
     return pd.concat(parts, ignore_index=True)
 
 

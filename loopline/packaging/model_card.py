@@ -1,8 +1,9 @@
 """The model card: one markdown page per evaluation or promotion decision.
 
 Rendered from the promotion (or evaluation) result dict alone, so the Prefect artifact and the MLflow
-artifact are the same text: data versions and contract, metrics with the interval against the champion,
-the gate's checks, slices, infra validation, and the decision with its reason.
+artifact are the same text: data versions and the contract (the lake's version of it and its hash), metrics
+with the interval against the champion, the gate's checks, slices, infra validation, and the decision with
+its reason.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def _signed(value: float | None) -> str:
     return f"{value:+.4f}"
 
 
+def _contract_label(data: dict[str, Any]) -> str:
+    """'v3 (`hash`)': the lake's contract version the model was trained on, and its hash. Models trained
+    before training tagged the version (`contract.version`) show the hash alone."""
+    digest = f"`{data.get('contract_hash') or '—'}`"
+    version = data.get("contract_version")
+    return f"v{version} ({digest})" if version not in (None, "") else digest
+
+
 def render_model_card(result: dict[str, Any]) -> str:
     """Markdown for a `promote` result (or an `evaluate` result: then the decision section is omitted)."""
     model, version = result.get("model"), result.get("candidate_version")
@@ -44,17 +53,17 @@ def render_model_card(result: dict[str, Any]) -> str:
     contract = result.get("contract") or {}
     lines += ["## Data", ""]
     lines += [
-        "| dataset | features version | clean version | transform | contract hash | test rows |",
+        "| dataset | features version | clean version | transform | contract | test rows |",
         "|---|---:|---:|---|---|---:|",
         f"| {result.get('dataset', '—')} | {_fmt(data.get('features_version'))} | {_fmt(data.get('clean_version'))} "
-        f"| `{data.get('transform_version', '—')}` | `{data.get('contract_hash', '—')}` | {_fmt(result.get('rows'))} |",
+        f"| `{data.get('transform_version', '—')}` | {_contract_label(data)} | {_fmt(result.get('rows'))} |",
         "",
     ]
     if contract:
         cols = ", ".join(f"`{k}` {v}" for k, v in (contract.get("columns") or {}).items())
         lines += [
-            f"Contract: task **{contract.get('task')}**, id `{contract.get('id')}`, label `{contract.get('label')}`; "
-            f"columns: {cols}.",
+            f"Contract {_contract_label(data)}: task **{contract.get('task')}**, id `{contract.get('id')}`, "
+            f"label `{contract.get('label')}`; columns: {cols}.",
             "",
         ]
     if data.get("candidate_run_id"):

@@ -138,6 +138,8 @@ def version_info(client, model: str, version: int) -> dict[str, Any]:
         "transform_version": tags.get("data.transform_version"),
         "clean_version": tags.get("data.clean_version") or None,
         "contract_hash": tags.get("contract.hash"),
+        # the lake's contract version; None for runs from before training tagged it
+        "contract_version": int(cv) if (cv := tags.get("contract.version")) else None,
         "code_version": tags.get("code.version"),
         "version_tags": dict(mv.tags or {}),
     }

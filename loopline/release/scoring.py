@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import LifecycleConfig
+from loopline.data.contract_registry import contract_version_of
 from loopline.data.contracts import Contract
 from loopline.errors import ContractError, ModelError
 from loopline.packaging.registry import (
@@ -201,6 +202,9 @@ def evaluate_versions(
             "clean_version": test.clean_version,
             "transform_version": test.transform_version,
             "contract_hash": test.contract.hash,
+            # the candidate's tag; for a model trained before training tagged it, the lake's number
+            "contract_version": cand_info.get("contract_version")
+            or contract_version_of(lake, dataset, test.contract.hash),
             "candidate_run_id": cand_info["run_id"],
             "candidate_features_version": cand_info["features_version"],
             "code_version": cand_info["code_version"],

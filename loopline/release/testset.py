@@ -44,7 +44,7 @@ def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loopline.features import encode_labels, load_transform
+    from loopline.features import contract_columns, encode_labels, load_transform
     from loopline.storage import delta
     from loopline.train.inputs import clean_version_of
 
@@ -66,7 +66,8 @@ def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
         raise LooplineError(f"dataset {dataset!r} has no clean table to read the raw test rows from")
     cds = clean.to_pyarrow_dataset()
     ids = pa.array(test[id_col].to_numpy(zero_copy_only=False), type=cds.schema.field(contract.id).type)
-    rows = cds.to_table(columns=contract.column_names, filter=pc.field(contract.id).isin(ids))
+    columns = contract_columns(cds.schema, contract, contract.column_names)  # nulls: a column not there yet
+    rows = cds.to_table(columns=columns, filter=pc.field(contract.id).isin(ids))
     if rows.num_rows != test.num_rows:
         raise LooplineError(
             f"clean/{dataset} v{clean_version} holds {rows.num_rows} of the {test.num_rows} test ids of "

@@ -51,7 +51,7 @@ def append_once(
         custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
     )
     write_deltalake(
-        uri,
+        uri if table is None else table,  # the snapshot checked above: a commit since then is a conflict
         data,
         mode=mode,
         schema_mode="merge" if mode == "append" else "overwrite",

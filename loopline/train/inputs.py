@@ -94,12 +94,15 @@ def read_raw_rows(
         return None
     if table is None:
         return None
+    from loopline.features import assign_split, contract_columns
+
+    ds = table.to_pyarrow_dataset()  # batches of several contract versions: see loopline/features/table.py
     parts, n = [], 0
-    for batch in table.to_pyarrow_dataset().to_batches(columns=contract.column_names, batch_size=65_536):
+    for batch in ds.to_batches(
+        columns=contract_columns(ds.schema, contract, contract.column_names), batch_size=65_536
+    ):
         frame = batch.to_pandas()
         if split_fractions is not None:
-            from loopline.features import assign_split
-
             frame = frame[assign_split(frame[contract.id], split_fractions) == "train"]
         parts.append(frame)
         n += len(frame)

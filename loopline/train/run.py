@@ -114,6 +114,12 @@ def run_training(
     with run_ctx as run:
         run_id = run.info.run_id
         _log_params(client, run_id, cfg, resumed=resume_run is not None)
+        from loopline.data.contract_registry import contract_version_of
+
+        # the lake's number for the contract the features follow (absent: a contract the lake never saw)
+        contract_version = contract_version_of(lake, dataset, inputs.contract.hash)
+        if contract_version is not None:
+            mlflow.set_tag("contract.version", str(contract_version))
         mlflow.set_tags(
             {
                 "loopline.run_key": run_key,

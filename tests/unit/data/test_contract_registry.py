@@ -1,14 +1,20 @@
 """The lake remembers contracts: versions, compatible and incompatible changes, unknown datasets."""
 
 import copy
+import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
+from deltalake import write_deltalake
 
 from loopline.data.contract_registry import (
+    SCHEMA,
     UnknownDatasetError,
+    contract_version_of,
     contract_versions,
+    contracts_uri,
     diff_contracts,
     known_datasets,
     register_contract,
@@ -16,6 +22,7 @@ from loopline.data.contract_registry import (
 )
 from loopline.data.contracts import parse_contract
 from loopline.errors import ContractError
+from loopline.storage import delta
 from loopline.storage.lake import Lake
 
 BASE = {
@@ -109,3 +116,80 @@ def test_the_stored_copy_is_the_contract_as_written(lake):
     register_contract(lake, _contract())
     stored = contract_versions(lake, "flowers")[0].contract
     assert yaml.safe_dump(stored.raw) == yaml.safe_dump(_contract().raw)
+
+
+def test_version_numbers_are_stored_and_found_by_hash(lake):
+    register_contract(lake, _contract())
+    wider = _contract(lambda raw: raw["columns"]["petal_cm"].update(max=20))
+    register_contract(lake, wider)
+    register_contract(lake, _contract(), allow_incompatible=True)  # back to v1's checks: a new version
+    stored = delta.open_table(lake, contracts_uri(lake, "flowers")).to_pyarrow_table()
+    assert sorted(stored["version"].to_pylist()) == [1, 2, 3]
+    assert contract_version_of(lake, "flowers", wider.hash) == 2
+    assert contract_version_of(lake, "flowers", _contract().hash) == 3  # the newest with that hash
+    assert contract_version_of(lake, "flowers", "0" * 16) is None
+
+
+def _row(contract, at, version=None) -> dict:
+    row = {
+        "dataset": "flowers",
+        "hash": contract.hash,
+        "previous_hash": "",
+        "contract_yaml": yaml.safe_dump(contract.raw),
+        "changes": "[]",
+        "source": "",
+        "registered_at": at,
+    }
+    return row if version is None else {**row, "version": version}
+
+
+def test_rows_from_before_the_version_column_are_numbered_by_time_and_numbering_continues(lake):
+    from datetime import UTC, datetime, timedelta
+
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "version"])
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    wider = _contract(lambda raw: raw["columns"]["petal_cm"].update(max=20))
+    rows = [_row(wider, t0 + timedelta(days=1)), _row(_contract(), t0)]  # stored out of order
+    write_deltalake(contracts_uri(lake, "flowers"), pa.Table.from_pylist(rows, schema=old_schema))
+    assert [(v.version, v.hash) for v in contract_versions(lake, "flowers")] == [
+        (1, _contract().hash),
+        (2, wider.hash),
+    ]
+    third = register_contract(lake, _contract(lambda raw: raw["columns"]["petal_cm"].update(max=30)))
+    assert third.version == 3 and [v.version for v in contract_versions(lake, "flowers")] == [1, 2, 3]
+
+
+def test_two_rows_with_one_number_read_as_one_version_the_earliest(lake):
+    """What a store without atomic commits could leave behind: readers agree on one row per number."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    wider = _contract(lambda raw: raw["columns"]["petal_cm"].update(max=20))
+    rows = [_row(wider, t0 + timedelta(seconds=1), 1), _row(_contract(), t0, 1)]
+    write_deltalake(contracts_uri(lake, "flowers"), pa.Table.from_pylist(rows, schema=SCHEMA))
+    assert [(v.version, v.hash) for v in contract_versions(lake, "flowers")] == [(1, _contract().hash)]
+    assert register_contract(lake, wider).version == 2  # the hidden row does not count as registered
+
+
+def test_two_different_contracts_registered_at_once_become_consecutive_versions(lake):
+    """The registration that loses the race is judged against the winner, not against the version both
+    started from (allowed here, since either order makes the second one undo the first one's change)."""
+    register_contract(lake, _contract())
+    wider = _contract(lambda raw: raw["columns"]["petal_cm"].update(max=20))
+    white = _contract(lambda raw: raw["columns"]["colour"]["values"].append("white"))
+    barrier, results = threading.Barrier(2), {}
+
+    def register(contract):
+        barrier.wait()
+        results[contract.hash] = register_contract(lake, contract, allow_incompatible=True).version
+
+    threads = [threading.Thread(target=register, args=(c,)) for c in (wider, white)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [2, 3]
+    first, second, third = contract_versions(lake, "flowers")
+    assert {second.hash, third.hash} == {wider.hash, white.hash}
+    assert third.changes == tuple(diff_contracts(second.contract, third.contract))
+    assert not all(c.compatible for c in third.changes)  # it undoes the winner's change
