@@ -113,10 +113,14 @@ def test_cli_exit_codes_and_json(prefect_api, home, tmp_path):
         "clean_version",
         "quarantine_version",
     }
-    dup = json.loads(
+    # the same batch again (pinned seed and ids: an unset pair makes a fresh batch each run) is a no-op
+    pinned = ["--set", "synthetic.rows=400", "--set", "synthetic.seed=0", "--set", "synthetic.id_offset=0"]
+    dup = json.loads(cli("ingest", "--json", *pinned, home=home).stdout.strip().splitlines()[-1])
+    assert dup["duplicate_batch"] is True and dup["batch_id"] == out["batch_id"]
+    fresh = json.loads(
         cli("ingest", "--json", "--set", "synthetic.rows=400", home=home).stdout.strip().splitlines()[-1]
     )
-    assert dup["duplicate_batch"] is True
+    assert fresh["duplicate_batch"] is False and fresh["rows_quarantined"] == 0
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(
@@ -151,6 +155,6 @@ def test_cli_exit_codes_and_json(prefect_api, home, tmp_path):
 
     status = json.loads(cli("status", "--json", home=home).stdout.strip().splitlines()[-1])
     assert (
-        status["datasets"]["demo"]["batches_accepted"] == 1
+        status["datasets"]["demo"]["batches_accepted"] == 2  # the first and the fresh one
         and status["datasets"]["demo"]["batches_rejected"] == 1
     )
