@@ -1,9 +1,11 @@
 """`loopline`: the command line, a face over the flows.
 
 Everything heavy (prefect, mlflow, torch, great_expectations) is imported inside the command that needs
-it, so `loopline --help` and `loopline serve` start fast. With `--json` the last line printed is one JSON
-object with the command's result. Exit codes: 0 ok, 2 bad input or usage, 3 the gate rejected the
-batch, 1 anything unexpected.
+it, so `loopline --help` and `loopline serve` start fast. Each command ends with a short summary
+(flows/render.py); with `--json` the last line printed is one JSON object with the command's result
+instead. Exit codes: 0 ok, 2 bad input or usage, 3 the gate rejected the batch, 1 anything unexpected.
+A user error prints one paragraph, no traceback; `loopline --verbose CMD` shows every log line and
+warning (flows/console.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,24 @@ from typing import Annotated, Any
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="loopline: the ML lifecycle on Prefect.")
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar="LOOPLINE_VERBOSE",
+            help="show everything: Prefect's INFO logs, tracebacks of user errors, third-party logs and warnings",
+        ),
+    ] = False,
+) -> None:
+    from flows import console
+
+    console.configure(verbose=verbose)
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="LifecycleConfig YAML file")]
 SetOpt = Annotated[
@@ -46,14 +66,29 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    _use_stack()
+    _use_stack(local_api=True)
+    _quiet_console()
 
 
-def _use_stack() -> None:
-    """When `loopline up` started a stack for this LOOPLINE_HOME, point Prefect and MLflow at it."""
+def _quiet_console() -> None:
+    """After every setting above (Prefect reads them when it configures its logging, on import): user
+    errors' tracebacks and third-party chatter off the console (flows/console.py)."""
+    from flows import console
+
+    console.install()
+
+
+def _use_stack(local_api: bool = False) -> None:
+    """When `loopline up` started a stack for this LOOPLINE_HOME, point Prefect and MLflow at it. Without
+    one, with `local_api` (the commands that run flows), use this home's local Prefect API, started by the
+    first such command and shared by the rest (flows/local_api.py); never with PREFECT_API_URL set."""
     home = Path(os.environ.get("LOOPLINE_HOME", "./.loopline"))
     state = home / "stack.json"
     if not state.exists():
+        if local_api:
+            from flows import local_api as api
+
+            api.use(home)
         return
     try:
         info = json.loads(state.read_text())
@@ -65,29 +100,55 @@ def _use_stack() -> None:
         os.environ.setdefault("MLFLOW_TRACKING_URI", info["mlflow_tracking_uri"])
 
 
-def _emit(result: Any, as_json: bool, human: str | None = None) -> None:
+def _emit(result: Any, as_json: bool, command: str, **context: Any) -> None:
+    """`--json`: one JSON line. Otherwise the command's summary (flows/render.py)."""
     if as_json:
         print(json.dumps(result, default=str, sort_keys=True))
     else:
-        print(human if human is not None else json.dumps(result, default=str, indent=2, sort_keys=True))
+        from flows.render import show
+
+        show(command, result, **context)
+
+
+def _progress(as_json: bool):
+    """Progress bars (training, ingest) while the block runs, on a terminal only (flows/console.py)."""
+    from flows import console
+
+    return console.progress(console.progress_wanted(as_json))
 
 
 def _fail(exc: BaseException, as_json: bool) -> None:
-    """One clear paragraph and the right exit code for errors a user can cause; a traceback otherwise."""
+    """One clear paragraph and the right exit code for errors a user can cause (a LooplineError, or an
+    error one caused); a traceback otherwise."""
+    from flows.console import user_error, verbose
     from loopline.errors import DataQualityError, LooplineError
 
+    if verbose() and user_error(exc) is not None:
+        import traceback
+
+        traceback.print_exception(exc)  # --verbose: the whole story, then the paragraph
+    exc = user_error(exc) or exc  # the user error itself, also when it caused the one raised
     if type(exc).__name__ == "Preempted":  # SIGTERM / spot notice: the checkpoint is written, rerun resumes
         typer.echo(f"preempted: {exc}. Run the same command again to resume.", err=True)
         raise typer.Exit(143)
-    if isinstance(exc, LooplineError):
-        typer.echo(f"error: {exc}", err=True)
-        if as_json:
-            payload: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__}
-            if isinstance(exc, DataQualityError):
-                payload.update(exc.summary)
-            print(json.dumps(payload, default=str, sort_keys=True))
-        raise typer.Exit(exc.exit_code)
-    raise exc
+    if not isinstance(exc, LooplineError):
+        raise exc
+    if isinstance(exc, DataQualityError) and exc.summary and not as_json:
+        _emit(exc.summary, False, "ingest")  # which batches, how many rows: the table, then why
+    typer.echo(f"error: {_paragraph(str(exc))}", err=True)
+    if as_json:
+        payload: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__}
+        if isinstance(exc, DataQualityError):
+            payload.update(exc.summary)
+        print(json.dumps(payload, default=str, sort_keys=True))
+    raise typer.Exit(exc.exit_code)
+
+
+def _paragraph(text: str) -> str:
+    """A message as one paragraph that is safe on a terminal: bytes a file put in it (a parser quoting a
+    binary row) are escaped, blank lines dropped."""
+    text = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+    return "\n".join(line for line in text.splitlines() if line.strip())
 
 
 @app.command()
@@ -118,7 +179,9 @@ def ingest(
         from flows.ingest import ingest_flow
         from loopline.data.ingest import summarise_dicts
 
-        _emit(summarise_dicts(ingest_flow(cfg)), as_json)
+        with _progress(as_json):
+            results = ingest_flow(cfg)
+        _emit(summarise_dicts(results), as_json, "ingest")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -137,7 +200,7 @@ def features(
         _quiet_prefect()
         from flows.features import features_flow
 
-        _emit(features_flow(cfg, refit=refit, dataset=dataset), as_json)
+        _emit(features_flow(cfg, refit=refit, dataset=dataset), as_json, "features")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -159,7 +222,9 @@ def train(
         _quiet_prefect()
         from flows.training import train_flow
 
-        _emit(train_flow(cfg, dataset=dataset, fresh=fresh), as_json)
+        with _progress(as_json):
+            result = train_flow(cfg, dataset=dataset, fresh=fresh)
+        _emit(result, as_json, "train")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -184,7 +249,7 @@ def evaluate(
         _quiet_prefect()
         from flows.promotion import evaluation_flow
 
-        _emit(evaluation_flow(cfg, model=model, version=version), as_json)
+        _emit(evaluation_flow(cfg, model=model, version=version), as_json, "evaluate")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -203,7 +268,7 @@ def promote(
         _quiet_prefect()
         from flows.promotion import promotion_flow
 
-        _emit(promotion_flow(cfg, model=model, version=version), as_json)
+        _emit(promotion_flow(cfg, model=model, version=version), as_json, "promote")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -221,7 +286,7 @@ def rollback(
         _quiet_prefect()
         from flows.promotion import rollback_flow
 
-        _emit(rollback_flow(model, cfg), as_json)
+        _emit(rollback_flow(model, cfg), as_json, "rollback")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -282,7 +347,7 @@ def drift(
         _quiet_prefect()
         from flows.drift import drift_flow
 
-        _emit(drift_flow(cfg, model=model, current=current, window_hours=window_hours), as_json)
+        _emit(drift_flow(cfg, model=model, current=current, window_hours=window_hours), as_json, "drift")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -310,7 +375,7 @@ def up(
             with_workers=not no_workers,
             config=cfg,  # with the --set overrides: the workers' runs use the same config
         )
-        _emit(info, as_json, human=_up_summary(info))
+        _emit(info, as_json, "up")
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -320,26 +385,19 @@ def down(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False
     """Stop what `loopline up` (and the deploy stage) started for this LOOPLINE_HOME, and only that."""
     try:
         cfg = _config(config, set_)
+        from flows.local_api import stop as local_api_stop
         from flows.stack import down as stack_down
         from loopline.release.deploy import stop_all_servers
 
         result = {"model_servers_stopped": stop_all_servers(cfg.home)}
         result.update(stack_down(cfg.home))
-        _emit(result, as_json)
+        result["local_api"] = local_api_stop(cfg.home)
+        if result["local_api"]["stopped"]:  # shown with the stack's processes
+            result["stopped"] = [*result.get("stopped", []), "local-api"]
+            result.pop("message", None)  # "nothing to stop" no longer holds
+        _emit(result, as_json, "down")
     except Exception as exc:
         _fail(exc, as_json)
-
-
-def _up_summary(info: dict) -> str:
-    return "\n".join(
-        [
-            "loopline stack is up.",
-            f"  Prefect UI:  {info.get('prefect_ui_url')}   (API {info.get('prefect_api_url')})",
-            f"  MLflow UI:   {info.get('mlflow_ui_url')}",
-            f"  deployments: {', '.join(info.get('deployments') or [])}",
-            "Every loopline command in this LOOPLINE_HOME now uses this stack; `loopline down` stops it.",
-        ]
-    )
 
 
 @app.command()
@@ -367,14 +425,15 @@ def run(
         _quiet_prefect()
         from flows.lifecycle import lifecycle_flow
 
-        result = lifecycle_flow(
-            contract=str(contract) if contract else None,
-            source=source,
-            dataset=dataset,
-            model=model,
-            config=cfg,
-        )
-        _emit(result, as_json, human=_run_summary(result, cfg))
+        with _progress(as_json):
+            result = lifecycle_flow(  # text parameters: "" is "not set" (None fails Prefect's validation)
+                contract=str(contract) if contract else "",
+                source=source or "",
+                dataset=dataset or "",
+                model=model or "",
+                config=cfg,
+            )
+        _emit(result, as_json, "run", home=cfg.home)
     except Exception as exc:
         _fail(exc, as_json)
 
@@ -393,35 +452,9 @@ def status(
         _use_stack()
         from loopline.monitoring.status import collect_status
 
-        _emit(collect_status(cfg, dataset=dataset, model=model), as_json)
+        _emit(collect_status(cfg, dataset=dataset, model=model), as_json, "status")
     except Exception as exc:
         _fail(exc, as_json)
-
-
-def _run_summary(result: dict, cfg) -> str:
-    home = Path(cfg.home).resolve()
-    lines = ["loopline run finished.", ""]
-    for stage, value in result.items():
-        lines.append(f"  {stage}: {json.dumps(value, default=str)[:300]}")
-    lines += [
-        "",
-        "Where to look:",
-        f"  Delta tables: {home / 'lake'} (raw/, clean/, quarantine/, features/)",
-        f"  Data Docs:    {home / 'data_docs'}",
-        f"  MLflow:       mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}",
-    ]
-    deploy = result.get("deploy") or {}
-    for server in deploy.get("servers", []):
-        lines.append(
-            f"  Model server: {server['url']}/invocations (v{server.get('version')}); `loopline down` stops it"
-        )
-    api = os.environ.get("PREFECT_API_URL")
-    lines.append(
-        f"  Prefect UI:   {api.removesuffix('/api')}"
-        if api
-        else "  Prefect UI:   start one with `loopline up` (this run used an ephemeral API)"
-    )
-    return "\n".join(lines)
 
 
 @app.command()
@@ -451,19 +484,7 @@ def init(
 
         draft = draft_contract(sample, name=name, label=label, id_column=id_)
         result = draft.summary(str(write_draft(draft, out, force=force)))
-        by_type = result["columns_by_type"]
-        human = [
-            f"drafted {result['out']} from {sample} ({result['rows']} rows read)",
-            f"  dataset: {result['dataset']}",
-            f"  id:      {result['id']} ({result['id_reason']})",
-            f"  label:   {result['label']}, task {result['task']} ({result['task_reason']})",
-            f"  columns: {sum(map(len, by_type.values()))} ("
-            + ", ".join(f"{len(cols)} {kind}" for kind, cols in by_type.items())
-            + ")",
-            *(f"    {kind:<9} {', '.join(cols)}" for kind, cols in by_type.items()),
-            f"Read it, edit it, then: loopline ingest --contract {result['out']} --source {sample}",
-        ]
-        _emit(result, as_json, human="\n".join(human))
+        _emit(result, as_json, "init", sample=sample)
     except Exception as exc:
         _fail(exc, as_json)
 

@@ -204,7 +204,7 @@ def _serving_window(cfg, champion, window_hours: float, columns: list[str]):
     table = delta.open_table(lake, lake.table_uri("predictions", champion["model"]))
     if table is None:
         return window, iter(())
-    dataset = table.to_pyarrow_dataset()
+    dataset = delta.dataset(table)
     expr = (
         (pc.field("_scored_at") >= pa.scalar(start, type=pa.timestamp("us", tz="UTC")))
         & (pc.field("_model_version") == str(champion["version"]))
@@ -241,7 +241,7 @@ def _batch_window(cfg, dataset_name: str, batch_id: str, columns: list[str]):
     table = delta.open_table(lake, lake.table_uri("clean", dataset_name))
     if table is None:
         raise DriftError(f"clean/{dataset_name} does not exist: ingest a batch first")
-    dataset = table.to_pyarrow_dataset()  # every column: the champion scores the batch
+    dataset = delta.dataset(table)  # every column: the champion scores the batch
     window = {
         "kind": "batch",
         "batch_id": batch_id,

@@ -14,6 +14,11 @@ from loopline.data.contract_registry import ingest_contract
 from loopline.data.synthetic import generate_source, next_batch
 from loopline.storage import sources
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
+from tasks.progress import report as report_progress
+
+# A rejection fails the run with a DataQualityError that the CLI prints itself: its console shows this
+# record once, as that paragraph (flows/console.py USER_ERROR_MARK); the Prefect API keeps the warning.
+CLI_REPORTS = {"loopline_user_error": True}
 
 
 @task(name="synthesise-demo-source")
@@ -47,7 +52,9 @@ def synthesise_source(cfg: LifecycleConfig) -> str:
     retry_condition_fn=retry_unless_user_error,
 )
 def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
-    return sources.list_source(source, lake_for(cfg))
+    files = sources.list_source(source, lake_for(cfg))
+    report_progress("ingest.files", files=len(files))
+    return files
 
 
 # idempotent: a retry resumes the batch where the crash left it (Delta app transactions)
@@ -55,9 +62,16 @@ def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
 def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dict:
     """One file as one batch. In a folder, an unreadable file is reported as that file's rejection."""
     lake = lake_for(cfg)
+    report_progress("ingest.batch", source=uri, state="start")
     result = core_ingest.ingest_file(uri, ingest_contract(lake, cfg.data), lake, cfg, in_folder=in_folder)
     report_batch(result)
+    report_progress("ingest.batch", source=uri, state="done", **_counts(result))
     return result.as_dict()
+
+
+def _counts(result: core_ingest.BatchResult) -> dict:
+    keys = ("rows_in", "rows_clean", "rows_quarantined", "accepted", "duplicate_batch")
+    return {k: getattr(result, k) for k in keys}
 
 
 def report_batch(result: core_ingest.BatchResult) -> None:
@@ -65,7 +79,7 @@ def report_batch(result: core_ingest.BatchResult) -> None:
     log = run_logger()
     resource = f"loopline.dataset.{result.dataset}"
     if not result.batch_id:  # unreadable file in a folder: nothing landed
-        log.warning("%s", result.reason)
+        log.warning("%s", result.reason, extra=CLI_REPORTS)
         emit(
             "loopline.data.rejected",
             resource,
@@ -132,7 +146,7 @@ def report_batch(result: core_ingest.BatchResult) -> None:
         )
         emit("loopline.data.ingested", resource, {**payload, "rows_quarantined": result.rows_quarantined})
     else:
-        log.warning("batch %s rejected: %s", result.batch_id, result.reason)
+        log.warning("batch %s rejected: %s", result.batch_id, result.reason, extra=CLI_REPORTS)
         emit(
             "loopline.data.rejected",
             resource,

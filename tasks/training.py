@@ -17,6 +17,7 @@ from prefect import task
 
 from loopline.config import LifecycleConfig
 from tasks.common import emit, ensure_global_limit, lake_for, run_logger, slug
+from tasks.progress import report as report_progress
 
 PROGRESS_UPDATE_SECONDS = 2.0  # one API call per update: often enough for a human, cheap for the server
 
@@ -146,6 +147,11 @@ def train_model(
     slot = cfg.training.gpu_slot if needs_gpu_slot(cfg) else None
     with gpu_slot(slot, cfg.training.devices):
         progress = ProgressArtifact(artifact_key(model), f"training {model} on {dataset}")
+
+        def on_progress(payload: dict[str, Any]) -> None:
+            progress.update(payload)  # the Prefect UI
+            report_progress("train", **{**payload, "model": model})  # a progress bar here (the CLI)
+
         result = run_training(
             cfg,
             dataset,
@@ -153,9 +159,10 @@ def train_model(
             model_name=model,
             fresh=start_fresh,
             features_version=features_version,
-            on_progress=progress.update,
+            on_progress=on_progress,
         )
         progress.update({"step": result["steps"], "total_steps": result["steps"]}, force=True)
+        report_progress("train", model=model, step=result["steps"], total_steps=result["steps"], done=True)
     log.info(
         "trained %s: %d steps (resumed from %d), %.0f samples/s on %s, state %s",
         result["model_uri"],

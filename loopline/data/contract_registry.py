@@ -80,7 +80,7 @@ def contract_versions(lake: Lake, dataset: str) -> list[ContractVersion]:
     table = delta.open_table(lake, contracts_uri(lake, dataset))
     if table is None:
         return []
-    rows = table.to_pyarrow_table().to_pylist()
+    rows = delta.dataset(table).to_table().to_pylist()
     unnumbered = sorted((r for r in rows if r.get("version") is None), key=lambda r: r["registered_at"])
     for i, row in enumerate(unnumbered, start=1):
         row["version"] = i

@@ -220,7 +220,7 @@ def retyped_columns(lake: Lake, contract: Contract) -> dict[str, pa.DataType]:
     table = delta.open_table(lake, lake.table_uri("clean", contract.dataset))
     if table is None:
         return {}
-    stored = table.to_pyarrow_dataset().schema
+    stored = delta.dataset(table).schema
     return {
         f.name: f.type
         for f in clean_schema(contract)
@@ -254,7 +254,7 @@ def _retyped_reader(
     Columns the contract no longer names stay (null in new rows), as an append would keep them."""
     table = delta.open_table(lake, uri)
     assert table is not None
-    old = table.to_pyarrow_dataset()
+    old = delta.dataset(table)
     fields = [pa.field(f.name, retyped.get(f.name, f.type)) for f in old.schema]
     fields += [f for f in new_rows.schema if f.name not in old.schema.names]
     schema = pa.schema(fields)

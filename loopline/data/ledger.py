@@ -32,7 +32,7 @@ def find_entry(lake: Lake, uri: str, batch_id: str) -> dict | None:
         return None
     import pyarrow.compute as pc
 
-    rows = table.to_pyarrow_dataset().to_table(filter=pc.field("batch_id") == batch_id).to_pylist()
+    rows = delta.dataset(table).to_table(filter=pc.field("batch_id") == batch_id).to_pylist()
     accepted = [r for r in rows if r["status"] == "accepted"]
     return (accepted or rows or [None])[-1]
 

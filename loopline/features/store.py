@@ -41,7 +41,7 @@ def read_split(lake: Lake, dataset: str, split: str, version: int | None = None)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
     table = _open_features(lake, dataset, version)
-    ds = table.to_pyarrow_dataset()
+    ds = delta.dataset(table)
     tvs = pc.unique(ds.to_table(columns=["_transform"])["_transform"]).to_pylist()
     if len(tvs) != 1:
         raise LooplineError(
@@ -81,7 +81,7 @@ def get_features(
 ) -> pd.DataFrame:
     """Feature rows for the given ids, as of a Delta version (time travel; default latest)."""
     table = _open_features(lake, dataset, as_of_version)
-    ds = table.to_pyarrow_dataset()
+    ds = delta.dataset(table)
     id_col = ds.schema.names[0]
     ids = pa.array(list(entity_ids), type=ds.schema.field(id_col).type)
     return ds.to_table(filter=pc.field(id_col).isin(ids)).to_pandas()
@@ -89,5 +89,5 @@ def get_features(
 
 def read_split_frame(lake: Lake, dataset: str, split: str, as_of_version: int | None = None) -> pd.DataFrame:
     """A whole split of features/D as a DataFrame (time travel with as_of_version)."""
-    ds = _open_features(lake, dataset, as_of_version).to_pyarrow_dataset()
+    ds = delta.dataset(_open_features(lake, dataset, as_of_version))
     return ds.to_table(filter=pc.field("_split") == split).to_pandas()

@@ -112,7 +112,7 @@ def build_features(
     transform: FeatureTransform | None = None
     done: set[str] = set()
     if feats is not None and not refit:
-        meta = feats.to_pyarrow_dataset().to_table(columns=["_batch_id", "_transform"])
+        meta = delta.dataset(feats).to_table(columns=["_batch_id", "_transform"])
         done = set(pc.unique(meta["_batch_id"]).to_pylist())
         versions = pc.unique(meta["_transform"]).to_pylist()
         if versions:
@@ -120,7 +120,7 @@ def build_features(
             reason = refit_reason(lake, transform.contract, contract)
             if reason is not None:
                 refit, transform, done = True, None, set()
-    clean_ds = clean.to_pyarrow_dataset()
+    clean_ds = delta.dataset(clean)
     all_batches = sorted(set(pc.unique(clean_ds.to_table(columns=["_batch_id"])["_batch_id"]).to_pylist()))
     new_batches = [b for b in all_batches if b not in done]
     if transform is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from loopline.packaging.registry import (
 )
 from loopline.storage import delta
 from loopline.storage.lake import TABLE_KINDS, Lake
+
+LAST_RUNS = 5  # runs shown per model
+DEFAULT_WORKSPACE = "default"  # MLflow's, in single-tenant mode (the embedded registry)
+DELETED_VERSION_STAGE = "Deleted_Internal"  # MLflow's mark on a deleted model version
 
 
 def list_datasets(lake: Lake) -> list[str]:
@@ -52,7 +57,7 @@ def collect_status(
         contract = latest_contract(lake, name)
         tables = {kind: table_summary(lake, kind, name) for kind in TABLE_KINDS if kind != "predictions"}
         ledger = delta.open_table(lake, lake.uri("batches", name))
-        batches = ledger.to_pyarrow_dataset().to_table().to_pylist() if ledger is not None else []
+        batches = delta.dataset(ledger).to_table().to_pylist() if ledger is not None else []
         datasets[name] = {
             "tables": tables,
             "batches_accepted": sum(b["status"] == "accepted" for b in batches),
@@ -67,20 +72,27 @@ def collect_status(
 
 
 def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
-    """Per registered model: champion, previous, latest version, last runs, last drift verdict."""
-    from pathlib import Path as _Path
+    """Per registered model: champion, previous, latest version, last runs, last drift verdict.
 
+    The embedded registry (sqlite:///$LOOPLINE_HOME/mlflow.db) is read with sqlite3, read-only: importing
+    MLflow and opening its store costs ~2.5 s, most of a `loopline status`. A schema this reader does not
+    know, and any other tracking URI (`loopline up`'s MLflow server), go through MLflow's client."""
     uri = default_tracking_uri(cfg.home)
-    if uri.startswith("sqlite:///") and not _Path(uri.removeprefix("sqlite:///")).exists():
-        return {}
-    client = registry_client(uri)  # imports mlflow (2 s) only when there is a registry to read
-    lake = Lake.from_env(cfg.home)
-    names = [only] if only else [m.name for m in client.search_registered_models()]
-    out: dict[str, Any] = {}
-    for name in names:
+    facts = None
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            return {}
         try:
-            registered = client.get_registered_model(name)
-        except Exception:  # not registered (yet)
+            facts = _registry_from_sqlite(path, only)
+        except sqlite3.Error:  # another MLflow schema, a locked file: MLflow's client knows better
+            facts = None
+    if facts is None:
+        facts = _registry_from_mlflow(uri, only)
+    lake = Lake.from_env(cfg.home)
+    out: dict[str, Any] = {}
+    for name, fact in facts.items():
+        if fact is None:  # not registered (yet)
             out[name] = {
                 "champion_version": None,
                 "latest_version": None,
@@ -88,21 +100,39 @@ def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
                 "last_drift": None,
             }
             continue
-        aliases = {alias: int(version) for alias, version in (registered.aliases or {}).items()}
-        versions = client.search_model_versions(f"name='{name}'")
-        latest = max((int(v.version) for v in versions), default=None)
+        aliases = fact["aliases"]
         out[name] = {
             "champion_version": aliases.get(CHAMPION),
             "previous_version": aliases.get(PREVIOUS),
             "challenger_version": aliases.get(CHALLENGER),
-            "latest_version": latest,
-            "last_runs": _last_runs(client, name),
+            "latest_version": fact["latest_version"],
+            "last_runs": fact["last_runs"],
             "last_drift": last_drift_verdict(lake, name),
         }
     return out
 
 
-def _last_runs(client, model: str, limit: int = 5) -> list[dict[str, Any]]:
+def _registry_from_mlflow(uri: str, only: str | None) -> dict[str, dict[str, Any] | None]:
+    """{model: {aliases, latest_version, last_runs}} (None: not registered) through MLflow's client."""
+    client = registry_client(uri)  # imports mlflow (~1.5 s) and opens its store (~1 s)
+    names = [only] if only else [m.name for m in client.search_registered_models()]
+    facts: dict[str, dict[str, Any] | None] = {}
+    for name in names:
+        try:
+            registered = client.get_registered_model(name)
+        except Exception:  # not registered (yet)
+            facts[name] = None
+            continue
+        versions = client.search_model_versions(f"name='{name}'")
+        facts[name] = {
+            "aliases": {alias: int(version) for alias, version in (registered.aliases or {}).items()},
+            "latest_version": max((int(v.version) for v in versions), default=None),
+            "last_runs": _last_runs(client, name),
+        }
+    return facts
+
+
+def _last_runs(client, model: str, limit: int = LAST_RUNS) -> list[dict[str, Any]]:
     experiment = client.get_experiment_by_name(experiment_name(model))
     if experiment is None:
         return []
@@ -115,7 +145,78 @@ def _last_runs(client, model: str, limit: int = 5) -> list[dict[str, Any]]:
             "name": r.info.run_name,
             "status": r.info.status,
             "started_at": r.info.start_time,
-            "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith(("val_", "test_"))},
+            "metrics": _shown_metrics(r.data.metrics),
         }
         for r in runs
     ]
+
+
+def _registry_from_sqlite(path: Path, only: str | None) -> dict[str, dict[str, Any] | None]:
+    """The same facts as `_registry_from_mlflow`, read from MLflow's SQLite store as MLflow's SQL store
+    reads them: the default workspace, deleted versions and runs left out, runs newest first (ties by id),
+    each run's latest metrics."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        names_known = {row[0] for row in _select(db, "registered_models", "SELECT name FROM {t} WHERE 1")}
+        facts: dict[str, dict[str, Any] | None] = {}
+        for name in [only] if only else sorted(names_known):
+            if name not in names_known:
+                facts[name] = None
+                continue
+            aliases = _select(
+                db, "registered_model_aliases", "SELECT alias, version FROM {t} WHERE name = ?", name
+            )
+            ((latest,),) = _select(
+                db,
+                "model_versions",
+                "SELECT MAX(version) FROM {t} WHERE name = ? AND current_stage != ?",
+                name,
+                DELETED_VERSION_STAGE,
+            )
+            facts[name] = {
+                "aliases": {alias: int(version) for alias, version in aliases},
+                "latest_version": int(latest) if latest is not None else None,
+                "last_runs": _last_runs_sqlite(db, name),
+            }
+        return facts
+    finally:
+        db.close()
+
+
+def _last_runs_sqlite(db: sqlite3.Connection, model: str, limit: int = LAST_RUNS) -> list[dict[str, Any]]:
+    experiment = _select(
+        db, "experiments", "SELECT experiment_id FROM {t} WHERE name = ?", experiment_name(model)
+    )
+    if not experiment:
+        return []
+    runs = db.execute(
+        "SELECT run_uuid, name, status, start_time FROM runs WHERE experiment_id = ? AND lifecycle_stage = 'active'"
+        " ORDER BY start_time DESC, run_uuid LIMIT ?",
+        (experiment[0][0], limit),
+    ).fetchall()
+    out = []
+    for run_id, name, status, started_at in runs:
+        metrics = db.execute("SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,))
+        values = {key: float("nan") if is_nan else value for key, value, is_nan in metrics}
+        out.append(
+            {
+                "run_id": run_id,
+                "name": name,
+                "status": status,
+                "started_at": started_at,
+                "metrics": _shown_metrics(values),
+            }
+        )
+    return out
+
+
+def _select(db: sqlite3.Connection, table: str, sql: str, *args: Any) -> list[tuple]:
+    """`sql` on `table` ({t}), in MLflow's default workspace where the table has workspaces (MLflow 3)."""
+    sql = sql.format(t=table)
+    if any(row[1] == "workspace" for row in db.execute(f"PRAGMA table_info({table})")):
+        sql, args = f"{sql} AND workspace = ?", (*args, DEFAULT_WORKSPACE)
+    return db.execute(sql, args).fetchall()
+
+
+def _shown_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}

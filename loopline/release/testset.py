@@ -51,7 +51,7 @@ def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
     feats = delta.open_table(lake, lake.table_uri("features", dataset), features_version)
     if feats is None:
         raise LooplineError(f"dataset {dataset!r} has no features table at version {features_version}")
-    fds = feats.to_pyarrow_dataset()
+    fds = delta.dataset(feats)
     id_col = fds.schema.names[0]  # features/D starts with the id, then the label (loopline.features)
     test = fds.to_table(columns=[id_col, "_transform"], filter=pc.field("_split") == "test")
     if test.num_rows == 0:
@@ -64,7 +64,7 @@ def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
     clean = delta.open_table(lake, lake.table_uri("clean", dataset), clean_version)
     if clean is None:
         raise LooplineError(f"dataset {dataset!r} has no clean table to read the raw test rows from")
-    cds = clean.to_pyarrow_dataset()
+    cds = delta.dataset(clean)
     ids = pa.array(test[id_col].to_numpy(zero_copy_only=False), type=cds.schema.field(contract.id).type)
     columns = contract_columns(cds.schema, contract, contract.column_names)  # nulls: a column not there yet
     rows = cds.to_table(columns=columns, filter=pc.field(contract.id).isin(ids))

@@ -96,7 +96,7 @@ def read_raw_rows(
         return None
     from loopline.features import assign_split, contract_columns
 
-    ds = table.to_pyarrow_dataset()  # batches of several contract versions: see loopline/features/table.py
+    ds = delta.dataset(table)  # batches of several contract versions: see loopline/features/table.py
     parts, n = [], 0
     for batch in ds.to_batches(
         columns=contract_columns(ds.schema, contract, contract.column_names), batch_size=65_536
