@@ -134,3 +134,21 @@ def _serve_and_score(name: str, home: Path, sample: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_run_takes_a_contract_and_a_source(workdir):
+    """`loopline run --contract F --source S`: the whole loop on a dataset of one's own, in one command."""
+    sample = write_dataset("wine", workdir / "data")
+    cli("init", "--from", str(sample), "--label", "target")
+    result = cli(
+        "run",
+        "--contract",
+        "contracts/wine.yaml",
+        "--source",
+        str(sample),
+        *TINY,
+        "--set",
+        "serving.deploy=false",
+    )
+    assert result["ingest"][0]["dataset"] == "wine" and result["ingest"][0]["accepted"]
+    assert result["train"]["model_name"] == "wine" and result["champion_version"] == 1
