@@ -2,7 +2,7 @@
 
 Everything heavy (prefect, mlflow, torch, great_expectations) is imported inside the command that needs
 it, so `loopline --help` and `loopline serve` start fast. Each command ends with a short summary
-(flows/render.py); with `--json` the last line printed is one JSON object with the command's result
+(flows/render/); with `--json` the last line printed is one JSON object with the command's result
 instead. Exit codes: 0 ok, 2 bad input or usage, 3 the gate rejected the batch, 1 anything unexpected.
 A user error prints one paragraph, no traceback; `loopline --verbose CMD` shows every log line and
 warning (flows/console.py).
@@ -101,7 +101,7 @@ def _use_stack(local_api: bool = False) -> None:
 
 
 def _emit(result: Any, as_json: bool, command: str, **context: Any) -> None:
-    """`--json`: one JSON line. Otherwise the command's summary (flows/render.py)."""
+    """`--json`: one JSON line. Otherwise the command's summary (flows/render/)."""
     if as_json:
         print(json.dumps(result, default=str, sort_keys=True))
     else:

@@ -1,4 +1,4 @@
-"""flows/render.py: every command's result becomes a short summary with a table, never a JSON dump, and
+"""flows/render/: every command's result becomes a short summary with a table, never a JSON dump, and
 a result the renderer does not expect still prints (compactly) instead of failing the command."""
 
 from __future__ import annotations
