@@ -25,6 +25,8 @@ from loopline.storage.lake import Lake
 SPLITS = ("train", "valid", "test")
 UNKNOWN = "__unknown__"
 _TS_PARTS = {"hour": 23.0, "dayofweek": 6.0, "month": 11.0, "dayofyear": 365.0, "year": 1.0}
+# the config's part names (stored in fitted transforms) -> pandas' accessor (dayofweek/dayofyear are deprecated)
+_TS_ACCESSORS = {"dayofweek": "day_of_week", "dayofyear": "day_of_year"}
 FIT_SAMPLE_ROWS = 1_000_000  # statistics from up to 1M train rows are as good as from all of them
 
 
@@ -165,7 +167,7 @@ def _apply_step(step: dict[str, Any], series: pd.Series) -> np.ndarray:
             ts = pd.to_datetime(series, errors="coerce", format="ISO8601")
         cols = []
         for part in step["parts"]:
-            values = getattr(ts.dt, part).to_numpy(dtype=np.float64, na_value=0.0)
+            values = getattr(ts.dt, _TS_ACCESSORS.get(part, part)).to_numpy(dtype=np.float64, na_value=0.0)
             if part == "year":
                 values = values - 2000.0
             cols.append(values / _TS_PARTS[part])
