@@ -10,14 +10,13 @@ time, each in its own LOOPLINE_HOME, to keep the file near 30 s."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.cli_support import run_cli as cli
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,20 +55,6 @@ def write_corpus(root: Path) -> dict[str, Path]:
     files["garbage"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(255, -1, -1)) * 8)  # an image, not text
     files["empty"].write_bytes(b"")
     return files
-
-
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LOOPLINE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-    env.pop("LOOPLINE_LAKE_URI", None)
-    env.pop("LOOPLINE_VERBOSE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=240,
-    )
 
 
 # case -> (argv with {file} placeholders, exit code, what stderr must name)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from loopline.config import LifecycleConfig
+from tests.cli_support import run_cli as cli
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.integration
@@ -84,18 +83,6 @@ def test_events_are_emitted_for_accepted_and_rejected_batches(prefect_api, home,
             break
         time.sleep(1)
     assert "loopline.data.ingested" in names and "loopline.data.rejected" in names
-
-
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LOOPLINE_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
 
 
 def test_cli_exit_codes_and_json(prefect_api, home, tmp_path):
