@@ -8,6 +8,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+CREDIT = {  # DESIGN.md's example contract
+    "dataset": "credit",
+    "id": "customer_id",
+    "label": "default",
+    "task": "binary",
+    "columns": {
+        "customer_id": {"type": "int"},
+        "age": {"type": "int", "min": 18, "max": 120},
+        "income": {"type": "float", "min": 0, "nullable": True},
+        "segment": {"type": "category", "values": ["retail", "sme", "corp"]},
+        "note": {"type": "string", "max_length": 200, "nullable": True},
+        "signup_at": {"type": "timestamp"},
+        "default": {"type": "int", "values": [0, 1]},
+    },
+    "quarantine_max_fraction": 0.05,
+}
+
 LOADERS = {
     "cancer": ("load_breast_cancer", "binary"),  # 569 rows, 30 float features, label 0/1
     "wine": ("load_wine", "multiclass"),  # 178 rows, 13 features, 3 classes

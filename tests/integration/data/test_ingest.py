@@ -16,23 +16,9 @@ from loopline.data.synthetic import generate_frame, write_source
 from loopline.errors import ContractError, SourceError
 from loopline.storage import delta
 from loopline.storage.lake import Lake
+from tests.datasets import CREDIT
 
-CONTRACT = {
-    "dataset": "credit",
-    "id": "customer_id",
-    "label": "default",
-    "task": "binary",
-    "columns": {
-        "customer_id": {"type": "int"},
-        "age": {"type": "int", "min": 18, "max": 120},
-        "income": {"type": "float", "min": 0, "nullable": True},
-        "segment": {"type": "category", "values": ["retail", "sme", "corp"]},
-        "note": {"type": "string", "max_length": 200, "nullable": True},
-        "signup_at": {"type": "timestamp"},
-        "default": {"type": "int", "values": [0, 1]},
-    },
-    "quarantine_max_fraction": 0.3,
-}
+CONTRACT = {**CREDIT, "quarantine_max_fraction": 0.3}
 HEADER = "customer_id,age,income,segment,note,signup_at,default"
 
 

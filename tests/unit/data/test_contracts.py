@@ -5,24 +5,10 @@ import yaml
 
 from loopline.data.contracts import load_contract
 from loopline.errors import ContractError
+from tests.datasets import CREDIT
 
 REPO = Path(__file__).resolve().parents[3]
-GOOD = {
-    "dataset": "credit",
-    "id": "customer_id",
-    "label": "default",
-    "task": "binary",
-    "columns": {
-        "customer_id": {"type": "int"},
-        "age": {"type": "int", "min": 18, "max": 120},
-        "income": {"type": "float", "min": 0, "nullable": True},
-        "segment": {"type": "category", "values": ["retail", "sme", "corp"]},
-        "note": {"type": "string", "max_length": 200, "nullable": True},
-        "signup_at": {"type": "timestamp"},
-        "default": {"type": "int", "values": [0, 1]},
-    },
-    "quarantine_max_fraction": 0.05,
-}
+GOOD = CREDIT
 
 
 def write(tmp_path: Path, data) -> Path:
