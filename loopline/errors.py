@@ -16,6 +16,12 @@ class ConfigError(LooplineError):
     exit_code = 2
 
 
+class NotReadyError(LooplineError):
+    """A stage's input does not exist yet (no clean data, no features): run the earlier stage first."""
+
+    exit_code = 2
+
+
 class ContractError(LooplineError):
     """A dataset contract is invalid. Carries the file and the key at fault."""
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loopline.data.contracts import Contract
-from loopline.errors import LooplineError
+from loopline.errors import LooplineError, NotReadyError
 from loopline.features.transform import SPLITS, load_transform
 from loopline.storage import delta
 from loopline.storage.lake import Lake
@@ -30,7 +30,7 @@ class FeatureSplit:
 def _open_features(lake: Lake, dataset: str, version: int | None):
     table = delta.open_table(lake, lake.table_uri("features", dataset), version)
     if table is None:
-        raise LooplineError(
+        raise NotReadyError(
             f"dataset {dataset!r} has no features yet: run `loopline features --dataset {dataset}`"
         )
     return table

@@ -36,7 +36,7 @@ from loopline.config import FeaturesConfig
 from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
 from loopline.data.schemas import ARROW_TYPES
-from loopline.errors import LooplineError
+from loopline.errors import NotReadyError
 from loopline.features.transform import (
     FIT_SAMPLE_ROWS,
     FeatureTransform,
@@ -104,7 +104,7 @@ def build_features(
     clean_uri, feat_uri = lake.table_uri("clean", dataset), lake.table_uri("features", dataset)
     clean = delta.open_table(lake, clean_uri)
     if clean is None:
-        raise LooplineError(f"dataset {dataset!r} has no clean data yet: run `loopline ingest` first")
+        raise NotReadyError(f"dataset {dataset!r} has no clean data yet: run `loopline ingest` first")
     clean_version = clean.version()
     feats = delta.open_table(lake, feat_uri)
     replaced = feats.version() if feats is not None else None  # the version a refit rewrites

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.data.contracts import Contract
-from loopline.errors import LooplineError
+from loopline.errors import LooplineError, NotReadyError
 from loopline.release.cache import ComputeCache
 from loopline.storage.lake import Lake
 
@@ -50,7 +50,7 @@ def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
 
     feats = delta.open_table(lake, lake.table_uri("features", dataset), features_version)
     if feats is None:
-        raise LooplineError(f"dataset {dataset!r} has no features table at version {features_version}")
+        raise NotReadyError(f"dataset {dataset!r} has no features table at version {features_version}")
     fds = delta.dataset(feats)
     id_col = fds.schema.names[0]  # features/D starts with the id, then the label (loopline.features)
     test = fds.to_table(columns=[id_col, "_transform"], filter=pc.field("_split") == "test")
@@ -63,7 +63,7 @@ def _read_test_set(lake: Lake, dataset: str, features_version: int) -> TestSet:
     clean_version = clean_version_of(lake, dataset, features_version)
     clean = delta.open_table(lake, lake.table_uri("clean", dataset), clean_version)
     if clean is None:
-        raise LooplineError(f"dataset {dataset!r} has no clean table to read the raw test rows from")
+        raise NotReadyError(f"dataset {dataset!r} has no clean table to read the raw test rows from")
     cds = delta.dataset(clean)
     ids = pa.array(test[id_col].to_numpy(zero_copy_only=False), type=cds.schema.field(contract.id).type)
     columns = contract_columns(cds.schema, contract, contract.column_names)  # nulls: a column not there yet

@@ -106,6 +106,8 @@ def test_an_unknown_dataset_or_model_names_what_the_lake_knows(workdir):
     cli("ingest", "--contract", "contracts/wine.yaml", "--source", str(sample))
     error = cli("features", "--dataset", "whine", code=2)
     assert "'whine'" in error["error"] and "'wine'" in error["error"]
+    early = cli("train", "--dataset", "wine", code=2)  # a stage before its input exists: a usage error
+    assert "has no features yet" in early["error"] and "loopline features --dataset wine" in early["error"]
 
 
 def _serve_and_score(name: str, home: Path, sample: Path) -> None:
