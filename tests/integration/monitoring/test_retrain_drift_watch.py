@@ -164,6 +164,11 @@ def test_drift_watch_on_the_serving_window_emits_the_event_and_reports(api, home
     assert quiet["prediction"] is not None  # the champion scored the file
     assert last_drift_verdict(lake_for(cfg), "demo")["drift_detected"] is False
 
+    # the drift-watch deployment's form: every model with a @champion, the same check per model
+    watched = drift_flow(cfg, current=str(path), all_models=True)
+    assert set(watched["models"]) == {"demo"}
+    assert watched["models"]["demo"]["n_current"] == 800 and not watched["models"]["demo"]["drift_detected"]
+
 
 def test_drift_skips_what_it_cannot_check(api, home):
     from flows.drift import drift_flow
