@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from loopline.config import LifecycleConfig
 from loopline.data import ledger
@@ -200,14 +201,16 @@ def _ingest_batch(
     )
     clean_uri = lake.table_uri("clean", contract.dataset)
     clean_rows = staged_reader(stage / "clean", clean_schema(contract))
-    retyped = retyped_columns(lake, contract)
+    clean = delta.open_table(lake, clean_uri)  # one snapshot: what a retype reads is what the commit checks
+    retyped = retyped_columns(lake, contract, clean)
     delta.append_once(
         lake,
         clean_uri,
-        _retyped_reader(lake, clean_uri, retyped, clean_rows) if retyped else clean_rows,
+        _retyped_reader(clean, retyped, clean_rows) if retyped else clean_rows,
         app_id=app_id,
         metadata={**meta, "retyped": sorted(retyped)} if retyped else meta,
         mode="overwrite" if retyped else "append",
+        table=clean,
     )
     ledger.record(lake, ledger_uri, result, contract, "accepted", ingested_at)
     ledger.fill_versions(result, lake, contract.dataset)
@@ -215,9 +218,12 @@ def _ingest_batch(
     return result
 
 
-def retyped_columns(lake: Lake, contract: Contract) -> dict[str, pa.DataType]:
-    """clean/D's columns whose stored type is not the contract's (after an allowed type change)."""
-    table = delta.open_table(lake, lake.table_uri("clean", contract.dataset))
+def retyped_columns(
+    lake: Lake, contract: Contract, table: DeltaTable | None = None
+) -> dict[str, pa.DataType]:
+    """clean/D's columns whose stored type is not the contract's (after an allowed type change), in the
+    snapshot `table` (default: the latest)."""
+    table = table if table is not None else delta.open_table(lake, lake.table_uri("clean", contract.dataset))
     if table is None:
         return {}
     stored = delta.dataset(table).schema
@@ -248,12 +254,10 @@ def check_retype(lake: Lake, contract: Contract) -> None:
 
 
 def _retyped_reader(
-    lake: Lake, uri: str, retyped: dict[str, pa.DataType], new_rows: pa.RecordBatchReader
+    table: DeltaTable, retyped: dict[str, pa.DataType], new_rows: pa.RecordBatchReader
 ) -> pa.RecordBatchReader:
-    """clean/D's rows with the retyped columns cast, then the batch's rows: what the overwrite commits.
+    """The snapshot's rows with the retyped columns cast, then the batch's rows: what the overwrite commits.
     Columns the contract no longer names stay (null in new rows), as an append would keep them."""
-    table = delta.open_table(lake, uri)
-    assert table is not None
     old = delta.dataset(table)
     fields = [pa.field(f.name, retyped.get(f.name, f.type)) for f in old.schema]
     fields += [f for f in new_rows.schema if f.name not in old.schema.names]

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from loopline.config import SyntheticConfig
 from loopline.storage import delta
+from loopline.storage.files import atomic_writer
 from loopline.storage.lake import Lake
 
 DEMO_DATASET = "demo"  # the dataset of contracts/demo.yaml, the only one this source makes
@@ -142,19 +143,20 @@ def _inject_violations(df: pd.DataFrame, fraction: float, rng: np.random.Generat
 def write_source(df: pd.DataFrame, path: str | Path, fmt: str = "parquet") -> Path:
     """Write a frame the way an upstream system would hand it over (csv, parquet or jsonl)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        df.to_csv(path, index=False)
-    elif fmt == "jsonl":
-        df.to_json(path, orient="records", lines=True, date_format="iso")
-    elif fmt == "parquet":
-        out = df.copy()
-        for col in out.columns:
-            if out[col].dtype == object:  # mixed types after injected violations: keep them as text
-                out[col] = [None if _is_missing(v) else _text(v) for v in out[col]]
-        out.to_parquet(path, index=False)
-    else:
+    if fmt not in ("csv", "jsonl", "parquet"):
         raise ValueError(f"unknown format {fmt!r}; expected csv, parquet or jsonl")
+    # atomically: a run killed mid-write must not leave a torn file that later runs take as the batch
+    with atomic_writer(path, "wb" if fmt == "parquet" else "w") as fh:
+        if fmt == "csv":
+            df.to_csv(fh, index=False)
+        elif fmt == "jsonl":
+            df.to_json(fh, orient="records", lines=True, date_format="iso")
+        else:
+            out = df.copy()
+            for col in out.columns:
+                if out[col].dtype == object:  # mixed types after injected violations: keep them as text
+                    out[col] = [None if _is_missing(v) else _text(v) for v in out[col]]
+            out.to_parquet(fh, index=False)
     return path
 
 

@@ -59,9 +59,12 @@ def append_once(
     app_id: str,
     metadata: dict[str, Any] | None = None,
     mode: str = "append",
+    table: DeltaTable | None = None,
 ) -> tuple[int | None, bool]:
-    """Append `data` in one commit unless `app_id` already committed. Returns (table version, written)."""
-    table = open_table(lake, uri)
+    """Append `data` in one commit unless `app_id` already committed. Returns (table version, written).
+    `table`: the snapshot the caller built `data` from (an overwrite that rewrites the rows it read); the
+    commit is checked against it, so a commit by anyone else since then is a conflict, not lost rows."""
+    table = table if table is not None else open_table(lake, uri)
     if is_committed(table, app_id):
         return table.version(), False
     props = CommitProperties(
