@@ -59,14 +59,14 @@ def _config(config: Path | None, sets: list[str] | None, extra: list[str] | None
     return load_config(config, [*(sets or []), *(extra or [])])
 
 
-def _quiet_prefect() -> None:
+def _quiet_prefect(home: str) -> None:
     """Keep telemetry off and the console readable; the runs still log to the Prefect API."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    _use_stack(local_api=True)
+    _use_stack(home, local_api=True)
     _quiet_console()
 
 
@@ -78,12 +78,11 @@ def _quiet_console() -> None:
     console.install()
 
 
-def _use_stack(local_api: bool = False) -> None:
+def _use_stack(home: str, local_api: bool = False) -> None:
     """When `loopline up` started a stack for this LOOPLINE_HOME, point Prefect and MLflow at it. Without
     one, with `local_api` (the commands that run flows), use this home's local Prefect API, started by the
     first such command and shared by the rest (flows/local_api.py); never with PREFECT_API_URL set."""
-    home = Path(os.environ.get("LOOPLINE_HOME", "./.loopline"))
-    state = home / "stack.json"
+    state = Path(home) / "stack.json"  # the config's home (`--set home=...`), not only LOOPLINE_HOME
     if not state.exists():
         if local_api:
             from flows import local_api as api
@@ -175,7 +174,7 @@ def ingest(
         if allow_incompatible:
             extra.append("data.allow_incompatible_contract=true")
         cfg = _config(config, set_, extra)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.ingest import ingest_flow
         from loopline.data.ingest import summarise_dicts
 
@@ -197,7 +196,7 @@ def features(
     """Bring features/D up to date with clean/D."""
     try:
         cfg = _config(config, set_)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.features import features_flow
 
         _emit(features_flow(cfg, refit=refit, dataset=dataset), as_json, "features")
@@ -219,7 +218,7 @@ def train(
     """Train on features/D and register a new model version (not promoted); resumes from checkpoints."""
     try:
         cfg = _config(config, set_, [f"model_name={model}"] if model else [])
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.training import train_flow
 
         with _progress(as_json):
@@ -246,7 +245,7 @@ def evaluate(
     """Score a version and @champion on the same held-out test split; nothing moves."""
     try:
         cfg = _config(config, set_)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.promotion import evaluation_flow
 
         _emit(evaluation_flow(cfg, model=model, version=version), as_json, "evaluate")
@@ -265,7 +264,7 @@ def promote(
     """Infra-validate, evaluate against @champion and promote through the gate (or refuse, with the reason)."""
     try:
         cfg = _config(config, set_)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.promotion import promotion_flow
 
         _emit(promotion_flow(cfg, model=model, version=version), as_json, "promote")
@@ -283,7 +282,7 @@ def rollback(
     """Move @champion back to the previous champion (repeatable down the history)."""
     try:
         cfg = _config(config, set_)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.promotion import rollback_flow
 
         _emit(rollback_flow(model, cfg), as_json, "rollback")
@@ -313,7 +312,7 @@ def serve(
             if v is not None
         ]
         cfg = _config(config, set_, extra + (["serving.shadow=true"] if shadow else []))
-        _use_stack()
+        _use_stack(cfg.home)
         from loopline.packaging.registry import model_name_for
         from loopline.serving import run_server
 
@@ -344,7 +343,7 @@ def drift(
     """Compare a window of data with the champion's reference profile; emit loopline.drift.detected on drift."""
     try:
         cfg = _config(config, set_)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.drift import drift_flow
 
         _emit(drift_flow(cfg, model=model, current=current, window_hours=window_hours), as_json, "drift")
@@ -422,7 +421,7 @@ def run(
 
             load_contract(contract)  # a broken contract is exit 2 before anything starts
         cfg = _config(config, set_)
-        _quiet_prefect()
+        _quiet_prefect(cfg.home)
         from flows.lifecycle import lifecycle_flow
 
         with _progress(as_json):
@@ -449,7 +448,7 @@ def status(
     """Tables, versions and batches in the lake; models in the registry."""
     try:
         cfg = _config(config, set_)
-        _use_stack()
+        _use_stack(cfg.home)
         from loopline.monitoring.status import collect_status
 
         _emit(collect_status(cfg, dataset=dataset, model=model), as_json, "status")

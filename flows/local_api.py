@@ -109,7 +109,7 @@ def ensure(home: str | Path) -> str:
         return state["prefect_api_url"]
     with _flock(local / "start.lock"):  # concurrent first commands: one starts, the others wait here
         state = read_state(root)
-        if state is not None and _answers(state, patience=10.0):
+        if state is not None and _answers(state, patience=STARTUP_TIMEOUT_SECONDS):  # slow is not dead
             return state["prefect_api_url"]
         if state is not None:  # gone, or ours but not answering: clear it
             _stop_state(root, state)

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import RenderableType
 
 from flows.render.parts import NONE, heading, num, pairs, signed, table, ver
+from loopline.packaging.registry import default_tracking_uri
 
 
 def _ingest_line(batches: Any) -> str:
@@ -103,12 +104,19 @@ def render_run(result: dict[str, Any], *, home: str | None = None, **_: Any) -> 
     yield "Where to look:"
     yield f"  Delta tables: {root / 'lake'} (raw/, clean/, quarantine/, features/)"
     yield f"  Data Docs:    {root / 'data_docs'}"
-    yield f"  MLflow:       mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
+    tracking = default_tracking_uri(str(root))  # MLFLOW_TRACKING_URI (a stack's server) or the home's SQLite
+    yield (
+        f"  MLflow:       {tracking}"
+        if tracking.startswith(("http://", "https://"))
+        else f"  MLflow:       mlflow ui --backend-store-uri {tracking}"
+    )
     for server in (result.get("deploy") or {}).get("servers", []):
         yield f"  Model server: {server.get('url')}/invocations ({ver(server.get('version'))}); `loopline down` stops it"
     api = os.environ.get("PREFECT_API_URL")
+    local = (root / "local_api.json").exists() and not (root / "stack.json").exists()
     yield (
         f"  Prefect UI:   {api.removesuffix('/api')}"
+        + (" (this home's local API: it stops when idle; `loopline up` for a lasting one)" if local else "")
         if api
         else "  Prefect UI:   start one with `loopline up` (this run used an ephemeral API)"
     )
