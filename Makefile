@@ -6,7 +6,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test lint format bench up down clean
+.PHONY: install demo test reliability lint format bench up down clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --ignore=tests/e2e/test_loop.py
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e/test_loop.py
+
+# the reliability suite's full counts (kill loops x20/x10/x5, 20% S3 faults); `make test` runs a few rounds of each
+reliability: install
+	LOOPLINE_RELIABILITY_FULL=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/reliability
 
 lint: install
 	$(VENV)/bin/ruff check .

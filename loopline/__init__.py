@@ -12,7 +12,7 @@ before it (tests/unit/test_layers.py holds this), and none of them imports prefe
 
 Serving sits low (it needs only bundles), so it can never reach into training; training sits above
 monitoring because it stores the drift reference profile. `config.py` (one typed config per stage) and
-`errors.py` (typed user errors) sit below them all.
+`errors.py` (typed user errors) and `faults.py` (the reliability suite's kill points) sit below them all.
 Each stage has a task module in tasks/ and a flow in flows/; README.md maps them.
 """
 
