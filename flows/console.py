@@ -54,7 +54,7 @@ def configure(*, verbose: bool = False) -> None:
         return
     _state["configured"] = True
     if verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # Prefect's default, over the CLI's WARNING
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "0")  # every record, as Prefect's default
         return
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=OWN_MODULES)
@@ -114,6 +114,21 @@ def user_error(exc: BaseException | None) -> BaseException | None:
     return None
 
 
+def api_outage(exc: BaseException | None) -> BaseException | None:
+    """The connection error (httpx's TransportError: refused, reset, timed out) `exc` is or that caused it,
+    when the Prefect API stopped answering mid-command (a server restart, a network blip); else None.
+    It is not the user's fault and not a bug here: the CLI says so in one paragraph, without a traceback."""
+    import httpx
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, httpx.TransportError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _user_error_names() -> set[str]:
     from loopline.errors import LooplineError
 
@@ -129,7 +144,7 @@ def is_user_error_record(record: logging.LogRecord) -> bool:
     """A record about a user error: it carries one (exc_info), or it is Prefect's state line naming one
     ("Finished in state Failed('Task run encountered an exception ContractError: ...')")."""
     if record.exc_info and record.exc_info[1] is not None:
-        return user_error(record.exc_info[1]) is not None
+        return user_error(record.exc_info[1]) is not None or api_outage(record.exc_info[1]) is not None
     if record.levelno < logging.WARNING:
         return False
     try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,3 +116,48 @@ def moto_s3(tmp_path_factory):
     }
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster on a free port with a random password (run as the `postgres` user when
+    we are root); yields its URL. Without PostgreSQL it skips, except under CI=true, where it fails."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL (initdb, pg_ctl) is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed")
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="loopline-pg-"))
+    if as_pg:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    port = free_port()
+    password = "pg-" + secrets.token_hex(12)
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")
+    if as_pg:
+        shutil.chown(pwfile, "postgres")
+    run = dict(check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_pg, initdb, "-D", str(data), "-U", "loopline", "--pwfile", str(pwfile), "-A", "scram-sha-256"],
+        **run,
+    )
+    pwfile.unlink()
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [*as_pg, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "pg.log"), "-w", "start"], **run
+    )
+    try:
+        yield f"postgresql://loopline:{password}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_pg, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True, timeout=60
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres():
+    with postgres_cluster() as url:
+        yield url

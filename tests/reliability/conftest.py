@@ -22,7 +22,7 @@ def rounds(quick: int, full: int) -> int:
 
 
 class Report:
-    COLUMNS = ("fault or attack", "tries", "rows lost", "rows doubled", "unexpected 5xx")
+    COLUMNS = ("fault or attack", "tries", "rows lost", "rows doubled", "unexpected 5xx", "notes")
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -42,7 +42,9 @@ class Report:
     def table(self) -> str:
         lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
         for r in self.rows:
-            lines.append(f"| {r['fault']} | {r['tries']} | {r['lost']} | {r['doubled']} | {r['unexpected_5xx']} |")
+            notes = r.get("note", "")
+            cells = (r["fault"], r["tries"], r["lost"], r["doubled"], r["unexpected_5xx"], notes)
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         return "\n".join(lines)
 
 

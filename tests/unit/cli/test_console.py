@@ -88,6 +88,39 @@ def test_other_errors_keep_their_traceback_everywhere(logs):
     assert api.records[0].exc_info is not None
 
 
+def test_a_lost_prefect_api_is_reported_by_the_cli_not_as_a_traceback(logs):
+    """A Prefect server restarted mid-run: the connection error is the CLI's to explain (flows/cli.py)."""
+    import httpx
+
+    logger, api, stream = logs
+    try:
+        try:
+            raise httpx.ConnectError("All connection attempts failed")
+        except httpx.ConnectError as inner:
+            raise RuntimeError("create_task_run failed") from inner
+    except RuntimeError:
+        logger.exception("Encountered exception during execution")
+    assert stream.getvalue() == ""
+    assert api.records[0].exc_info is None
+
+
+def test_the_cli_says_what_to_do_when_the_prefect_api_stops_answering(monkeypatch, capsys):
+    import httpx
+    import typer
+
+    from flows.cli import _fail
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    with pytest.raises(typer.Exit) as exit_:
+        try:
+            raise httpx.ConnectError("All connection attempts failed")
+        except httpx.ConnectError as exc:
+            _fail(exc, as_json=False)
+    err = capsys.readouterr().err
+    assert exit_.value.exit_code == 1 and "Traceback" not in err
+    assert "http://127.0.0.1:9/api stopped answering" in err and "run the same command again" in err
+
+
 def test_a_record_a_task_marks_as_reported_by_the_cli_stays_in_the_api_only(logs):
     logger, api, stream = logs
     logger.warning("batch b rejected: too many bad rows", extra={"loopline_user_error": True})
@@ -231,11 +264,11 @@ def test_a_failing_listener_never_reaches_the_task():
 
 def test_configure_verbose_touches_no_warning_filter(monkeypatch):
     monkeypatch.setattr(console, "_state", {"verbose": False, "configured": False})
-    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "unset")  # recorded: restored after the test
-    monkeypatch.delenv("PREFECT_LOGGING_LEVEL")
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "unset")  # recorded: restored after the test
+    monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
     with warnings.catch_warnings():
         before = list(warnings.filters)
         console.configure(verbose=True)
         assert warnings.filters == before
     assert console.verbose()
-    assert os.environ["PREFECT_LOGGING_LEVEL"] == "INFO"
+    assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "0"
