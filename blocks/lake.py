@@ -1,11 +1,22 @@
-"""`LakeStorage`: where the lake lives (a local path or S3-compatible storage), with secrets as SecretStr."""
+"""`LakeStorage`: where the lake lives (a local path or S3-compatible storage), with secrets as SecretStr.
+
+One way to find the lake, for every process: the block `LOOPLINE_LAKE_BLOCK` names, else the environment
+(`resolve_lake`). The core never loads a block, so the flow layer resolves it and hands the lake on: to the
+core code it runs in-process through this process's environment (`export_lake`: `loopline status`,
+`loopline serve`), to the processes it starts through theirs (`lake_environment`: the deployment stage's
+model server; the DDP workers get theirs the same way from `loopline/train/ddp.py`). The secret key travels
+only in an environment, never in argv, files or logs.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from loopline.storage.lake import Lake, make_s3_client, s3_storage_options
+from loopline.errors import ConfigError
+from loopline.storage.lake import BLOCK_ENV, Lake, make_s3_client, s3_storage_options
 
 
 class LakeStorage(Block):
@@ -49,9 +60,27 @@ class LakeStorage(Block):
 
 def resolve_lake(home: str, block_name: str | None = None) -> Lake:
     """The lake from a saved LakeStorage block when named (or `LOOPLINE_LAKE_BLOCK` is set), else the environment."""
-    import os
-
-    name = block_name or os.environ.get("LOOPLINE_LAKE_BLOCK")
-    if name:
+    name = block_name or os.environ.get(BLOCK_ENV)
+    if not name:
+        return Lake.from_env(home)
+    try:
         return LakeStorage.load(name).to_lake()
-    return Lake.from_env(home)
+    except ValueError as exc:  # Prefect: "Unable to find block document named ..."
+        raise ConfigError(
+            f"{BLOCK_ENV}={name!r}: the Prefect API has no LakeStorage block of that name ({exc}). Create it "
+            "(the Blocks page of the Prefect UI, or LakeStorage(...).save(name)) or fix the name."
+        ) from exc
+
+
+def lake_environment(lake: Lake) -> dict[str, str]:
+    """The environment variables that give a core process started from here `lake` (`Lake.from_env`), to
+    lay over the parent's environment: `{**os.environ, **lake_environment(lake)}`. Holds the secret key."""
+    return lake.environment()
+
+
+def export_lake(home: str) -> Lake:
+    """Resolve the lake and put it into this process's environment, for the core code that runs here
+    (it reads `Lake.from_env`) and every process started from here. Returns it."""
+    lake = resolve_lake(home)
+    os.environ.update(lake_environment(lake))
+    return lake

@@ -65,7 +65,8 @@ def _quiet_prefect(home: str) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # the console shows warnings and up; the runs' INFO logs still reach the Prefect API (the UI's log view)
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     _use_stack(home, local_api=True)
     _quiet_console()
 
@@ -99,6 +100,19 @@ def _use_stack(home: str, local_api: bool = False) -> None:
         os.environ.setdefault("MLFLOW_TRACKING_URI", info["mlflow_tracking_uri"])
 
 
+def _export_lake(home: str) -> None:
+    """With LOOPLINE_LAKE_BLOCK set, put the block's lake into this process's environment, where the core
+    code this command runs reads it (`Lake.from_env`), as do the processes it starts (blocks/lake.py).
+    The block is read from the API the flows use. Without the variable the environment already is the
+    lake, and Prefect is not imported."""
+    if not os.environ.get("LOOPLINE_LAKE_BLOCK"):
+        return
+    _quiet_prefect(home)
+    from blocks.lake import export_lake
+
+    export_lake(home)
+
+
 def _emit(result: Any, as_json: bool, command: str, **context: Any) -> None:
     """`--json`: one JSON line. Otherwise the command's summary (flows/render/)."""
     if as_json:
@@ -119,13 +133,16 @@ def _progress(as_json: bool):
 def _fail(exc: BaseException, as_json: bool) -> None:
     """One clear paragraph and the right exit code for errors a user can cause (a LooplineError, or an
     error one caused); a traceback otherwise."""
-    from flows.console import user_error, verbose
+    from flows.console import api_outage, user_error, verbose
     from loopline.errors import DataQualityError, LooplineError
 
-    if verbose() and user_error(exc) is not None:
+    if verbose() and (user_error(exc) is not None or api_outage(exc) is not None):
         import traceback
 
         traceback.print_exception(exc)  # --verbose: the whole story, then the paragraph
+    outage = api_outage(exc) if user_error(exc) is None else None
+    if outage is not None:
+        _fail_outage(outage, as_json)
     exc = user_error(exc) or exc  # the user error itself, also when it caused the one raised
     if type(exc).__name__ == "Preempted":  # SIGTERM / spot notice: the checkpoint is written, rerun resumes
         typer.echo(f"preempted: {exc}. Run the same command again to resume.", err=True)
@@ -141,6 +158,22 @@ def _fail(exc: BaseException, as_json: bool) -> None:
             payload.update(exc.summary)
         print(json.dumps(payload, default=str, sort_keys=True))
     raise typer.Exit(exc.exit_code)
+
+
+def _fail_outage(exc: BaseException, as_json: bool) -> None:
+    """The Prefect API stopped answering mid-command (Prefect's client retries a lost connection, but not one
+    it never had): exit 1 with what happened and what to do. A rerun is safe: every commit is idempotent
+    per batch, so what landed is reused and nothing is doubled."""
+    api = os.environ.get("PREFECT_API_URL") or "the local Prefect API"
+    message = (
+        f"the Prefect API at {api} stopped answering during this command ({type(exc).__name__}: {exc}). "
+        "What was committed stays committed, and a rerun doubles nothing: once the API answers again "
+        "(`loopline up` restarts a stopped stack), run the same command again."
+    )
+    typer.echo(f"error: {_paragraph(message)}", err=True)
+    if as_json:
+        print(json.dumps({"error": message, "type": "PrefectAPIUnavailable"}, sort_keys=True))
+    raise typer.Exit(1)
 
 
 def _paragraph(text: str) -> str:
@@ -304,7 +337,8 @@ def serve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Serve models:/M@champion over MLflow's scoring protocol (no Prefect in this process)."""
+    """Serve models:/M@champion over MLflow's scoring protocol (no Prefect in this process, except to read
+    the LOOPLINE_LAKE_BLOCK block)."""
     try:
         extra = [
             f"serving.{k}={v}"
@@ -313,6 +347,7 @@ def serve(
         ]
         cfg = _config(config, set_, extra + (["serving.shadow=true"] if shadow else []))
         _use_stack(cfg.home)
+        _export_lake(cfg.home)  # the inference log goes where drift reads
         from loopline.packaging.registry import model_name_for
         from loopline.serving import run_server
 
@@ -349,6 +384,40 @@ def drift(
         _emit(drift_flow(cfg, model=model, current=current, window_hours=window_hours), as_json, "drift")
     except Exception as exc:
         _fail(exc, as_json)
+
+
+@app.command()
+def maintenance(
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="only this dataset's tables (default: every table)")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="only this model's tables: predictions/M (+ its dead letters), drift/M, feedback/M",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="commit and delete nothing; report what would happen")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compact the lake's Delta tables, delete predictions older than lake.predictions_retention_days and
+    vacuum files unused for lake.file_retention_hours. Exit 1 when a table's commits kept conflicting."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_prefect(cfg.home)
+        from flows.maintenance import maintenance_flow
+
+        result = maintenance_flow(cfg, dataset=dataset, model=model, dry_run=dry_run)
+        _emit(result, as_json, "maintenance")
+    except Exception as exc:
+        _fail(exc, as_json)
+    if result["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -449,6 +518,7 @@ def status(
     try:
         cfg = _config(config, set_)
         _use_stack(cfg.home)
+        _export_lake(cfg.home)
         from loopline.monitoring.status import collect_status
 
         _emit(collect_status(cfg, dataset=dataset, model=model), as_json, "status")
@@ -479,8 +549,10 @@ def init(
 ) -> None:
     """Draft a dataset contract from a sample (types, nulls, ranges, categories, id, label, task) to edit."""
     try:
+        from loopline.config import default_home
         from loopline.data.draft import draft_contract, write_draft
 
+        _export_lake(default_home())  # an s3:// sample is read with the lake's credentials
         draft = draft_contract(sample, name=name, label=label, id_column=id_)
         result = draft.summary(str(write_draft(draft, out, force=force)))
         _emit(result, as_json, "init", sample=sample)

@@ -36,7 +36,8 @@ def drift_flow(
     scheduled drift-watch on a fresh stack). `all_models`: check every model that has a @champion (the
     drift-watch deployment; `model` is ignored) and return {"models": {name: result}}.
     Returns drift_detected, drift_share, prediction_drift, features {name: {method, score, threshold,
-    drift}}, event_emitted, plus the model version and the window.
+    drift}}, event_emitted (true only when the Prefect API accepted the drift event), plus the model
+    version and the window.
     """
     cfg = resolve_config(config)
     if all_models:

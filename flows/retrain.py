@@ -1,8 +1,9 @@
 """Retrain flow: the `retrain` deployment, started by `loopline.drift.detected` or `loopline.data.ingested`.
 
-Reads top-down as the decision it makes: cooldown -> freshness -> features -> train (on the `gpu` pool
-when deployed) -> evaluate + promote -> deploy. A run that stops at a gate ends in the state "Skipped"
-(completed) with the reason as its message and in its result, so the UI and the API both say why.
+Reads top-down as the decision it makes: champion (drift events) -> cooldown -> freshness -> features ->
+train (on the `gpu` pool when deployed) -> evaluate + promote -> deploy. A run that stops at a gate ends
+in the state "Skipped" (completed) with the reason as its message and in its result, so the UI and the
+API both say why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from loopline.config import LifecycleConfig, resolve_config
 from loopline.monitoring.retrain import SKIPPED_STATE
 from loopline.packaging.registry import contract_dataset, model_name_for
 from tasks.common import run_logger
-from tasks.retrain import check_cooldown, check_freshness, claim_retrain, model_dataset, train_on_pool
+from tasks.retrain import (
+    check_champion,
+    check_cooldown,
+    check_freshness,
+    claim_retrain,
+    model_dataset,
+    train_on_pool,
+)
 
 
 @flow(name="retrain", log_prints=True)
@@ -31,22 +39,25 @@ def retrain_flow(
     "new-data" when an event started the run (then the cooldown applies), "manual" otherwise. A new-data
     event names a dataset D (its model is D); any other run finds the model's dataset in the registry;
     `event_payload` is the triggering event's payload, recorded in the result. `force` skips the
-    freshness check (not the cooldown)."""
+    freshness check (not the cooldown). A drift event for a model with no @champion (unknown, never
+    promoted, or forged) trains nothing unless retrain.on_drift_without_champion; a new-data event still
+    trains a dataset's first model."""
     cfg = resolve_config(config)
+    result: dict[str, Any] = {"model": model, "dataset": None, "reason": reason, "event": event_payload or {}}
     # Which model, which dataset: from the event or the parameters, never from the platform's config
     if reason == "new-data":
         dataset = model or contract_dataset(cfg)
         model_name = dataset
     else:
-        model_name = model or model_name_for(cfg)
+        model_name = result["model"] = model or model_name_for(cfg)
+        # Gate 0: events are hints; a drift event is about a champion, so without one nothing trains
+        if reason == "drift":
+            result["champion"] = check_champion(cfg, model_name, reason)
+            if not result["champion"]["proceed"]:
+                return _skipped(result, result["champion"]["message"])
         dataset = model_dataset(cfg, model_name) or contract_dataset(cfg)
     cfg = cfg.for_dataset(dataset)
-    result: dict[str, Any] = {
-        "model": model_name,
-        "dataset": dataset,
-        "reason": reason,
-        "event": event_payload or {},
-    }
+    result.update(model=model_name, dataset=dataset)
 
     # Gate 1: cooldown (event-triggered runs only; a burst of events starts one retrain)
     result["cooldown"] = check_cooldown(cfg, model_name, reason)

@@ -72,6 +72,11 @@ class DataConfig(_Section):
     chunk_rows: int = Field(
         250_000, ge=1000, description="rows read per chunk; bounds memory for large files"
     )
+    lake_slot_timeout_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="longest wait for the lake-<dataset> slot (another ingest or features build of the dataset)",
+    )
 
 
 class ValidationConfig(_Section):
@@ -159,6 +164,9 @@ class TrainingConfig(_Section):
         description="Prefect global concurrency limit a GPU training takes (occupy = devices); None: none",
     )
     gpu_slot_on_cpu: bool = Field(False, description="take the slot for CPU trainings too (serialises them)")
+    gpu_slot_timeout_seconds: float = Field(
+        43200.0, gt=0, description="longest wait for the gpu_slot slots (12 h: a queue of long trainings)"
+    )
 
 
 class EvaluationConfig(_Section):
@@ -190,6 +198,9 @@ class EvaluationConfig(_Section):
     )
     lock_timeout_seconds: float = Field(
         900.0, gt=0, description="wait for another promotion of the same model"
+    )
+    promotion_slot_timeout_seconds: float = Field(
+        3600.0, gt=0, description="longest wait for the promote-<model> slot (another promotion or rollback)"
     )
 
 
@@ -223,6 +234,25 @@ class ServingConfig(_Section):
         5.0, gt=0, description="inference-log write cadence (one Delta commit each)"
     )
     log_flush_rows: int = Field(100_000, ge=1, description="write sooner once this many rows wait")
+    log_write_attempts: int = Field(
+        4, ge=1, description="inference-log tries per flush before its rows go to the dead-letter table"
+    )
+    log_retry_seconds: float = Field(
+        0.5, gt=0, description="first inference-log retry delay; doubles each try, at most 30 s"
+    )
+    max_inflight_requests: int = Field(
+        256, ge=1, description="scoring requests handled at once; past it: 503 with Retry-After"
+    )
+    max_queue_rows: int = Field(
+        8192, ge=1, description="rows waiting for one model's next call; past it: 503 with Retry-After"
+    )
+    max_shadow_tasks: int = Field(
+        64, ge=0, description="shadow scorings in flight; past it a shadow call is skipped and counted"
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="open connections uvicorn takes before its own plain 503 (a last resort)"
+    )
+    retry_after_seconds: int = Field(1, ge=1, description="the Retry-After header of a 503")
     graceful_timeout_seconds: float = Field(30.0, gt=0, description="on SIGTERM: time for in-flight requests")
     deploy: bool = Field(
         True, description="the lifecycle puts a promoted champion into service (starts a server if none runs)"
@@ -268,6 +298,43 @@ class RetrainConfig(_Section):
     gate_wait_seconds: float = Field(
         300.0, ge=0, description="how long a retrain waits for earlier, undecided retrain runs of its model"
     )
+    train_timeout_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="longest wait for the `train` deployment run on the gpu pool (queue + training)",
+    )
+    on_drift_without_champion: bool = Field(
+        False,
+        description="a drift event for a model with no @champion (or unknown) trains one; off: events are hints",
+    )
+
+
+class LakeConfig(_Section):
+    """Housekeeping of the lake's Delta tables: the `maintenance` deployment and `loopline maintenance`
+    (loopline/storage/maintenance.py says what runs on which table, and why)."""
+
+    predictions_retention_days: float | None = Field(
+        30,
+        gt=0,
+        description="delete predictions/M rows scored (_scored_at, UTC) longer ago; null keeps them all",
+    )
+    file_retention_hours: int = Field(
+        168,
+        ge=0,
+        description="vacuum keeps files a table stopped using for this long, so time travel and readers of an "
+        "older snapshot keep working (a week: Delta's default). 0 is for tests: it can delete a file a writer "
+        "has written but not committed yet",
+    )
+    compact_min_files: int = Field(
+        16,
+        ge=2,
+        description="compact a table once it has this many files under the target size (~1 per commit)",
+    )
+    vacuum_pinned_tables: bool = Field(
+        False,
+        description="also vacuum clean/D and features/D, keeping every version an MLflow run recorded "
+        "(data.clean_version, data.features_version); off: nothing there is deleted, every version stays readable",
+    )
 
 
 class LifecycleConfig(_Section):
@@ -282,6 +349,7 @@ class LifecycleConfig(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    lake: LakeConfig = Field(default_factory=LakeConfig)
 
     def with_inputs(
         self,

@@ -68,3 +68,22 @@ class DriftError(LooplineError):
     def __init__(self, message: str, *, column: str | None = None):
         super().__init__(message)
         self.column = column
+
+
+class InvalidNameError(LooplineError):
+    """A dataset or model name that cannot become a path in the lake (`../x`, `a/b`, `.hidden`, empty).
+    Names the bad name and the allowed pattern."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, name: object, what: str):
+        super().__init__(message)
+        self.name = name
+        self.what = what
+
+
+class WaitTimeoutError(LooplineError):
+    """A bounded wait ran out (a concurrency slot, a child run): says what it waited for, how long, which
+    setting bounds it and what to do. Not retried: the wait was already long."""
+
+    exit_code = 1

@@ -1,10 +1,13 @@
-"""Shared pieces of the task layer: the lake and the code version used in cache keys."""
+"""Shared pieces of the task layer: the lake, the code version used in cache keys, events that say
+whether the API took them, and bounded waits for Prefect concurrency slots."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,14 +70,107 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("loopline")
 
 
-def emit(event: str, resource_id: str, payload: dict) -> None:
-    """Emit a Prefect event; never fails the stage it reports on."""
-    try:
-        from prefect.events import emit_event
+EMIT_TIMEOUT_SECONDS = 10.0  # per request: an API that does not answer in this is as good as down
+EMIT_MAX_RETRIES = 2  # the client retries 429/502/503 after 2 s and 4 s: a short wait for a busy API
 
-        emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload=payload)
+
+def emit(event: str, resource_id: str, payload: dict) -> bool:
+    """Send a Prefect event and say whether the API accepted it (true only on its 2xx answer).
+
+    `prefect.events.emit_event` only queues the event for a background worker, so it cannot tell; this
+    POSTs it to the API's `/events` route with the Prefect client (a `prefect server start` URL, Prefect
+    Cloud, or the ephemeral API alike). Call it only after the state change it announces is committed.
+    Never fails the stage it reports on: a refusal or an unreachable API is one warning and False."""
+    try:
+        _post_event(event, resource_id, payload)
     except Exception as exc:  # an unreachable API must not fail an ingest that already committed
-        run_logger().warning("could not emit %s: %s", event, exc)
+        run_logger().warning("could not emit %s for %s: %s", event, resource_id, _one_line(exc))
+        return False
+    return True
+
+
+def _post_event(event: str, resource_id: str, payload: dict) -> None:
+    from prefect import get_client
+    from prefect.events import Event
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    body = Event(
+        event=event,
+        resource={"prefect.resource.id": resource_id},
+        payload=payload,
+        related=_related_runs(),
+    ).model_dump(mode="json")
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: EMIT_MAX_RETRIES}):
+        with get_client(sync_client=True, httpx_settings={"timeout": EMIT_TIMEOUT_SECONDS}) as client:
+            client.request("POST", "/events", json=[body])  # raises unless 2xx (the server answers 204)
+
+
+def _related_runs() -> list[dict[str, str]]:
+    """The flow run and task run that emit, as related resources (what emit_event's worker adds), so the
+    event links to its run in the UI. Read from the run context: no API call."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    flow_run = getattr(FlowRunContext.get(), "flow_run", None)
+    task_run = getattr(TaskRunContext.get(), "task_run", None)
+    related = []
+    flow_run_id = getattr(flow_run, "id", None) or getattr(task_run, "flow_run_id", None)
+    if flow_run_id:
+        related.append(
+            {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}
+        )
+        if flow_run is not None:
+            related[-1]["prefect.resource.name"] = flow_run.name
+    if task_run is not None:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.task-run.{task_run.id}",
+                "prefect.resource.role": "task-run",
+                "prefect.resource.name": task_run.name,
+            }
+        )
+    return related
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+@contextmanager
+def hold_slots(limit: str, occupy: int, timeout_s: float, setting: str, purpose: str) -> Iterator[None]:
+    """Hold `occupy` slots of the Prefect global concurrency limit `limit` for the block, waiting at most
+    `timeout_s` (the config field `setting`) for them. Out of time: WaitTimeoutError, saying who holds
+    what and what to do. Only the wait is bounded, never the block."""
+    from prefect.concurrency.sync import concurrency
+
+    from loopline.errors import WaitTimeoutError
+
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(limit, occupy=occupy, timeout_seconds=timeout_s, strict=True))
+        except TimeoutError:
+            raise WaitTimeoutError(
+                _slot_timeout_message(limit, occupy, timeout_s, setting, purpose)
+            ) from None
+        yield
+
+
+def _slot_timeout_message(limit: str, occupy: int, timeout_s: float, setting: str, purpose: str) -> str:
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_global_concurrency_limit_by_name(limit)
+        state = f" ({current.active_slots} of its {current.limit} slot(s) in use)"
+    except Exception:  # the message must not fail on a second API call
+        state = ""
+    return (
+        f"waited {timeout_s:g} s ({setting}) for {occupy} slot(s) of the Prefect global concurrency limit "
+        f"{limit!r}{state} to {purpose}, and other runs still hold them. Let those runs finish (a crashed "
+        f"holder's lease frees its slots within minutes), see who holds them with `prefect gcl inspect "
+        f"{limit}`, free stuck ones with `prefect gcl update {limit} --active-slots 0`, raise the limit with "
+        f"`prefect gcl update {limit} --limit N`, or raise {setting}."
+    )
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:

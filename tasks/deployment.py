@@ -7,9 +7,10 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from blocks.lake import lake_environment
 from loopline.config import LifecycleConfig
 from loopline.release import deploy as core
-from tasks.common import run_logger
+from tasks.common import lake_for, run_logger
 
 
 def _tracking_uri(cfg: LifecycleConfig) -> str:
@@ -30,7 +31,9 @@ def find_servers(cfg: LifecycleConfig, model: str) -> list[dict]:
 
 @task(name="start-model-server", retries=1, retry_delay_seconds=5)  # a port race on start is worth one retry
 def start_server(cfg: LifecycleConfig, model: str) -> dict:
-    server = core.start_server(cfg.home, model, cfg.serving, tracking_uri=_tracking_uri(cfg))
+    # the server's inference log goes to the lake this flow resolved (the LakeStorage block, or the env)
+    env = lake_environment(lake_for(cfg))
+    server = core.start_server(cfg.home, model, cfg.serving, tracking_uri=_tracking_uri(cfg), env=env)
     run_logger().info("started the model server for %s at %s (pid %s)", model, server.url, server.pid)
     return server.__dict__
 

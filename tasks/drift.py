@@ -50,7 +50,9 @@ def find_champion(cfg: LifecycleConfig, model: str, missing_ok: bool = False) ->
 
     from loopline.packaging.registry import CHAMPION
     from loopline.serving.registry_source import RegistrySource
+    from loopline.storage.names import check_name
 
+    check_name(model, "model")  # it names predictions/M, drift/M and the model cache folder
     source = RegistrySource(tracking_uri(cfg), Path(cfg.home) / "cache" / "models")
     try:
         source.client.get_registered_model(model)
@@ -119,7 +121,8 @@ def report_drift(
     cfg: LifecycleConfig, champion: dict[str, Any], report: dict[str, Any], window: dict[str, Any]
 ) -> bool:
     """Markdown + table artifacts, Prometheus gauges, a row in the lake's drift/M table, and the event
-    `loopline.drift.detected` when drift was detected. Returns whether the event was emitted.
+    `loopline.drift.detected` when drift was detected. Returns whether the Prefect API accepted the event
+    (False when there was none to send, or it was refused or unreachable: logged, the check still counts).
     (`loopline.monitoring.verdicts.last_drift_verdict` reads the table back for `loopline status`.)"""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -151,8 +154,9 @@ def report_drift(
             "prediction_drift": parsed.prediction_drift,
             "window": _public_window(window),
         }
-        emit("loopline.drift.detected", f"loopline.model.{model}", payload)
-        emitted = True
+        emitted = emit("loopline.drift.detected", f"loopline.model.{model}", payload)
+    # the verdict row records whether the event went out, so it follows the emit; the event announces
+    # the detection (the report above), not this row
     record_drift_verdict(lake_for(cfg), model, version, report, _public_window(window), emitted)
     return emitted
 
@@ -160,8 +164,9 @@ def report_drift(
 def write_metrics(cfg: LifecycleConfig, model: str, text: str) -> Path:
     """$LOOPLINE_HOME/metrics/drift_M.prom for node_exporter's textfile collector (atomic replace)."""
     from loopline.storage.files import atomic_write_text
+    from loopline.storage.names import check_name
 
-    target = Path(cfg.home) / "metrics" / f"drift_{model}.prom"
+    target = Path(cfg.home) / "metrics" / f"drift_{check_name(model, 'model')}.prom"
     atomic_write_text(target, text)
     return target
 

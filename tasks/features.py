@@ -1,4 +1,6 @@
-"""Tasks of the features stage: bring features/D up to date with clean/D, cached on what it depends on."""
+"""Tasks of the features stage: bring features/D up to date with clean/D, cached on what it depends on. The
+build holds its dataset's lake slot (`lake-<dataset>`, tasks/locks.py): the features trigger, the retrain
+new-data trigger and the lifecycle's own call queue instead of racing (the core is safe either way)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from loopline import features as core_features
 from loopline.config import LifecycleConfig
 from loopline.data.contract_registry import resolve_contract
 from tasks.common import code_hash, lake_for, retry_unless_user_error, run_logger
+from tasks.locks import lake_slot
 
 
 def _features_cache_key(context, parameters) -> str | None:
@@ -51,7 +54,8 @@ def _features_cache_key(context, parameters) -> str | None:
 def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
     lake = lake_for(cfg)
     contract = resolve_contract(lake, cfg.data)  # the lake's latest version of the dataset's contract
-    result = core_features.build_features(lake, contract, cfg.features, refit=refit)
+    with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
+        result = core_features.build_features(lake, contract, cfg.features, refit=refit)
     run_logger().info(
         "features/%s v%s: %d new batch(es), %d rows, transform %s",
         contract.dataset,

@@ -1,5 +1,6 @@
 """Tasks of the ingest stage: the demo source, a source's files, and one file through the gate as one batch
-(its own task: retries, artifacts and the data event per batch)."""
+(its own task: retries, artifacts and the data event per batch). A batch holds its dataset's lake slot
+(`lake-<dataset>`, tasks/locks.py) while it writes: one writer of a dataset's tables at a time."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from loopline.data.contract_registry import ingest_contract
 from loopline.data.synthetic import generate_source, next_batch
 from loopline.storage import sources
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
+from tasks.locks import lake_slot
 from tasks.progress import report as report_progress
 
 # A rejection fails the run with a DataQualityError that the CLI prints itself: its console shows this
@@ -63,7 +65,9 @@ def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dic
     """One file as one batch. In a folder, an unreadable file is reported as that file's rejection."""
     lake = lake_for(cfg)
     report_progress("ingest.batch", source=uri, state="start")
-    result = core_ingest.ingest_file(uri, ingest_contract(lake, cfg.data), lake, cfg, in_folder=in_folder)
+    contract = ingest_contract(lake, cfg.data)
+    with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
+        result = core_ingest.ingest_file(uri, contract, lake, cfg, in_folder=in_folder)
     report_batch(result)
     report_progress("ingest.batch", source=uri, state="done", **_counts(result))
     return result.as_dict()

@@ -3,7 +3,9 @@ artifacts; `loopline.model.promoted` / `loopline.model.rolled_back` events.
 
 Serialisation has two layers: here a Prefect global concurrency limit `promote-<model>` (one slot, created
 on first use) keeps promotions of a model apart across workers and hosts; in the core a file lock plus a
-check-and-set on `@champion` keeps them apart even without Prefect (loopline.release.champion).
+check-and-set on `@champion` keeps them apart even without Prefect (loopline.release.champion). The wait
+for the slot is bounded (evaluation.promotion_slot_timeout_seconds); events go out after the alias moved,
+and `event_emitted` in a result says whether the Prefect API accepted the event.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from loopline.config import LifecycleConfig
 from loopline.packaging.model_card import render_model_card
 from loopline.packaging.registry import tracking_uri_for
 from loopline.release import evaluate, promote, rollback
-from tasks.common import emit, ensure_global_limit, lake_for, retry_unless_user_error, run_logger, slug
+from tasks.common import (
+    emit,
+    ensure_global_limit,
+    hold_slots,
+    lake_for,
+    retry_unless_user_error,
+    run_logger,
+    slug,
+)
 
 
 def limit_name(model: str) -> str:
@@ -34,13 +44,13 @@ def ensure_limit(name: str, slots: int = 1) -> None:
 
 
 @contextmanager
-def promotion_slot(model: str):
-    """The one slot of `promote-<model>`, held while the decision is made and the alias moves."""
-    from prefect.concurrency.sync import concurrency
-
+def promotion_slot(model: str, timeout_s: float):
+    """The one slot of `promote-<model>`, held while the decision is made and the alias moves; waits at
+    most `timeout_s` (evaluation.promotion_slot_timeout_seconds) for it."""
     name = limit_name(model)
     ensure_limit(name)
-    with concurrency(name, occupy=1, strict=True):
+    setting = "evaluation.promotion_slot_timeout_seconds"
+    with hold_slots(name, 1, timeout_s, setting, f"promote or roll back {model!r}"):
         yield
 
 
@@ -83,45 +93,47 @@ def promote_model(cfg: LifecycleConfig, model: str, version: int | None = None) 
     """Infra validation, evaluation against @champion, the gate, the alias move; card and event."""
     log = run_logger()
     log.info("waiting for the promotion slot of %s (limit %r)", model, limit_name(model))
-    with promotion_slot(model):
+    with promotion_slot(model, cfg.evaluation.promotion_slot_timeout_seconds):
         result = promote(cfg, model, version, lake=lake_for(cfg))
-    report_promotion(result)
+    result["event_emitted"] = report_promotion(result)
     verdict = "promoted" if result["promoted"] else "not promoted"
     log.info("%s v%s %s: %s", model, result["candidate_version"], verdict, result["reason"])
     return result
 
 
-def report_promotion(result: dict[str, Any]) -> None:
-    """The model card as a markdown artifact; `loopline.model.promoted` when the alias moved."""
+def report_promotion(result: dict[str, Any]) -> bool:
+    """The model card as a markdown artifact; `loopline.model.promoted` when the alias moved. Returns
+    whether the event went out and the API accepted it (False when nothing moved)."""
     model = result["model"]
     create_markdown_artifact(
         key=f"model-card-{slug(model)}",
         markdown=render_model_card(result),
         description=f"{model} v{result['candidate_version']}: {'promoted' if result['promoted'] else 'not promoted'}",
     )
-    if result["promoted"]:
-        emit(
-            "loopline.model.promoted",
-            f"loopline.model.{model}",
-            {
-                "model": model,
-                "version": result["candidate_version"],
-                "champion_version": result["champion_version"],
-                "previous_version": result["previous_version"],
-                "reason": result["reason"],
-                "primary_metric": result["primary_metric"],
-                "metrics": result["metrics"],
-                "improvement": result["improvement"],
-                "ci": result["ci"],
-                "model_card_uri": result.get("model_card_uri"),
-            },
-        )
+    if not result["promoted"]:
+        return False
+    return emit(
+        "loopline.model.promoted",
+        f"loopline.model.{model}",
+        {
+            "model": model,
+            "version": result["candidate_version"],
+            "champion_version": result["champion_version"],
+            "previous_version": result["previous_version"],
+            "reason": result["reason"],
+            "primary_metric": result["primary_metric"],
+            "metrics": result["metrics"],
+            "improvement": result["improvement"],
+            "ci": result["ci"],
+            "model_card_uri": result.get("model_card_uri"),
+        },
+    )
 
 
 @task(name="rollback-model", task_run_name="rollback {model}")
 def rollback_model(cfg: LifecycleConfig, model: str, reason: str = "manual") -> dict[str, Any]:
     """@champion back to the previous champion; `loopline.model.rolled_back`."""
-    with promotion_slot(model):
+    with promotion_slot(model, cfg.evaluation.promotion_slot_timeout_seconds):
         result = rollback(
             model,
             tracking_uri=tracking_uri_for(cfg, None),
@@ -147,5 +159,5 @@ def rollback_model(cfg: LifecycleConfig, model: str, reason: str = "manual") -> 
     create_markdown_artifact(
         key=f"rollback-{slug(model)}", markdown="\n".join(lines), description=f"rollback of {model}"
     )
-    emit("loopline.model.rolled_back", f"loopline.model.{model}", result)
+    result["event_emitted"] = emit("loopline.model.rolled_back", f"loopline.model.{model}", dict(result))
     return result

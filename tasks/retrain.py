@@ -1,4 +1,10 @@
-"""Tasks of the retrain flow: the cooldown and freshness gates, and training on the `gpu` pool."""
+"""Tasks of the retrain flow: the champion, cooldown and freshness gates, and training on the `gpu` pool.
+
+Events are hints: a drift event (forged, stale, or for a model that was never promoted) is checked
+against the registry before anything trains. The wait for the `train` deployment's run is bounded
+(retrain.train_timeout_seconds); a run still going when it runs out is cancelled, not left to register a
+model nobody promotes.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,45 @@ RETRAIN_FLOW = "retrain"
 TRAIN_DEPLOYMENT = "train/train"
 GATE_POLL_SECONDS = 2.0  # how often a waiting retrain asks whether earlier runs have decided
 RECENT_RUNS_LIMIT = 200  # retrain runs looked at for the cooldown; the trigger keeps bursts far below this
+
+
+# the registry may hiccup; an unknown model stays unknown
+@task(
+    name="check-champion", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_user_error
+)
+def check_champion(cfg: LifecycleConfig, model: str, reason: str) -> dict[str, Any]:
+    """May a `reason` event for `model` retrain it? Only when the model has a @champion (its drift is what
+    the event reports), or when retrain.on_drift_without_champion says to train one anyway. So an event
+    for an unknown model, or for one never promoted, trains and promotes nothing by default."""
+    champion = champion_training_data(cfg, model)
+    if champion is not None:
+        message = f"{model} has champion v{champion['version']}"
+        return {"proceed": True, "message": message, "details": {"champion_version": champion["version"]}}
+    what = "is registered but has no @champion" if _is_registered(cfg, model) else "is not a registered model"
+    details = {"champion_version": None, "on_drift_without_champion": cfg.retrain.on_drift_without_champion}
+    if cfg.retrain.on_drift_without_champion:
+        message = f"{model} {what}; retrain.on_drift_without_champion is on: training one"
+        run_logger().info("champion: %s", message)
+        return {"proceed": True, "message": message, "details": details}
+    message = (
+        f"a {reason} event for model {model!r}, which {what}: with no champion there is nothing whose drift "
+        f"could call for a retrain, so nothing trains (events are hints; set "
+        f"retrain.on_drift_without_champion=true to train a first model on such an event)"
+    )
+    run_logger().info("champion: %s", message)
+    return {"proceed": False, "message": message, "details": details}
+
+
+def _is_registered(cfg: LifecycleConfig, model: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    from loopline.packaging.registry import default_tracking_uri, registry_client
+
+    try:
+        registry_client(default_tracking_uri(cfg.home)).get_registered_model(model)
+    except MlflowException:  # not registered, or not even a valid registry name
+        return False
+    return True
 
 
 # the Prefect API may hiccup; the decision itself is pure
@@ -139,8 +184,9 @@ def champion_training_data(cfg: LifecycleConfig, model: str) -> dict[str, Any] |
 
 @task(name="train-on-gpu-pool")
 def train_on_pool(cfg: LifecycleConfig, dataset: str, features_version: int | None) -> dict[str, Any] | None:
-    """Run the `train` deployment (work pool `gpu`) as a child of this run and wait for it. None when
-    there is no such deployment (then the caller trains in this process)."""
+    """Run the `train` deployment (work pool `gpu`) as a child of this run and wait for it, at most
+    retrain.train_timeout_seconds (then it is cancelled and WaitTimeoutError says why). None when there
+    is no such deployment (then the caller trains in this process)."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -151,16 +197,51 @@ def train_on_pool(cfg: LifecycleConfig, dataset: str, features_version: int | No
         except ObjectNotFound:
             return None
     params = {"config": cfg.model_dump(mode="json"), "dataset": dataset, "features_version": features_version}
+    timeout_s = cfg.retrain.train_timeout_seconds
     child = run_deployment(
-        TRAIN_DEPLOYMENT, parameters=params, as_subflow=True, timeout=None, poll_interval=2
+        TRAIN_DEPLOYMENT, parameters=params, as_subflow=True, timeout=timeout_s, poll_interval=2
     )
-    if not child.state or not child.state.is_completed():
+    if child.state is None or not child.state.is_final():
+        raise _train_timeout(child, timeout_s)
+    if not child.state.is_completed():
         state = child.state.name if child.state else "unknown"
         raise RuntimeError(
             f"train run {child.name} ({child.id}) on the gpu pool ended {state}: {child.state.message if child.state else ''}"
         )
     run_logger().info("trained on the gpu pool: flow run %s", child.id)
     return child.state.result()
+
+
+def _train_timeout(child, timeout_s: float) -> Exception:
+    """Cancel the child run that outlived the wait (a late training would register a model that no one
+    evaluates) and say what to check."""
+    from prefect import get_client
+    from prefect.states import Cancelled, Cancelling
+
+    from loopline.errors import WaitTimeoutError
+
+    state = child.state.name if child.state else "unknown"
+    note = f"given up while {state}"
+    try:
+        with get_client(sync_client=True) as client:
+            if child.state is None or child.state.is_scheduled():  # no worker took it: nothing to stop
+                client.set_flow_run_state(
+                    child.id, Cancelled(message="retrain.train_timeout_seconds ran out")
+                )
+                note = f"cancelled while {state}"
+            else:  # a worker has it: ask the worker to stop it
+                client.set_flow_run_state(
+                    child.id, Cancelling(message="retrain.train_timeout_seconds ran out")
+                )
+                note = f"asked to cancel while {state}"
+    except Exception as exc:  # the error below matters more than the cancellation
+        run_logger().warning("could not cancel train run %s: %s", child.id, exc)
+    return WaitTimeoutError(
+        f"the train run {child.name} ({child.id}) of deployment {TRAIN_DEPLOYMENT!r} did not finish within "
+        f"{timeout_s:g} s (retrain.train_timeout_seconds); it was {note}. Check that a worker polls the "
+        f"`gpu` work pool (`prefect worker start --pool gpu`), that the `gpu` concurrency limit has free slots "
+        f"(`prefect gcl inspect gpu`), or raise retrain.train_timeout_seconds for longer trainings."
+    )
 
 
 def _as_retrain_run(run, *, model: str | None = None, reason: str | None = None) -> RetrainRun:

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from loopline.config import LifecycleConfig
-from tasks.common import emit, ensure_global_limit, lake_for, run_logger, slug
+from tasks.common import emit, ensure_global_limit, hold_slots, lake_for, run_logger, slug
 from tasks.progress import report as report_progress
 
 PROGRESS_UPDATE_SECONDS = 2.0  # one API call per update: often enough for a human, cheap for the server
@@ -71,16 +71,17 @@ def ensure_concurrency_limit(name: str, occupy: int) -> int:
 
 
 @contextmanager
-def gpu_slot(name: str | None, occupy: int):
-    """Hold `occupy` slots of the global concurrency limit `name` (none when `name` is None)."""
+def gpu_slot(name: str | None, occupy: int, timeout_s: float):
+    """Hold `occupy` slots of the global concurrency limit `name` (none when `name` is None), waiting at
+    most `timeout_s` (training.gpu_slot_timeout_seconds) for them: WaitTimeoutError after that."""
     if not name:
         yield
         return
-    from prefect.concurrency.sync import concurrency
-
     ensure_concurrency_limit(name, occupy)
-    run_logger().info("waiting for %d slot(s) of concurrency limit %r", occupy, name)
-    with concurrency(name, occupy=occupy, strict=True):
+    run_logger().info(
+        "waiting for %d slot(s) of concurrency limit %r (at most %g s)", occupy, name, timeout_s
+    )
+    with hold_slots(name, occupy, timeout_s, "training.gpu_slot_timeout_seconds", "train on a GPU"):
         yield
 
 
@@ -132,20 +133,24 @@ def train_model(
     model_name: str | None = None,
     features_version: int | None = None,
 ) -> dict:
-    """Train on features/D, register a new version of model M (no alias), emit loopline.model.trained."""
+    """Train on features/D, register a new version of model M (no alias), emit loopline.model.trained
+    (`event_emitted` in the result: whether the Prefect API accepted it)."""
     from prefect.runtime import task_run
 
+    from loopline.storage.names import check_name
     from loopline.train import run_training
 
     log = run_logger()
     model = model_name or cfg.model_name or dataset
+    check_name(dataset, "dataset")  # before any wait: both become lake paths (features/D, checkpoints/M)
+    check_name(model, "model")
     attempt = task_run.run_count or 1
     # --fresh applies to the first attempt only: a retry must resume what this run already did
     start_fresh = fresh and attempt <= 1
     if attempt > 1:
         log.info("attempt %d: resuming from the latest checkpoint of this run key", attempt)
     slot = cfg.training.gpu_slot if needs_gpu_slot(cfg) else None
-    with gpu_slot(slot, cfg.training.devices):
+    with gpu_slot(slot, cfg.training.devices, cfg.training.gpu_slot_timeout_seconds):
         progress = ProgressArtifact(artifact_key(model), f"training {model} on {dataset}")
 
         def on_progress(payload: dict[str, Any]) -> None:
@@ -172,7 +177,8 @@ def train_model(
         result["device"],
         result["state_sha256"][:12],
     )
-    emit(
+    # after the run key's result is registered (run_training returned): the event announces a fact
+    result["event_emitted"] = emit(
         "loopline.model.trained",
         f"loopline.model.{model}",
         {

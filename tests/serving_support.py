@@ -2,11 +2,15 @@
 
 `build_registered_model` runs the real pipeline (synthetic source -> ingest -> features -> training ->
 MLflow registry); `make_bundle` writes a real bundle (fitted transform, an untrained MLP) without MLflow for
-fast in-process tests.
+fast in-process tests, and `register_bundles` puts such bundles in a real MLflow registry in seconds (for
+tests that need a server process but not a trained model). `contract_variant` writes the demo contract
+with columns dropped or added; `slow_mlp` is a model factory whose every call takes SLOW_MODEL_SECONDS (a
+real model that serves a known, small rate). `AppHarness` runs the ASGI app in-process on real bundles.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -66,8 +70,50 @@ def pyfunc_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def make_bundle(directory: Path, seed: int = 0, contract_path: Path = DEMO_CONTRACT) -> Path:
-    """A real bundle: transform fitted on synthetic rows, an MLP with seeded random weights."""
+SLOW_MODEL_SECONDS = 0.05  # each call of a `slow_mlp` model, whatever its batch size
+
+
+def slow_mlp(input_dim: int, output_dim: int, cfg):
+    """The built-in MLP, slowed to SLOW_MODEL_SECONDS per call: a bundle factory ("module:function")."""
+    import torch
+
+    from loopline.train.models import mlp
+
+    class SlowModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = mlp(input_dim, output_dim, cfg)
+
+        def forward(self, x):
+            time.sleep(SLOW_MODEL_SECONDS)
+            return self.inner(x)
+
+    return SlowModel()
+
+
+def contract_variant(
+    directory: Path, name: str, *, drop: tuple[str, ...] = (), add: dict[str, dict] | None = None
+) -> Path:
+    """The demo contract with columns dropped and/or added, written to directory/name.yaml."""
+    import yaml
+
+    raw = yaml.safe_load(DEMO_CONTRACT.read_text())
+    raw["columns"] = {c: spec for c, spec in raw["columns"].items() if c not in drop}
+    raw["columns"].update(add or {})
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def make_bundle(
+    directory: Path,
+    seed: int = 0,
+    contract_path: Path = DEMO_CONTRACT,
+    factory: str = "loopline.train.models:mlp",
+) -> Path:
+    """A real bundle: transform fitted on synthetic rows, a model with seeded random weights. Columns the
+    synthetic source lacks (a contract variant's additions) get random floats to fit on."""
     import torch
 
     from loopline.config import FeaturesConfig, SyntheticConfig, TrainingConfig
@@ -75,15 +121,19 @@ def make_bundle(directory: Path, seed: int = 0, contract_path: Path = DEMO_CONTR
     from loopline.data.synthetic import generate_frame
     from loopline.features import fit_transform
     from loopline.packaging.bundle import BundleMeta, write_bundle
-    from loopline.train.models import mlp
+    from loopline.packaging.factory import resolve_factory
 
     contract = load_contract(contract_path)
-    transform = fit_transform(generate_frame(SyntheticConfig(rows=500, seed=1)), contract, FeaturesConfig())
+    frame = generate_frame(SyntheticConfig(rows=500, seed=1))
+    for column in contract.feature_columns:
+        if column not in frame.columns:
+            frame[column] = np.random.default_rng(seed).normal(size=len(frame))
+    transform = fit_transform(frame, contract, FeaturesConfig())
     cfg = TrainingConfig(hidden_sizes=[32])
     torch.manual_seed(seed)
-    model = mlp(len(transform.feature_names), 1, cfg)
+    model = resolve_factory(factory)(len(transform.feature_names), 1, cfg)
     meta = BundleMeta(
-        factory="loopline.train.models:mlp",
+        factory=factory,
         input_dim=len(transform.feature_names),
         output_dim=1,
         task="binary",
@@ -141,6 +191,93 @@ def build_registered_model(
         "home": str(home),
         "lake": lake,
     }
+
+
+def register_bundles(home: Path, bundles: list[Path], model: str = "demo") -> dict[str, Any]:
+    """Register each bundle as a new version of `model` in a real MLflow registry under `home` (sqlite,
+    artifacts under home); version 1 gets @champion. Returns tracking_uri, model, versions, home."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from loopline.packaging.bundle import load_predictor
+    from loopline.packaging.registry import ensure_experiment, log_and_register_bundle
+
+    home.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = ensure_experiment(client, f"loopline-{model}", str(home), tracking_uri)
+    versions = []
+    for bundle in bundles:
+        predictor = load_predictor(bundle)
+        example = pyfunc_frame(demo_rows(3, seed=7))
+        for column in predictor.feature_columns:  # a variant's added columns
+            if column not in example.columns:
+                example[column] = 0.5
+        example = example[predictor.feature_columns]
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_and_register_bundle(
+                str(bundle),
+                model_name=model,
+                contract=predictor.contract,
+                input_example=example,
+                predictions=predictor.predict(example),
+            )
+        versions.append(info["model_version"])
+    client.set_registered_model_alias(model, "champion", versions[0])
+    return {"tracking_uri": tracking_uri, "model": model, "versions": versions, "home": str(home)}
+
+
+class AppHarness:
+    """The ASGI app (`build_app`) on a private event loop with real bundles, driven through httpx's ASGI
+    transport: version "1" is installed as champion, and "2" as challenger when `challenger`."""
+
+    def __init__(self, bundles: dict[str, Path], tmp: Path, cfg, *, challenger: bool = False, token=None):
+        import asyncio
+
+        import httpx
+
+        from loopline.serving.model import load_bundle_model
+        from loopline.serving.router import CHALLENGER, CHAMPION
+        from loopline.serving.server import build_app
+        from loopline.storage.lake import Lake
+
+        self.loop = asyncio.new_event_loop()
+        self.lake = Lake(root=str(tmp / "lake"))
+        self.app = build_app("demo", cfg, source=None, home=str(tmp), lake=self.lake, reload_token=token)
+        self.models = {
+            v: load_bundle_model(d, name="demo", version=v, alias="x", device="cpu")
+            for v, d in bundles.items()
+        }
+        self.run(self.app.manager.install(self.models["1"], CHAMPION))
+        if challenger:
+            self.run(self.app.manager.install(self.models["2"], CHALLENGER))
+        self.run(self.app.startup())
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test")
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def post(self, body: bytes | dict, headers: dict | None = None):
+        import orjson
+
+        content = body if isinstance(body, bytes) else orjson.dumps(body)
+        return self.run(
+            self.client.post(
+                "/invocations",
+                content=content,
+                headers={"content-type": "application/json", **(headers or {})},
+            )
+        )
+
+    def get(self, path: str):
+        return self.run(self.client.get(path))
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self.run(self.app.shutdown())
+        self.loop.close()
 
 
 class ServerProcess:
@@ -266,3 +403,20 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 def close(a: Any, b: Any, tol: float = 1e-6) -> bool:
     return np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=0, atol=tol)
+
+
+@functools.cache
+def shared_registry() -> dict[str, Any]:
+    """One real MLflow registry per test process (built on first use, removed at exit) holding two
+    one-version models of untrained bundles: `demo` (the built-in MLP) and `slowdemo` (`slow_mlp`). Modules
+    that each start their own server share it, so the registry's start-up cost is paid once."""
+    import atexit
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="loopline-shared-registry-"))
+    atexit.register(shutil.rmtree, home, True)
+    fast = register_bundles(home, [make_bundle(home / "bundles" / "demo")], model="demo")
+    slow = make_bundle(home / "bundles" / "slowdemo", factory="tests.serving_support:slow_mlp")
+    register_bundles(home, [slow], model="slowdemo")
+    return {"home": str(home), "tracking_uri": fast["tracking_uri"], "models": ["demo", "slowdemo"]}

@@ -13,6 +13,7 @@ from typing import Any
 from rich.text import Text
 
 from flows.render.data import render_features, render_ingest
+from flows.render.lake import render_maintenance
 from flows.render.models import render_evaluate, render_promote, render_rollback, render_train
 from flows.render.monitoring import render_drift, render_status
 from flows.render.parts import Renderer, console
@@ -48,4 +49,5 @@ RENDERERS: dict[str, Renderer] = {
     "up": render_up,
     "down": render_down,
     "init": render_init,
+    "maintenance": render_maintenance,
 }

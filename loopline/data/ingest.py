@@ -4,11 +4,21 @@ quarantine/D, and record the batch in the batch ledger (batches/D).
 One file is one batch. `batch_id` = hash(file content + contract hash), so the same file under the same
 contract is the same batch: ingesting it again is a no-op reported as `duplicate_batch: true`.
 
-Crash safety: raw, quarantine, clean and the ledger are each written in ONE Delta commit carrying a Delta app
-transaction (`loopline-ingest-<batch_id>`); a retry skips the commits that already happened, so a crash
-half-way never duplicates rows. The ledger row is written last: it is what makes a batch "done".
+Crash safety: raw, clean, quarantine and the ledger are each written in ONE Delta commit carrying a Delta app
+transaction (`loopline-ingest-<batch_id>`), in that order; a retry skips the commits that already happened, so
+a crash half-way never duplicates rows. The ledger row is written last: it is what makes a batch "done".
+Clean comes before quarantine because the clean commit decides the last rows quarantine gets: under concurrent
+ingests it re-checks the batch's ids at commit time and moves the rows whose id another batch committed first
+(loopline.data.clean_commit). A rerun after a kill between the two finds those rows again: its gate reads clean/D
+with the other batches' ids in it (this batch's own committed rows do not count), so it quarantines exactly
+what the first attempt moved, and the quarantine commit that follows holds the batch's whole remainder.
+Concurrency: ids stay unique in clean/D under concurrent ingests into one dataset (first arrival wins; see
+clean_commit), each batch's commits are exactly once (a concurrent ingest of the same file is a conflict whose
+loser skips what the winner committed), and raw = clean + quarantine for every accepted batch. A commit that
+loses the race to create a table reruns the batch (`retry_conflicts`): every step is idempotent.
 Memory: chunks stream from the file through the gate straight into the raw commit; clean and quarantine
-chunks are staged as local Parquet files and streamed into their commits once the whole batch has passed.
+chunks are staged as local Parquet files and streamed into their commits once the whole batch has passed. The
+gate looks up only each chunk's ids in clean/D (`TableIds`), never the whole id column.
 A column type change the user allowed (`--allow-incompatible`) rewrites clean/D in the batch's clean commit,
 old rows cast to the new type (Delta would otherwise cast the new values to the old type: 2.5 -> 2); rows
 that cannot take the new type refuse the batch before any commit.
@@ -27,21 +37,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-from deltalake import DeltaTable
-
 from loopline.config import LifecycleConfig
 from loopline.data import ledger
+from loopline.data.clean_commit import check_retype, commit_clean, quarantine_rows
 from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
-from loopline.data.raw_writer import ChunkStream, new_stage, staged_reader, write_pipelined
-from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
-from loopline.errors import ContractError, DataQualityError, SourceError
+from loopline.data.raw_writer import ChunkStream, new_stage, write_pipelined
+from loopline.data.schemas import raw_schema
+from loopline.data.validation.ids import TableIds
+from loopline.errors import DataQualityError, SourceError
+from loopline.faults import kill_point
 from loopline.storage import delta, sources
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
+RERUN_ATTEMPTS = 4  # reruns of a batch whose commit lost a race that cannot be retried in place
 
 
 @dataclass
@@ -109,7 +119,11 @@ def ingest_file(
     if workdir is None:
         workdir = sources.scratch_dir()
     try:
-        result = _ingest_batch(uri, contract, lake, cfg, workdir)
+        result = delta.retry_conflicts(
+            lambda: _ingest_batch(uri, contract, lake, cfg, workdir),
+            f"ingest of {uri} into dataset {contract.dataset}",
+            attempts=RERUN_ATTEMPTS,
+        )
         result.contract_version = registered.version
         return result
     except SourceError as exc:
@@ -140,9 +154,11 @@ def _ingest_batch(
     columns = sources.read_header(src)
     from loopline.data.validation.gate import Gate  # the gate imports great_expectations lazily
 
+    clean_uri = lake.table_uri("clean", contract.dataset)
+    checked = TableIds(delta.open_table(lake, clean_uri), contract.id, exclude_batch=batch_id)
     gate = Gate(
         contract,
-        existing_ids=_existing_ids(lake, contract, exclude_batch=batch_id),
+        existing_ids=checked,
         cfg=cfg.validation,
         data_docs_dir=str(Path(cfg.home) / "data_docs") if cfg.validation.data_docs else None,
         batch_id=batch_id,
@@ -160,12 +176,14 @@ def _ingest_batch(
     stream = ChunkStream(
         src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at
     )
+    kill_point("ingest.before_raw")
     if delta.is_committed(delta.open_table(lake, raw_uri), app_id):
         stream.drain()  # a retry whose raw commit already happened: validate the file, write nothing to raw
     else:
         write_pipelined(
             lake, raw_uri, raw_schema(contract), stream, app_id, {"batch_id": batch_id, "source": src.uri}
         )
+    kill_point("ingest.after_raw")
 
     if column_error is not None:
         result.accepted = False
@@ -184,7 +202,8 @@ def _ingest_batch(
         result.rows_in != result.rows_clean + result.rows_quarantined
     ):  # the gate's invariant, checked again here
         raise AssertionError(f"batch {batch_id}: rows_in != rows_clean + rows_quarantined")
-    if not verdict.accepted:
+    # a batch whose clean commit happened was judged then: a rerun finishes it (see the module docstring)
+    if not verdict.accepted and not delta.is_committed(checked.table, app_id):
         result.accepted = False
         result.reason = verdict.reason
         ledger.record(lake, ledger_uri, result, contract, "rejected", ingested_at)
@@ -192,102 +211,48 @@ def _ingest_batch(
         return result
 
     meta = {"batch_id": batch_id, "source": src.uri}
+    commit = commit_clean(
+        lake,
+        contract,
+        stage,
+        batch_id=batch_id,
+        app_id=app_id,
+        metadata=meta,
+        checked=checked,
+        rows_in=result.rows_in,
+        rows_quarantined=result.rows_quarantined,
+        max_fraction=verdict.quarantine_max_fraction,
+    )
+    _count_moved(result, contract, len(commit.moved))
+    if commit.rejected is not None:
+        result.accepted, result.reason = False, commit.rejected
+        ledger.record(lake, ledger_uri, result, contract, "rejected", ingested_at)
+        ledger.fill_versions(result, lake, contract.dataset)
+        return result
     delta.append_once(
         lake,
         lake.table_uri("quarantine", contract.dataset),
-        staged_reader(stage / "quarantine", quarantine_schema(contract)),
+        quarantine_rows(lake, contract, stage, batch_id, commit.moved),
         app_id=app_id,
         metadata=meta,
     )
-    clean_uri = lake.table_uri("clean", contract.dataset)
-    clean_rows = staged_reader(stage / "clean", clean_schema(contract))
-    clean = delta.open_table(lake, clean_uri)  # one snapshot: what a retype reads is what the commit checks
-    retyped = retyped_columns(lake, contract, clean)
-    delta.append_once(
-        lake,
-        clean_uri,
-        _retyped_reader(clean, retyped, clean_rows) if retyped else clean_rows,
-        app_id=app_id,
-        metadata={**meta, "retyped": sorted(retyped)} if retyped else meta,
-        mode="overwrite" if retyped else "append",
-        table=clean,
-    )
+    kill_point("ingest.after_quarantine")
     ledger.record(lake, ledger_uri, result, contract, "accepted", ingested_at)
+    kill_point("ingest.after_ledger")
     ledger.fill_versions(result, lake, contract.dataset)
     shutil.rmtree(stage, ignore_errors=True)
     return result
 
 
-def retyped_columns(
-    lake: Lake, contract: Contract, table: DeltaTable | None = None
-) -> dict[str, pa.DataType]:
-    """clean/D's columns whose stored type is not the contract's (after an allowed type change), in the
-    snapshot `table` (default: the latest)."""
-    table = table if table is not None else delta.open_table(lake, lake.table_uri("clean", contract.dataset))
-    if table is None:
-        return {}
-    stored = delta.dataset(table).schema
-    return {
-        f.name: f.type
-        for f in clean_schema(contract)
-        if f.name in stored.names and stored.field(f.name).type != f.type
-    }
-
-
-def check_retype(lake: Lake, contract: Contract) -> None:
-    """Before anything commits: every value clean/D holds in a retyped column must take the new type
-    (int -> float always does; 2.5 -> int does not). Raises ContractError naming the column."""
-    retyped = retyped_columns(lake, contract)
-    if not retyped:
+def _count_moved(result: BatchResult, contract: Contract, moved: int) -> None:
+    """Rows the clean commit moved to quarantine (another batch committed their id first) count as `new_id`."""
+    if not moved:
         return
-    stored = delta.read_column(lake, lake.table_uri("clean", contract.dataset), sorted(retyped))
-    assert stored is not None
-    for name, to in retyped.items():
-        try:
-            stored[name].cast(to)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ContractError(
-                f"column {name!r} becomes {contract.columns[name].type}, but clean/{contract.dataset} holds "
-                f"values that are not ({exc}); keep the old type or clean those rows first",
-                file=contract.path,
-            ) from exc
-
-
-def _retyped_reader(
-    table: DeltaTable, retyped: dict[str, pa.DataType], new_rows: pa.RecordBatchReader
-) -> pa.RecordBatchReader:
-    """The snapshot's rows with the retyped columns cast, then the batch's rows: what the overwrite commits.
-    Columns the contract no longer names stay (null in new rows), as an append would keep them."""
-    old = delta.dataset(table)
-    fields = [pa.field(f.name, retyped.get(f.name, f.type)) for f in old.schema]
-    fields += [f for f in new_rows.schema if f.name not in old.schema.names]
-    schema = pa.schema(fields)
-
-    def conform(rb: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = [
-            rb.column(f.name).cast(f.type) if f.name in rb.schema.names else pa.nulls(rb.num_rows, f.type)
-            for f in schema
-        ]
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    def batches():
-        for rb in old.to_batches(batch_size=65_536):
-            yield conform(rb)
-        for rb in new_rows:
-            yield conform(rb)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
-
-
-def _existing_ids(lake: Lake, contract: Contract, *, exclude_batch: str) -> np.ndarray:
-    """Ids already in clean/D (not counting this batch, in case a crashed attempt wrote them)."""
-    table = delta.read_column(lake, lake.table_uri("clean", contract.dataset), [contract.id, "_batch_id"])
-    if table is None or table.num_rows == 0:
-        return np.array([], dtype=np.int64 if contract.columns[contract.id].type == "int" else object)
-    import pyarrow.compute as pc
-
-    table = table.filter(pc.not_equal(table["_batch_id"], exclude_batch))
-    return table[contract.id].to_numpy(zero_copy_only=False)
+    result.rows_clean -= moved
+    result.rows_quarantined += moved
+    for entry in result.per_expectation:
+        if entry.get("column") == contract.id and entry.get("check") == "new_id":
+            entry["unexpected_count"] = int(entry.get("unexpected_count") or 0) + moved
 
 
 def summarise(results: list[BatchResult]) -> dict:

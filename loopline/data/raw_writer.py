@@ -1,7 +1,9 @@
 """The raw commit of one batch, pipelined: chunks stream from the file through the gate into ONE raw/D Delta
 commit written on its own thread, while each chunk's clean and quarantined rows are staged as local Parquet
 files (`stage/clean`, `stage/quarantine`) for the clean/D and quarantine/D commits that follow once the whole
-batch has passed.
+batch has passed. Staged clean rows keep their row number in the batch (`_row`, not committed to clean/D): a row
+that a concurrent ingest's commit turns into a duplicate moves to quarantine as raw/D holds it (loopline.data.
+clean_commit).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopline.config import LifecycleConfig
 from loopline.data.contracts import Contract
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
+from loopline.faults import kill_point
 from loopline.storage import delta, sources
 from loopline.storage.lake import Lake
 
@@ -43,6 +47,7 @@ def write_pipelined(
             if isinstance(item, BaseException):
                 raise item
             yield item
+            kill_point("ingest.raw_writing")  # files of the raw commit written, the commit not made
 
     def write() -> None:
         try:
@@ -57,18 +62,25 @@ def write_pipelined(
             failure.append(exc)
 
     writer = threading.Thread(target=write, name="loopline-raw-writer", daemon=True)
+
+    def hand(item) -> None:
+        """Queue `item` for the writer; never block on a writer that died or had nothing to write."""
+        while True:
+            if failure:
+                raise failure[0]
+            if not writer.is_alive():  # it found the batch committed (a concurrent twin): keep validating
+                return
+            try:
+                pipe.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
     writer.start()
     try:
         for batch in stream:
-            while True:  # never block forever on a writer that died
-                if failure:
-                    raise failure[0]
-                try:
-                    pipe.put(batch, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-        pipe.put(_DONE)
+            hand(batch)
+        hand(_DONE)
     except BaseException as exc:
         if writer.is_alive():
             pipe.put(RuntimeError(f"aborted: {exc}"))
@@ -132,8 +144,14 @@ class ChunkStream:
                     clean = verdict.clean
                     clean["_batch_id"] = self.batch_id
                     clean["_ingested_at"] = pd.Timestamp(self.at)
+                    staged = pa.Table.from_pandas(clean[cschema.names], schema=cschema, preserve_index=False)
+                    bad = verdict.quarantine["_row"].to_numpy(dtype=np.int64)
+                    rows = np.arange(offset, offset + table.num_rows, dtype=np.int64)
+                    rows = (
+                        rows[~np.isin(rows, bad)] if len(bad) else rows
+                    )  # clean keeps the order of the rows
                     _write_stage(
-                        pa.Table.from_pandas(clean[cschema.names], schema=cschema, preserve_index=False),
+                        staged.append_column("_row", pa.array(rows)),
                         self.stage / "clean" / f"{i:06d}.parquet",
                     )
                 if len(verdict.quarantine):
@@ -180,12 +198,28 @@ def _write_stage(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="lz4")
 
 
-def staged_reader(folder: Path, schema: pa.Schema) -> pa.RecordBatchReader:
-    """The staged Parquet files of one folder, in chunk order, as one stream for a Delta commit."""
+def staged_reader(
+    folder: Path, schema: pa.Schema, *, drop_rows: np.ndarray | None = None, on_batch=None
+) -> pa.RecordBatchReader:
+    """The staged Parquet files of one folder, in chunk order, as one stream for a Delta commit (`schema`'s
+    columns only). `drop_rows`: batch row numbers (`_row`) left out. `on_batch()` runs after each batch is
+    handed over (a kill point: the commit's files are being written, the commit is not made)."""
     files = sorted(folder.glob("*.parquet"))
+    names = schema.names
 
     def gen() -> Iterator[pa.RecordBatch]:
         for f in files:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=65536)
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=65536):
+                if drop_rows is not None and len(drop_rows):
+                    rb = rb.filter(pc.invert(pc.is_in(rb.column("_row"), pa.array(drop_rows, pa.int64()))))
+                yield pa.RecordBatch.from_arrays([rb.column(n) for n in names], schema=schema)
+                if on_batch is not None:
+                    on_batch()
 
     return pa.RecordBatchReader.from_batches(schema, gen())
+
+
+def staged_ids(folder: Path, id_column: str) -> Iterator[pa.Table]:
+    """(id, `_row`) of each staged file, one file at a time."""
+    for f in sorted(folder.glob("*.parquet")):
+        yield pq.read_table(f, columns=[id_column, "_row"])

@@ -1,9 +1,17 @@
 """features/D: clean/D through the fitted transform, kept up to date incrementally.
 
 Rows carry the id, the label, `_split` (a stable hash of the id), `_batch_id` and `_transform`. Only clean
-batches not yet in features/D are transformed and appended (one commit, app transaction per set of
-batches). `refit=True` fits a new transform and rewrites the table (a new version; older versions stay
-readable by time travel).
+batches not yet in features/D are transformed and appended. `refit=True` fits a new transform and rewrites the
+table (a new version; older versions stay readable by time travel).
+
+Exactly once per batch, whatever builds run at once (the features trigger, the retrain new-data trigger, the
+lifecycle's own call, two plain processes): the build reads which batches features/D holds from one snapshot
+and commits from that same snapshot. The commit carries one app transaction per batch (dataset, transform
+version, batch id; a refit adds the version it replaces, so refitting back to an earlier transform is a new
+commit) and the table's writer transaction (`WRITER`, version previous + 1), so a commit made by any other
+build since the snapshot (an append, or a refit's overwrite, which delta-rs would otherwise let an append slip
+past) makes this one fail with CommitFailedError; the build then reads again, recomputes the new batches and
+retries (loopline.storage.delta.retry_conflicts: bounded, jittered, a clear error after the last attempt).
 
 The transform follows the contract. It stores the contract it was fitted with; when the dataset's latest
 contract differs in what features or serving read (the id, label, task, or any column's type or checks),
@@ -37,6 +45,7 @@ from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
 from loopline.data.schemas import ARROW_TYPES
 from loopline.errors import NotReadyError
+from loopline.faults import kill_point
 from loopline.features.transform import (
     FIT_SAMPLE_ROWS,
     FeatureTransform,
@@ -47,6 +56,10 @@ from loopline.features.transform import (
 )
 from loopline.storage import delta
 from loopline.storage.lake import Lake
+
+WRITER = (
+    "loopline-features-writer"  # the app transaction every features/D commit carries (version previous + 1)
+)
 
 
 def features_schema(contract: Contract, transform: FeatureTransform, clean: pa.Schema) -> pa.Schema:
@@ -99,14 +112,34 @@ def build_features(
     lake: Lake, contract: Contract, cfg: FeaturesConfig, *, refit: bool = False, batch_rows: int = 250_000
 ) -> dict[str, Any]:
     """Bring features/D up to date with clean/D under `contract`, the dataset's latest contract (a transform
-    fitted on another one is refit: see the module docstring). Returns versions and counts (the CLI's JSON)."""
+    fitted on another one is refit: see the module docstring). Returns versions and counts (the CLI's JSON).
+    Safe to run concurrently with other builds and ingests of the dataset."""
+    return delta.retry_conflicts(
+        lambda: _build(lake, contract, cfg, refit=refit, batch_rows=batch_rows),
+        f"the features/{contract.dataset} build",
+    )
+
+
+def batch_app_id(dataset: str, transform_version: str, batch_id: str, replaces: int | None = None) -> str:
+    """The app transaction of one batch in one features/D commit (see the module docstring)."""
+    key = f"{dataset}|{transform_version}|{batch_id}" + (
+        f"|replaces:{replaces}" if replaces is not None else ""
+    )
+    return "loopline-features-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _build(
+    lake: Lake, contract: Contract, cfg: FeaturesConfig, *, refit: bool, batch_rows: int
+) -> dict[str, Any]:
     dataset = contract.dataset
     clean_uri, feat_uri = lake.table_uri("clean", dataset), lake.table_uri("features", dataset)
     clean = delta.open_table(lake, clean_uri)
     if clean is None:
         raise NotReadyError(f"dataset {dataset!r} has no clean data yet: run `loopline ingest` first")
     clean_version = clean.version()
-    feats = delta.open_table(lake, feat_uri)
+    feats = delta.open_table(
+        lake, feat_uri
+    )  # THE snapshot: what it holds is not redone, the commit is made from it
     replaced = feats.version() if feats is not None else None  # the version a refit rewrites
     reason = "requested" if refit else None
     transform: FeatureTransform | None = None
@@ -129,7 +162,7 @@ def build_features(
     result = {
         "dataset": dataset,
         "clean_version": clean_version,
-        "features_version": delta.table_version(lake, feat_uri),
+        "features_version": replaced,
         "transform_version": tv,
         # the lake's version of the contract the transform follows (None: a contract the lake never saw)
         "contract_version": contract_version_of(lake, dataset, transform.contract.hash),
@@ -151,18 +184,25 @@ def build_features(
             frame = rb.to_pandas()
             counter["rows"] += len(frame)
             yield _features_batch(frame, contract, transform, cfg, schema)
+            kill_point("features.writing")  # files of the commit being written, the commit not made
 
     # a refit names the version it replaces: refitting back to an earlier transform over the same batches
-    # (a contract reverted) is a new commit, not a no-op against the first one's app transaction
-    key = "|".join(new_batches) + tv + (f"|replaces:{replaced}" if refit else "")
-    version, _ = delta.append_once(
+    # (a contract reverted) is a new commit, not a no-op against the first one's app transactions
+    replaces = replaced if refit else None
+    kill_point("features.before_commit")
+    version, written = delta.append_once(
         lake,
         feat_uri,
         pa.RecordBatchReader.from_batches(schema, batches()),
-        app_id="loopline-features-" + hashlib.sha256(key.encode()).hexdigest()[:20],
+        app_id=[batch_app_id(dataset, tv, b, replaces) for b in new_batches],
         metadata={"transform": tv, "clean_version": clean_version, "batches": len(new_batches)},
         mode="overwrite" if refit else "append",
+        table=feats,
+        writer=WRITER,
     )
+    kill_point("features.after_commit")
+    if not written:  # the batches' app transactions are in the snapshot: they are in the table already
+        return {**result, "features_version": version}
     return {
         **result,
         "features_version": version,

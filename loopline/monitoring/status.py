@@ -1,4 +1,7 @@
-"""`loopline status`: what is in the lake and the registry, read cheaply (Delta logs, registry metadata)."""
+"""`loopline status`: what is in the lake and the registry, read cheaply (Delta logs, registry metadata).
+
+The lake is `Lake.from_env`: the CLI resolves a LOOPLINE_LAKE_BLOCK and hands its lake over in the
+environment (blocks/lake.py), so status reads the lake every other process writes."""
 
 from __future__ import annotations
 
@@ -65,13 +68,13 @@ def collect_status(
             "contract": describe(contract) if contract is not None else None,
         }
     out: dict[str, Any] = {"home": str(Path(cfg.home).resolve()), "lake": lake.root, "datasets": datasets}
-    out["models"] = _models(cfg, model)
+    out["models"] = _models(cfg, model, lake)
     if model is not None:
         out.update(out["models"].get(model, {}))
     return out
 
 
-def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
+def _models(cfg: LifecycleConfig, only: str | None, lake: Lake) -> dict[str, Any]:
     """Per registered model: champion, previous, latest version, last runs, last drift verdict.
 
     The embedded registry (sqlite:///$LOOPLINE_HOME/mlflow.db) is read with sqlite3, read-only: importing
@@ -89,7 +92,6 @@ def _models(cfg: LifecycleConfig, only: str | None) -> dict[str, Any]:
             facts = None
     if facts is None:
         facts = _registry_from_mlflow(uri, only)
-    lake = Lake.from_env(cfg.home)
     out: dict[str, Any] = {}
     for name, fact in facts.items():
         if fact is None:  # not registered (yet)

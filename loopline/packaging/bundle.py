@@ -177,7 +177,7 @@ def load_predictor(directory: str | os.PathLike, device: str = "cpu") -> Predict
 
     from loopline.config import TrainingConfig
     from loopline.features import FeatureTransform
-    from loopline.packaging.factory import resolve_factory
+    from loopline.packaging.factory import resolve_bundle_factory
 
     path = Path(directory)
     meta = read_bundle_meta(path)
@@ -186,7 +186,8 @@ def load_predictor(directory: str | os.PathLike, device: str = "cpu") -> Predict
         yaml.safe_load((path / "contract.yaml").read_text()), file=str(path / "contract.yaml")
     )
     cfg = TrainingConfig.model_validate(meta.model_config)
-    model = resolve_factory(meta.factory)(meta.input_dim, meta.output_dim, cfg)
+    factory = resolve_bundle_factory(meta.factory, meta.input_dim, meta.output_dim, f"bundle {path}")
+    model = factory(meta.input_dim, meta.output_dim, cfg)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.to(device).eval()
     return Predictor(model, meta, transform, contract, device)

@@ -68,7 +68,8 @@ def render_model_card(result: dict[str, Any]) -> str:
         ]
     if data.get("candidate_run_id"):
         lines += [
-            f"Candidate run: `{data['candidate_run_id']}`, code `{data.get('code_version') or '—'}`.",
+            f"Candidate run: `{data['candidate_run_id']}`, code `{data.get('code_version') or '—'}`"
+            + (f", loaded by `{data['candidate_loader']}`." if data.get("candidate_loader") else "."),
             "",
         ]
     metrics = result.get("metrics")
@@ -123,12 +124,15 @@ def render_model_card(result: dict[str, Any]) -> str:
     if infra:
         if infra.get("skipped"):
             lines += ["## Infra validation", "", "Skipped.", ""]
+        elif infra.get("refused"):  # the loader gate: nothing of the model was loaded
+            lines += ["## Infra validation", "", f"Refused before loading: {infra.get('reason')}", ""]
         else:
             status = "passed" if infra["ok"] else f"FAILED: {infra.get('reason')}"
+            loader = infra.get("loader") or "load"
             lines += [
                 "## Infra validation",
                 "",
-                f"Fresh process, `mlflow.pyfunc.load_model` + `predict` on {infra.get('rows')} contract rows: {status} "
+                f"Fresh process, `{loader}` + `predict` on {infra.get('rows')} contract rows: {status} "
                 f"(load {_fmt(infra.get('load_s'), 2)} s, predict {_fmt(infra.get('predict_s'), 3)} s, "
                 f"total {_fmt(infra.get('seconds'), 2)} s).",
                 "",

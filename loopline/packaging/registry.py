@@ -1,5 +1,6 @@
 """MLflow helpers: where tracking lives, the registry client, versions and aliases, the registered model's
-name, experiments, finding a run by run key, logging + registering a bundle as a pyfunc model.
+name, experiments, finding a run by run key, logging + registering a bundle as a pyfunc model (the
+loader-module format that loopline.packaging.safe_load accepts).
 
 The embedded default is `sqlite:///$LOOPLINE_HOME/mlflow.db` with artifacts under
 `$LOOPLINE_HOME/artifacts/mlflow` (MLflow 3 refuses the file store). `MLFLOW_TRACKING_URI` wins.
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the alias of the version in service
 PREVIOUS = "previous"  # the one before it: where a rollback goes back to
 CHALLENGER = "challenger"  # a candidate the server may route a share of traffic to
-BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact holding the bundle directory (serving downloads only it)
+BUNDLE_ARTIFACT = "bundle"  # the bundle directory in a model (data/bundle; artifacts/bundle before)
 RUN_KEY_TAG = "loopline.run_key"
 MLFLOW_TYPES = {
     "int": "long",
@@ -57,6 +58,9 @@ def tracking_uri_for(cfg: LifecycleConfig | None, tracking_uri: str | None) -> s
 def registry_client(tracking_uri: str):
     from mlflow import MlflowClient
 
+    from loopline.storage.s3_retries import configure_mlflow_s3
+
+    configure_mlflow_s3()  # retries of MLflow's S3 artifact client, when artifacts live on S3
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -219,24 +223,33 @@ def log_and_register_bundle(
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log the bundle as a pyfunc model in the active run and register a new version (no alias).
-    Returns model_uri (models:/M/v), model_version and the run-relative artifact URI."""
+    Returns model_uri (models:/M/v), model_version and the run-relative artifact URI.
+
+    The artifact holds the bundle (`data/bundle`: weights + JSON + YAML) and MLflow's metadata only; the
+    code that loads it is the installed `loopline.packaging.pyfunc` (`loader_module`), never a pickle or a
+    copy of loopline's sources (see loopline.packaging.safe_load)."""
+    import tempfile
+
     import mlflow
 
-    import loopline
-    from loopline.packaging.pyfunc import LooplineModel
+    from loopline.packaging.pyfunc import LOADER_MODULE
 
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=LooplineModel(),
-        artifacts={BUNDLE_ARTIFACT: bundle_dir},
-        code_paths=[str(Path(loopline.__file__).resolve().parent)],
-        signature=model_signature(contract, predictions),
-        input_example=input_example,
-        pip_requirements=pip_requirements(),
-        registered_model_name=model_name,
-        await_registration_for=300,
-        tags=tags,
-    )
+    with tempfile.TemporaryDirectory(prefix="loopline-model-") as tmp:
+        data_path = Path(bundle_dir)
+        if data_path.name != BUNDLE_ARTIFACT:  # MLflow names the copy after the directory: data/bundle
+            data_path = Path(tmp) / BUNDLE_ARTIFACT
+            data_path.symlink_to(Path(bundle_dir).resolve(), target_is_directory=True)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            loader_module=LOADER_MODULE,
+            data_path=str(data_path),
+            signature=model_signature(contract, predictions),
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+            registered_model_name=model_name,
+            await_registration_for=300,
+            tags=tags,
+        )
     version = str(info.registered_model_version)
     return {
         "model_uri": f"models:/{model_name}/{version}",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from loopline.errors import LooplineError, ModelError
+from loopline.faults import kill_point
 from loopline.packaging.registry import CHAMPION, PREVIOUS, alias_version, registry_client, tracking_uri_for
 
 HISTORY_PREFIX = "loopline.history."
@@ -150,10 +151,15 @@ def reconcile(client, model: str, state: ChampionState) -> ChampionState:
     """When `@champion` was moved without loopline (by hand, or a move interrupted before its record),
     record what is there, so the history stays the truth about what served."""
     top = state.stack[-1] if state.stack else None
-    if state.champion == top:
-        return state
     if state.champion is None:
         # the alias was deleted by hand: nothing serves; the recorded chain is kept for a later rollback
+        return state
+    if state.champion == top:
+        # a move killed between its two alias writes left @previous behind the recorded chain
+        expected_previous = state.stack[-2] if len(state.stack) > 1 else None
+        if state.previous != expected_previous:
+            _set_previous(client, model, expected_previous, state.previous)
+            return ChampionState(state.champion, expected_previous, state.stack, state.history)
         return state
     stack = [v for v in state.stack if v != state.champion] + [state.champion]
     entry = {
@@ -166,8 +172,17 @@ def reconcile(client, model: str, state: ChampionState) -> ChampionState:
         "reason": f"@champion pointed at version {state.champion} without a recorded move",
         "stack": stack[-STACK_LIMIT:],
     }
+    _set_previous(client, model, entry["previous"], state.previous)
     write_entry(client, model, entry)
-    return ChampionState(state.champion, state.previous, entry["stack"], [*state.history, entry])
+    return ChampionState(state.champion, entry["previous"], entry["stack"], [*state.history, entry])
+
+
+def _set_previous(client, model: str, previous: int | None, current: int | None) -> None:
+    """Point `@previous` at `previous` (delete it for None) unless it is there already."""
+    if previous is not None and previous != current:
+        retry_locked(client.set_registered_model_alias, model, PREVIOUS, str(previous))
+    elif previous is None and current is not None:
+        retry_locked(client.delete_registered_model_alias, model, PREVIOUS)
 
 
 def write_entry(client, model: str, entry: dict[str, Any]) -> None:
@@ -212,12 +227,13 @@ def move_champion(
         "stack": stack,
     }
     # aliases first, then the record: an interruption in between is found and recorded by `reconcile`
+    kill_point("champion.before_alias")
     retry_locked(client.set_registered_model_alias, model, CHAMPION, str(version))
-    if previous is not None:
-        retry_locked(client.set_registered_model_alias, model, PREVIOUS, str(previous))
-    elif state.previous is not None:
-        retry_locked(client.delete_registered_model_alias, model, PREVIOUS)
+    kill_point("champion.after_alias")  # @champion moved; @previous and the record not yet
+    _set_previous(client, model, previous, state.previous)
+    kill_point("champion.before_history")
     write_entry(client, model, entry)
+    kill_point("champion.after_history")
     after = get_alias(client, model, CHAMPION)
     if after != version:  # someone outside the lock moved it in the last milliseconds
         raise PromotionConflict(f"@champion of {model!r} is {after} right after moving it to {version}")

@@ -89,12 +89,25 @@ def known_servers(home: str, model: str) -> list[Server]:
 
 
 def start_server(
-    home: str, model: str, cfg: ServingConfig, *, tracking_uri: str | None, timeout: float = 120.0
+    home: str,
+    model: str,
+    cfg: ServingConfig,
+    *,
+    tracking_uri: str | None,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> Server:
-    """Start `python -m loopline.serving` for `model` in the background and wait until it answers /ping."""
+    """Start `python -m loopline.serving` for `model` in the background and wait until it answers /ping.
+    `env` goes on top of this process's environment: the lake the flow layer resolved (its variables carry
+    secrets, so they travel there, never in argv)."""
     url = f"http://{cfg.host}:{cfg.port}"
     logs = _serving_dir(home) / f"server-{model}-{cfg.port}.log"
-    env = {**os.environ, RELOAD_TOKEN_ENV: reload_token(home), "LOOPLINE_HOME": str(Path(home).resolve())}
+    env = {
+        **os.environ,
+        **(env or {}),
+        RELOAD_TOKEN_ENV: reload_token(home),
+        "LOOPLINE_HOME": str(Path(home).resolve()),
+    }
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     cmd = [

@@ -1,14 +1,21 @@
 """Infra validation: can this model version be loaded and called the way serving will call it?
 
-Like TFX's InfraValidator, but for any MLflow model: a FRESH Python process (nothing cached, nothing already
-imported) loads `models:/M/V` with `mlflow.pyfunc.load_model`, the loader MLflow's scoring server and every
-MLflow client use, and scores sample rows built from the contract: real held-out rows plus edge rows (every
+Like TFX's InfraValidator: a FRESH Python process (nothing cached, nothing already imported) loads
+`models:/M/V` and scores sample rows built from the contract: real held-out rows plus edge rows (every
 category value, numeric bounds, nulls where the contract allows them). Any exception, a crash, a timeout,
 or outputs of the wrong length, type or range fail validation, with the error as the reason.
 
+Nothing is loaded before the loader gate (loopline.packaging.safe_load) has read the version's MLmodel: the
+parent refuses a model that needs unpickling or code from the artifact without starting a process, and the
+child gates its own downloaded copy again before loading it. A loopline model is then loaded with
+`mlflow.pyfunc.load_model` on that copy (the loader of `mlflow models serve`, which imports only the
+installed `loopline.packaging.pyfunc`); a model logged before that format has its bundle loaded directly
+(its pickle is never read). The result names the loader.
+
     python -m loopline.release.infra_validation MODEL_URI ROWS.parquet TASK [CLASSES_JSON]
 
-prints one JSON line: {"ok": true, "rows": n, "load_s": ..., "predict_s": ...} or {"ok": false, "error": ...}.
+prints one JSON line: {"ok": true, "rows": n, "loader": ..., "load_s": ..., "predict_s": ...} or
+{"ok": false, "error": ...}.
 """
 
 from __future__ import annotations
@@ -100,10 +107,21 @@ def validate_infra(
     timeout_s: float = 600.0,
     python: str | None = None,
 ) -> dict[str, Any]:
-    """Load and score in a fresh process. Returns {"ok", "reason", "rows", "seconds", ...}; never raises."""
+    """Load and score in a fresh process. Returns {"ok", "reason", "rows", "seconds", "loader", ...}; never
+    raises. A version the loader gate refuses fails at once, with the refusal as the reason."""
+    from loopline.errors import ModelError
+    from loopline.packaging.registry import registry_client
+    from loopline.packaging.safe_load import check_version
+
     started = time.perf_counter()
+    try:
+        model, version = parse_version_uri(model_uri)
+        check_version(registry_client(tracking_uri), model, version, tracking_uri=tracking_uri)
+    except ModelError as exc:
+        return _result(False, str(exc), started, rows, {"loader": None, "refused": True})
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
     env.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # a second lock behind the gate
     with tempfile.TemporaryDirectory(prefix="loopline-infra-") as tmp:
         path = Path(tmp) / "rows.parquet"
         rows.to_parquet(path, index=False)
@@ -138,7 +156,7 @@ def _result(
 ) -> dict[str, Any]:
     out = {"ok": ok, "reason": None if reason is None else reason[:ERROR_CHARS], "rows": int(len(rows))}
     out["seconds"] = round(time.perf_counter() - started, 3)
-    for key in ("load_s", "predict_s", "output_dtype"):
+    for key in ("loader", "refused", "load_s", "predict_s", "output_dtype"):
         if report and key in report:
             out[key] = report[key]
     return out
@@ -177,19 +195,55 @@ def check_outputs(predictions: Any, n_rows: int, task: str, classes: list[str]) 
         raise ValueError("predict returned values outside [0, 1] for a binary model (expected P(positive))")
 
 
+def parse_version_uri(model_uri: str) -> tuple[str, str]:
+    """`models:/NAME/VERSION` -> (NAME, VERSION). Infra validation names versions, never aliases."""
+    from loopline.errors import ModelError
+
+    name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+    if not model_uri.startswith("models:/") or not name or not version.isdigit():
+        raise ModelError(f"{model_uri!r} is not a models:/NAME/VERSION URI")
+    return name, version
+
+
+def load_for_validation(model_uri: str, tracking_uri: str | None, workdir: str) -> tuple[Any, str]:
+    """Gate, download and load as serving will: (a model with `predict`, the loader's name)."""
+    import mlflow.artifacts
+
+    from loopline.errors import ModelError
+    from loopline.packaging.bundle import load_predictor
+    from loopline.packaging.registry import registry_client, tracking_uri_for
+    from loopline.packaging.safe_load import FORMAT_LEGACY, check_local, check_version, download_bundle
+
+    tracking_uri = tracking_uri_for(None, tracking_uri)
+    client = registry_client(tracking_uri)
+    model, version = parse_version_uri(model_uri)
+    plan, root = check_version(client, model, version, tracking_uri=tracking_uri)
+    if plan.format == FORMAT_LEGACY:
+        bundle = download_bundle(root, plan, workdir, tracking_uri=tracking_uri)
+        return load_predictor(bundle, device="cpu"), plan.loader
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=root, dst_path=workdir, tracking_uri=tracking_uri
+    )
+    # the copy about to be loaded, not the one checked a moment ago: still the loader-module format
+    if check_local(local, model, version).format != plan.format:
+        raise ModelError(f"model {model!r} version {version} changed while it was being validated")
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(local), f"mlflow.pyfunc.load_model -> {plan.loader}"
+
+
 def main(argv: list[str]) -> int:
-    """The fresh process: load, score, check, print one JSON line."""
+    """The fresh process: gate, load, score, check, print one JSON line."""
     model_uri, rows_path, task = argv[0], argv[1], argv[2]
     classes = json.loads(argv[3]) if len(argv) > 3 else []
     try:
         rows = pd.read_parquet(rows_path)
         t0 = time.perf_counter()
-        import mlflow.pyfunc
-
-        model = mlflow.pyfunc.load_model(model_uri)
-        t1 = time.perf_counter()
-        predictions = model.predict(rows)
-        t2 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="loopline-infra-model-") as workdir:
+            model, loader = load_for_validation(model_uri, os.environ.get("MLFLOW_TRACKING_URI"), workdir)
+            t1 = time.perf_counter()
+            predictions = model.predict(rows)
+            t2 = time.perf_counter()
         check_outputs(predictions, len(rows), task, classes)
     except BaseException as exc:  # everything, SystemExit included: the reason must reach the parent
         print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}), flush=True)
@@ -200,6 +254,7 @@ def main(argv: list[str]) -> int:
             {
                 "ok": True,
                 "rows": len(rows),
+                "loader": loader,
                 "load_s": round(t1 - t0, 3),
                 "predict_s": round(t2 - t1, 3),
                 "output_dtype": dtype,

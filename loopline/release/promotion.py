@@ -1,7 +1,9 @@
 """Promotion: infra validation, evaluation against the champion, the gate, the alias move, the record. No
 Prefect here (tasks/promotion.py adds the concurrency limit, events, artifacts).
 
-    promote(cfg, model, version)  ->  infra validation (fresh process; a failure refuses with the error)
+    promote(cfg, model, version)  ->  the loader gate (loopline.packaging.safe_load: a model that needs
+                                      unpickling or code from the artifact is refused, nothing loaded)
+                                  ->  infra validation (fresh process; a failure refuses with the error)
                                   ->  under the model's lock: read @champion, evaluate both on the same rows,
                                       decide (loopline.release.gate), check-and-set the alias, record the move
                                   ->  model card + metrics as an MLflow run; tags on the version
@@ -20,6 +22,7 @@ from typing import Any
 
 from loopline.config import LifecycleConfig
 from loopline.errors import LooplineError
+from loopline.faults import kill_point
 from loopline.packaging.model_card import render_model_card
 from loopline.packaging.registry import (
     model_name_for,
@@ -96,6 +99,18 @@ def run_infra_validation(
         return failed.result
 
 
+def _refusal(client, model: str, version: int, tracking_uri: str) -> str | None:
+    """Why the loader gate refuses the candidate (it would need unpickling or code from the artifact), or
+    None. Checked before anything of the candidate is loaded, here or in the infra-validation process."""
+    from loopline.packaging.safe_load import ModelRefused, check_version
+
+    try:
+        check_version(client, model, version, tracking_uri=tracking_uri)
+    except ModelRefused as exc:
+        return str(exc)
+    return None
+
+
 class _InfraFailed(Exception):
     def __init__(self, result: dict[str, Any]):
         super().__init__(result.get("reason"))
@@ -126,12 +141,14 @@ def promote(
     version = int(version) if version is not None else newest_version(client, model)
     version_info(client, model, version)  # ModelError now when the version does not exist
 
-    # Infra validation first, outside the lock: it depends on the candidate alone and takes seconds
-    infra = (
-        run_infra_validation(cfg, model, version, lake=lake, tracking_uri=tracking_uri)
-        if infra_validate
-        else {"ok": True, "skipped": True}
-    )
+    # The loader gate, then infra validation, outside the lock: they depend on the candidate alone
+    refusal = _refusal(client, model, version, tracking_uri)
+    if refusal is not None:
+        infra = {"ok": False, "refused": True, "reason": refusal, "loader": None, "rows": 0}
+    elif infra_validate:
+        infra = run_infra_validation(cfg, model, version, lake=lake, tracking_uri=tracking_uri)
+    else:
+        infra = {"ok": True, "skipped": True}
     t_infra = time.perf_counter()
 
     evaluation: dict[str, Any] = {}
@@ -142,10 +159,12 @@ def promote(
             state = reconcile(client, model, read_state(client, model))
             champion = state.champion
             if not infra["ok"]:
+                what = "loader gate" if infra.get("refused") else "infra validation"
                 decision = Decision(
                     False,
-                    f"infra validation failed: {infra['reason']}",
-                    [check("infra validation", False, infra["reason"])],
+                    f"{'refused by the loader gate' if infra.get('refused') else 'infra validation failed'}: "
+                    f"{infra['reason']}",
+                    [check(what, False, infra["reason"])],
                 )
                 t_decided = time.perf_counter()
                 break
@@ -194,7 +213,9 @@ def promote(
             "evaluate": (evaluation.get("timings_s") or {}).get("total"),
             "decision_to_alias_moved": round(t_moved - t_decided, 4) if t_moved else None,
         }
+        kill_point("promote.before_record")  # the alias and the history moved; no version tags, no card yet
         record_decision(client, cfg, model, version, result, tracking_uri)
+        kill_point("promote.after_record")
     result["timings_s"]["total"] = round(time.perf_counter() - started, 4)
     return result
 

@@ -5,6 +5,10 @@ through its own bundled transform, so a champion trained on an older transform i
 the same rows. Reported: every metric of the task, the same per slice of each categorical column, and a
 paired bootstrap interval of candidate - champion on the primary metric. Pure computation and reads:
 nothing here moves an alias (see loopline.release.promotion).
+
+Every version is loaded through the loader gate (loopline.packaging.safe_load): only a loopline bundle, never
+a pickle or code from the artifact. A pyfunc registered by hand (a custom PythonModel, an sklearn model) is
+refused with a ModelError saying why.
 """
 
 from __future__ import annotations
@@ -14,11 +18,9 @@ import time
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from loopline.config import LifecycleConfig
 from loopline.data.contract_registry import contract_version_of
-from loopline.data.contracts import Contract
 from loopline.errors import ContractError, ModelError
 from loopline.packaging.registry import (
     alias_version,
@@ -29,6 +31,7 @@ from loopline.packaging.registry import (
     tracking_uri_for,
     version_info,
 )
+from loopline.packaging.safe_load import ModelRefused
 from loopline.release.cache import ComputeCache
 from loopline.release.champion import CHAMPION
 from loopline.release.metrics import (
@@ -57,30 +60,32 @@ _scores = ComputeCache(_CACHE_ENTRIES)
 
 def score_version(model: str, version: int, test: TestSet, *, tracking_uri: str) -> np.ndarray:
     """Model outputs on the test rows: binary P(positive) [n], multiclass probabilities [n, k], regression [n]."""
+    return _scored(model, version, test, tracking_uri)[0]
+
+
+def _scored(model: str, version: int, test: TestSet, tracking_uri: str) -> tuple[np.ndarray, str]:
+    """(outputs, the loader that loaded the version), cached per version and test split."""
     key = (tracking_uri, model, int(version), test.dataset, test.features_version)
-    return _scores.get_or_compute(key, lambda: _score(f"models:/{model}/{version}", test, tracking_uri))
+    return _scores.get_or_compute(key, lambda: _score(model, int(version), test, tracking_uri))
 
 
-def _score(model_uri: str, test: TestSet, tracking_uri: str) -> np.ndarray:
-    import mlflow
-    import mlflow.pyfunc
+def _score(model: str, version: int, test: TestSet, tracking_uri: str) -> tuple[np.ndarray, str]:
+    """Load through the loader gate (never a pickle, never code from the artifact) and score in chunks."""
+    from loopline.packaging.safe_load import load_version
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
-        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        predictor, plan = load_version(model, version, tracking_uri=tracking_uri)
+    except ModelError:
+        raise
     except Exception as exc:
-        raise ModelError(f"{model_uri} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    predictor = getattr(_unwrap(pyfunc), "predictor", None)
+        raise ModelError(
+            f"model {model!r} version {version} cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     task = test.contract.task
     chunks = []
     for start in range(0, len(test.frame), SCORE_CHUNK_ROWS):
         part = test.frame.iloc[start : start + SCORE_CHUNK_ROWS]
-        if predictor is not None and hasattr(predictor, "predict_proba"):
-            # a loopline bundle: probabilities straight from its Predictor
-            out = predictor.predict_proba(part) if task == "multiclass" else predictor.predict(part)
-        else:
-            out = _foreign_outputs(pyfunc.predict(part), test.contract)
+        out = predictor.predict_proba(part) if task == "multiclass" else predictor.predict(part)
         chunks.append(np.asarray(out, dtype=np.float64))
     outputs = np.concatenate(chunks) if chunks else np.empty(0)
     expected = (
@@ -88,28 +93,10 @@ def _score(model_uri: str, test: TestSet, tracking_uri: str) -> np.ndarray:
     )
     if outputs.shape != expected or not np.isfinite(outputs).all():
         raise ModelError(
-            f"{model_uri} returned outputs of shape {outputs.shape} (expected {expected}) or non-finite values"
+            f"model {model!r} version {version} returned outputs of shape {outputs.shape} "
+            f"(expected {expected}) or non-finite values"
         )
-    return outputs
-
-
-def _unwrap(pyfunc):
-    try:
-        return pyfunc.unwrap_python_model()
-    except Exception:  # not a python_model flavor (e.g. a sklearn model registered by hand)
-        return None
-
-
-def _foreign_outputs(predictions, contract: Contract) -> np.ndarray:
-    """Any other pyfunc: binary/regression take its numbers as they are; multiclass labels become one-hot."""
-    values = np.asarray(predictions.iloc[:, 0] if isinstance(predictions, pd.DataFrame) else predictions)
-    if contract.task != "multiclass":
-        return values.astype(np.float64).reshape(-1)
-    classes = [str(c) for c in contract.classes or []]
-    index = {c: i for i, c in enumerate(classes)}
-    onehot = np.zeros((len(values), len(classes)))
-    onehot[np.arange(len(values)), [index.get(str(v), 0) for v in values]] = 1.0
-    return onehot
+    return outputs, plan.loader
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -149,12 +136,14 @@ def evaluate_versions(
     primary = primary_metric_for(task, cfg.evaluation.primary_metric)
     t_read = time.perf_counter()
 
-    cand_out = score_version(model, int(candidate_version), test, tracking_uri=tracking_uri)
+    cand_out, cand_loader = _scored(model, int(candidate_version), test, tracking_uri)
     champ_out, champion_error = None, None
     if champion_version is not None:
         try:
             champ_out = score_version(model, int(champion_version), test, tracking_uri=tracking_uri)
-        except ContractError as exc:  # the contract changed: the champion cannot read the new rows
+        except (ContractError, ModelRefused) as exc:
+            # the contract changed and the champion cannot read the new rows, or the loader gate refuses the
+            # champion (a model registered by hand): the candidate is judged on its own
             champion_error = str(exc)
     t_score = time.perf_counter()
 
@@ -206,6 +195,7 @@ def evaluate_versions(
             "contract_version": cand_info.get("contract_version")
             or contract_version_of(lake, dataset, test.contract.hash),
             "candidate_run_id": cand_info["run_id"],
+            "candidate_loader": cand_loader,  # loopline.packaging.safe_load: never a pickle
             "candidate_features_version": cand_info["features_version"],
             "code_version": cand_info["code_version"],
         },

@@ -31,6 +31,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=None, help="batching wait for requests being parsed")
     p.add_argument("--no-inference-log", action="store_true", help="do not write predictions/M")
     p.add_argument("--log-flush-seconds", type=float, default=None, help="inference-log write cadence")
+    p.add_argument(
+        "--log-write-attempts",
+        type=int,
+        default=None,
+        help="inference-log tries before the dead-letter table",
+    )
+    p.add_argument("--log-retry-seconds", type=float, default=None, help="first inference-log retry delay")
+    p.add_argument(
+        "--max-inflight-requests", type=int, default=None, help="scoring requests at once (past it: 503)"
+    )
+    p.add_argument("--max-queue-rows", type=int, default=None, help="rows waiting per model (past it: 503)")
+    p.add_argument("--max-shadow-tasks", type=int, default=None, help="shadow scorings in flight")
+    p.add_argument("--max-connections", type=int, default=None, help="uvicorn's connection ceiling")
+    p.add_argument("--retry-after-seconds", type=int, default=None, help="Retry-After of a 503")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--home", default=None, help="LOOPLINE_HOME (default $LOOPLINE_HOME or ./.loopline)")
     p.add_argument(
@@ -48,6 +62,13 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         "max_batch_size": args.max_batch_size,
         "max_wait_ms": args.max_wait_ms,
         "log_flush_seconds": args.log_flush_seconds,
+        "log_write_attempts": args.log_write_attempts,
+        "log_retry_seconds": args.log_retry_seconds,
+        "max_inflight_requests": args.max_inflight_requests,
+        "max_queue_rows": args.max_queue_rows,
+        "max_shadow_tasks": args.max_shadow_tasks,
+        "max_connections": args.max_connections,
+        "retry_after_seconds": args.retry_after_seconds,
         "device": args.device,
     }
     data = {k: v for k, v in overrides.items() if v is not None}

@@ -7,8 +7,9 @@ microseconds; routing, validation and dependency injection of a framework would 
 
 Routes: POST /invocations, GET /ping, /health, /version, /metrics, POST /reload (token), GET /openapi.json.
 Status codes: 400 bad JSON or a body in no MLflow format, 413 body over `max_body_bytes`, 415 a content
-type other than JSON, 422 input that breaks the contract (naming the fields), 503 no model loaded,
-500 only when the model itself fails.
+type other than JSON, 422 input that breaks the contract (naming the fields), 503 with Retry-After when no
+model is loaded or a backpressure bound is reached (`backpressure`), 500 only when the model itself fails.
+Every one of them is in /openapi.json.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from typing import Any
 import orjson
 
 from loopline.serving import RELOAD_TOKEN_ENV
+from loopline.serving.backpressure import Backpressure
+from loopline.serving.batcher import QueueFull
 from loopline.serving.inference_log import InferenceLog
 from loopline.serving.inputs import TypedRows
 from loopline.serving.manager import ModelManager
 from loopline.serving.metrics import ServingMetrics
-from loopline.serving.protocol import RequestError, encode_predictions, parse_body
+from loopline.serving.protocol import Columns, RequestError, encode_predictions, parse_body
 from loopline.serving.router import SHADOW, Router, Slot
 
 log = logging.getLogger(__name__)
@@ -48,12 +51,14 @@ class ServingApp:
         reload_token: str | None = None,
         after_load: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        backpressure: Backpressure | None = None,
     ):
         self.manager = manager
         self.router = router
         self.metrics = metrics
         self.inference_log = inference_log
         self.max_body_bytes = max_body_bytes
+        self.backpressure = backpressure or Backpressure(metrics)
         self.reload_token = reload_token if reload_token is not None else os.environ.get(RELOAD_TOKEN_ENV)
         self.parsing = 0  # requests between "received" and "rows queued": the batcher waits only for these
         self._after_load = after_load
@@ -127,12 +132,43 @@ class ServingApp:
                 status, f"{method} {path}: " + ("method not allowed" if status == 405 else "no such route")
             )
             self.metrics.requests.labels("other", str(status)).inc()
-            await _respond(send, status, error.body(), _JSON)
+            allow = ", ".join(sorted(m for m, p in self._routes if p == path)).encode()
+            await _respond(
+                send, status, error.body(), [*_JSON, (b"allow", allow)] if status == 405 else _JSON
+            )
             return
         await handler(scope, receive, send)
 
     # -- scoring -------------------------------------------------------------------------------------
     async def _invocations(self, scope: dict, receive: Callable, send: Callable) -> None:
+        bp = self.backpressure
+        champion = self.router.champion
+        # refused before the body is read (no buffer, no parsing): too many requests in flight, or the
+        # champion's queue is full already (parsing this one would be work thrown away)
+        if champion is not None and champion.batcher.full:
+            refusal = bp.refused(
+                f"{champion.batcher.queued_rows} rows are waiting for the model (bound "
+                f"{champion.batcher.max_queue_rows}); retry after {bp.retry_after_seconds} s",
+                "queue",
+            )
+        elif not bp.admit():
+            refusal = bp.refused(
+                f"the server is handling its bound of {bp.max_inflight_requests} requests; "
+                f"retry after {bp.retry_after_seconds} s"
+            )
+        else:
+            refusal = None
+        if refusal is not None:
+            self.metrics.requests.labels("invocations", "503").inc()
+            self.metrics.errors.labels("overloaded").inc()
+            await _respond(send, 503, *refusal)
+            return
+        try:
+            await self._score(scope, receive, send)
+        finally:
+            bp.release()
+
+    async def _score(self, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         self.parsing += 1
@@ -152,6 +188,8 @@ class ServingApp:
             else:
                 try:
                     predictions = await slot.batcher.submit(rows)
+                except QueueFull:
+                    raise
                 except Exception as exc:
                     self.metrics.version_errors.labels(slot.model.version, slot.role).inc()
                     raise _ModelFailure(str(exc)) from exc
@@ -172,7 +210,12 @@ class ServingApp:
             self.metrics.latency.labels(version, slot.role).observe(time.perf_counter() - started)
             if rows.n_rows and self.inference_log is not None:
                 self.inference_log.append(
-                    rows, predictions, version=version, role=slot.role, request_id=request_id
+                    rows,
+                    predictions,
+                    version=version,
+                    role=slot.role,
+                    request_id=request_id,
+                    contract=slot.model.contract,
                 )
             if shadow is not None and rows.n_rows:
                 self._start_shadow(shadow, cols_rows=rows, request_id=request_id)
@@ -180,10 +223,17 @@ class ServingApp:
             self.metrics.requests.labels("invocations", str(exc.status)).inc()
             self.metrics.errors.labels(_reason(exc)).inc()
             await _respond(send, exc.status, exc.body(), _JSON)
+        except QueueFull as exc:  # the model's queue is at its bound
+            self.metrics.requests.labels("invocations", "503").inc()
+            self.metrics.errors.labels("overloaded").inc()
+            body, out = self.backpressure.refused(
+                f"{exc}; retry after {self.backpressure.retry_after_seconds} s", "queue"
+            )
+            await _respond(send, 503, body, out)
         except LookupError as exc:  # no model loaded yet
             self.metrics.requests.labels("invocations", "503").inc()
             self.metrics.errors.labels("no_model").inc()
-            await _respond(send, 503, RequestError(503, str(exc)).body(), _JSON)
+            await _respond(send, 503, *self.backpressure.refused(str(exc)))
         except _ModelFailure as exc:
             self.metrics.requests.labels("invocations", "500").inc()
             self.metrics.errors.labels("model").inc()
@@ -224,18 +274,27 @@ class ServingApp:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _start_shadow(self, slot: Slot, *, cols_rows: TypedRows, request_id: str) -> None:
+        """A shadow scoring, unless the shadow bound is reached (then skipped and counted)."""
+        if not self.backpressure.admit_shadow():
+            return
         task = asyncio.get_running_loop().create_task(self._shadow(slot, cols_rows, request_id))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
+        task.add_done_callback(self.backpressure.release_shadow)
 
     async def _shadow(self, slot: Slot, rows: TypedRows, request_id: str) -> None:
         """Score the challenger on the same rows; log, never return. Its failures only count."""
         version = slot.model.version
+        contract = slot.model.contract
         try:
-            if slot.model.contract.hash != self.router.champion.model.contract.hash:
-                rows = slot.model.checker.check(_as_columns(rows))
+            if contract.hash != self.router.champion.model.contract.hash:
+                # another contract: the columns it names (one it dropped is no error), checked by its rules
+                rows = slot.model.checker.check(_as_columns(rows, keep=contract.columns))
             started = time.perf_counter()
             predictions = await slot.batcher.submit(rows)
+        except QueueFull:
+            self.metrics.shadow_skipped.labels("queue").inc()
+            return
         except Exception:
             self.metrics.version_errors.labels(version, SHADOW).inc()
             return
@@ -243,7 +302,9 @@ class ServingApp:
         self.metrics.rows.labels(version, SHADOW).inc(rows.n_rows)
         self.metrics.latency.labels(version, SHADOW).observe(time.perf_counter() - started)
         if self.inference_log is not None:
-            self.inference_log.append(rows, predictions, version=version, role=SHADOW, request_id=request_id)
+            self.inference_log.append(
+                rows, predictions, version=version, role=SHADOW, request_id=request_id, contract=contract
+            )
 
     # -- operations ----------------------------------------------------------------------------------
     async def _ping(self, scope, receive, send) -> None:
@@ -330,12 +391,13 @@ def _bearer(value: bytes | None) -> bytes | None:
     return None
 
 
-def _as_columns(rows: TypedRows):
-    """Typed rows back to request columns (a shadow model with another contract checks them itself)."""
-    from loopline.serving.protocol import Columns
-
+def _as_columns(rows: TypedRows, keep) -> Columns:
+    """Typed rows back to request columns, those `keep` names (a shadow model with another contract checks
+    them itself)."""
     data = {}
     for name, col in rows.columns.items():
+        if name not in keep:
+            continue
         values = (
             col.values.tolist()
             if col.values.dtype.kind != "M"

@@ -5,7 +5,15 @@ queued (up to `max_batch_rows`), scores it in one call on the model thread, and 
 slice. While a call runs, new requests queue up, so under load batches form by themselves. Before a call
 the worker waits up to `max_wait_ms` for more rows, but only while other requests are being parsed
 (`pending()`): a lone client never pays the wait. A batch of at most `inline_max_rows` rows is scored on
-the event loop itself: for a few rows the model call is shorter than waking the model thread.
+the event loop itself: for a few rows the model call is shorter than waking the model thread. Only while
+the model is fast, though: the batcher keeps a moving average of the model's call time (measured on
+whichever thread ran it) and scores on the model thread whenever it is over `INLINE_MAX_SECONDS`, since an
+inline call blocks every other request, health checks and 503 answers included.
+
+The queue is bounded in rows (`max_queue_rows`): a request that would take it past the bound is refused at
+once with `QueueFull` (the server answers 503 with Retry-After) instead of waiting behind more work than the
+model can do before the client gives up. A request larger than the bound still goes when the queue is empty,
+so any single request the body limit admits can be served.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ from loopline.serving.inputs import TypedRows, concat_rows
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[TypedRows], np.ndarray]
+INLINE_MAX_SECONDS = 0.002  # a model call longer than this never runs on the event loop
+
+
+class QueueFull(Exception):
+    """The batcher's queue holds `max_queue_rows` already: come back later (503 + Retry-After)."""
 
 
 class MicroBatcher:
@@ -37,6 +50,7 @@ class MicroBatcher:
         pending: Callable[[], int] = lambda: 0,
         on_batch: Callable[[int, int, float], None] | None = None,
         inline_max_rows: int = 0,
+        max_queue_rows: int | None = None,
     ):
         self._score = score
         self._executor = executor
@@ -45,6 +59,8 @@ class MicroBatcher:
         self._pending = pending
         self._on_batch = on_batch
         self.inline_max_rows = inline_max_rows
+        self.max_queue_rows = max_queue_rows
+        self.call_seconds: float | None = None  # moving average of the model's call time (None: not seen)
         self._items: deque[tuple[TypedRows, asyncio.Future]] = deque()
         self.queued_rows = 0
         self._wake = asyncio.Event()
@@ -61,10 +77,18 @@ class MicroBatcher:
         if self._task is not None:
             await self._task
 
+    @property
+    def full(self) -> bool:
+        """The queue is at its bound: a request can be refused before its body is even read."""
+        return self.max_queue_rows is not None and self.queued_rows >= self.max_queue_rows
+
     async def submit(self, rows: TypedRows) -> np.ndarray:
         """Predictions for `rows` (one per row), scored together with whatever else is queued."""
         if self._stopping:
             raise RuntimeError("this model is being unloaded")
+        bound = self.max_queue_rows
+        if bound is not None and self.queued_rows and self.queued_rows + rows.n_rows > bound:
+            raise QueueFull(f"{self.queued_rows} rows are waiting for the model (bound {bound})")
         future = asyncio.get_running_loop().create_future()
         self._items.append((rows, future))
         self.queued_rows += rows.n_rows
@@ -87,11 +111,12 @@ class MicroBatcher:
             rows = concat_rows([r for r, _ in batch])
             started = time.perf_counter()
             try:
-                if rows.n_rows <= self.inline_max_rows:
+                fast = self.call_seconds is None or self.call_seconds <= INLINE_MAX_SECONDS
+                if rows.n_rows <= self.inline_max_rows and fast:
                     # a small batch costs less than handing it to the model thread and waking it
-                    predictions = self._score(rows)
+                    predictions = self._timed_score(rows)
                 else:
-                    predictions = await loop.run_in_executor(self._executor, self._score, rows)
+                    predictions = await loop.run_in_executor(self._executor, self._timed_score, rows)
             except Exception as exc:  # the model failed: every request of the batch gets the error
                 log.exception("model call failed for a batch of %d rows", rows.n_rows)
                 for _, future in batch:
@@ -106,6 +131,14 @@ class MicroBatcher:
                 if not future.done():  # a client that went away leaves a cancelled future
                     future.set_result(predictions[start:end])
                 start = end
+
+    def _timed_score(self, rows: TypedRows) -> np.ndarray:
+        started = time.perf_counter()
+        predictions = self._score(rows)
+        seconds = time.perf_counter() - started
+        average = self.call_seconds
+        self.call_seconds = seconds if average is None else 0.8 * average + 0.2 * seconds
+        return predictions
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait up to max_wait for more rows while other requests are still being parsed."""

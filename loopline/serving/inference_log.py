@@ -1,66 +1,60 @@
-"""The inference log: every scored row appended to the Delta table predictions/M, in batches.
+"""The inference log: every scored row appended to the Delta table predictions/M, in batches, never dying.
 
-Requests hand their rows to `append`, which never blocks: it puts a reference on a bounded queue (bounded in
-rows) and returns; when the queue is full the rows are dropped and counted (`dropped_rows`, and the
-Prometheus counter), because a slow lake must never slow scoring down. A background thread turns what is
-queued into Arrow batches every quarter second (so waiting rows are a few Arrow objects, not thousands of
-small Python objects for the garbage collector to rescan) and writes them every `flush_seconds` (or sooner
-once `flush_rows` are waiting) as one Delta commit. `stop()` writes everything still queued, so a graceful
-stop loses nothing.
+Requests hand their rows to `append`, which never blocks: it puts a reference on a queue bounded in rows
+(rows waiting for a retry count too) and returns; when the queue is full the rows are dropped and counted
+(`dropped_rows`, and the Prometheus counter), because a slow lake must never slow scoring down. A background
+thread turns what is queued into Arrow batches every quarter second (so waiting rows are a few Arrow
+objects, not thousands of small Python objects for the garbage collector to rescan) and seals them every
+`flush_seconds` (or sooner once `flush_rows` are waiting) into numbered flushes, one Delta commit each.
 
-Table schema: the contract's feature columns and its id (typed as in clean/D; the id is null when the client
-did not send it), then `_prediction`, `_model_version`, `_role` (champion, challenger or shadow),
-`_request_id` and `_scored_at` (UTC).
+Every row is logged with the schema of the model that scored it (its contract's columns), so a shadow
+challenger with another contract, or a hot swap to a champion whose contract dropped or added a column,
+still lands: rows of one schema make one commit, and Delta's schema merge adds a new column to the table
+(a dropped one is null in the new rows). A failed commit is retried with a doubling delay; after
+`write_attempts` tries its rows go to the dead-letter table with the error (`log_delivery`); each commit
+carries a Delta app transaction, so a retry after an ambiguous failure that did commit writes nothing
+twice. The writer thread survives any error: it logs and counts it and goes on. `stop()` writes everything
+still queued (retrying within its timeout), so a graceful stop loses nothing the lake accepts.
+
+The table's schema: `log_rows.log_schema`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from loopline.data.contracts import Contract
-from loopline.data.schemas import ARROW_TYPES
 from loopline.serving.inputs import TypedRows
+from loopline.serving.log_delivery import (
+    DEADLETTER_KIND,
+    DeltaAppender,
+    Flush,
+    deadletter_table,
+    describe,
+    retry_delay,
+)
+from loopline.serving.log_rows import PREDICTION, LogEntry, entry_records, log_schema, to_table
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
-PREDICTION = "_prediction"
+__all__ = ["PREDICTION", "InferenceLog", "log_schema"]
+
 COMPACT_SECONDS = 0.25  # queued entries become one Arrow batch this often (see `compact`)
-META_COLUMNS = ("_model_version", "_role", "_request_id")
 
 
-@dataclass
-class _Entry:
-    rows: TypedRows
-    predictions: np.ndarray
-    version: str
-    role: str
-    request_id: str
-    scored_at: np.datetime64
-
-
-def log_schema(contract: Contract) -> pa.Schema:
-    """The predictions/M schema for a contract (see the module docstring)."""
-    fields = [
-        pa.field(c, ARROW_TYPES[contract.columns[c].type])
-        for c in contract.column_names
-        if c != contract.label
-    ]
-    label = contract.columns[contract.label]
-    prediction_type = ARROW_TYPES[label.type] if contract.task == "multiclass" else pa.float64()
-    if contract.task == "multiclass" and label.type == "category":
-        prediction_type = pa.string()
-    fields.append(pa.field(PREDICTION, prediction_type))
-    fields += [pa.field(name, pa.string()) for name in META_COLUMNS]
-    fields.append(pa.field("_scored_at", pa.timestamp("us", tz="UTC")))
-    return pa.schema(fields)
+def instance_id() -> str:
+    """This server process, in app transaction ids and dead-letter rows: host, pid and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class InferenceLog:
@@ -73,171 +67,292 @@ class InferenceLog:
         max_queue_rows: int,
         flush_rows: int,
         flush_seconds: float,
+        write_attempts: int = 4,
+        retry_seconds: float = 0.5,
         metrics=None,
+        writer_id: str | None = None,
     ):
         self.lake = lake
         self.uri = lake.table_uri("predictions", model_name)
+        # beside predictions/M; lake.uri, not table_uri: it is no per-dataset table kind `status` lists
+        self.deadletter_uri = lake.uri(DEADLETTER_KIND, model_name)
         self.schema = log_schema(contract)
+        self._schemas: dict[int, tuple[Contract, pa.Schema]] = {id(contract): (contract, self.schema)}
         self.max_queue_rows = max_queue_rows
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.write_attempts = write_attempts
+        self.retry_seconds = retry_seconds
         self.metrics = metrics
+        self.writer_id = writer_id or instance_id()
+        self.app_id = f"loopline.serving/{model_name}/{self.writer_id}"
+        self.appender = DeltaAppender(lake, self.app_id)
         self.dropped_rows = 0
         self.written_rows = 0
-        self.queued_rows = 0
-        self._items: deque[_Entry] = deque()
+        self.deadletter_rows = 0
+        self.write_failures = 0  # failed attempts (predictions or dead-letter table)
+        self.retries = 0
+        self.found_on_retry = 0  # retries that found their commit had landed (ambiguous failures)
+        self.queued_rows = 0  # everything not yet written or dead-lettered
+        self._unsealed_rows = 0  # queued or compacted, not yet in a flush
+        self._items: deque[LogEntry] = deque()
+        self._batches: list[tuple[pa.Schema, pa.Table]] = []  # compacted (writer thread only)
+        self._flushes: deque[Flush] = deque()  # sealed, in commit order (writer thread only)
+        self._seq = 0
         self._cond = threading.Condition()
         self._lock = threading.Lock()
-        self._table = None  # the open predictions table (writer thread only)
-        self._batches: list[pa.Table] = []  # compacted, not yet written (touched by the writer thread only)
         self._stopping = False
+        self._stop_deadline = float("inf")
         self._thread: threading.Thread | None = None
 
     # -- request side: never blocks ---------------------------------------------------------------
+    def schema_for(self, contract: Contract | None) -> pa.Schema:
+        if contract is None:
+            return self.schema
+        found = self._schemas.get(id(contract))
+        if found is None:
+            if len(self._schemas) > 32:  # one per loaded version; forget the oldest after many swaps
+                self._schemas.pop(next(iter(self._schemas)))
+            found = self._schemas[id(contract)] = (contract, log_schema(contract))
+        return found[1]
+
     def append(
-        self, rows: TypedRows, predictions: np.ndarray, *, version: str, role: str, request_id: str
+        self,
+        rows: TypedRows,
+        predictions: np.ndarray,
+        *,
+        version: str,
+        role: str,
+        request_id: str,
+        contract: Contract | None = None,
     ) -> bool:
-        """Queue scored rows for the log; False (and counted) when the queue is full."""
+        """Queue rows scored by a model of `contract` (default: the start-up champion's); False (and
+        counted) when the queue is full."""
         n = rows.n_rows
         if self.queued_rows + n > self.max_queue_rows or self._stopping:
-            self.dropped_rows += n
-            if self.metrics is not None:
-                self.metrics.log_dropped.inc(n)
+            self._drop(n)
             return False
-        entry = _Entry(
-            rows, predictions, version, role, request_id, np.datetime64(time.time_ns() // 1000, "us")
+        entry = LogEntry(
+            rows,
+            predictions,
+            version,
+            role,
+            request_id,
+            np.datetime64(time.time_ns() // 1000, "us"),
+            self.schema_for(contract),
         )
-        with self._lock:  # the writer thread decrements the same counter
+        with self._lock:  # the writer thread decrements the same counters
             self._items.append(entry)
             self.queued_rows += n
-        if self.queued_rows >= self.flush_rows:
+            self._unsealed_rows += n
+        if self._unsealed_rows >= self.flush_rows:
             with self._cond:
                 self._cond.notify()
         return True
+
+    def _drop(self, n: int) -> None:
+        self.dropped_rows += n
+        if self.metrics is not None:
+            self.metrics.log_dropped.inc(n)
 
     # -- writer thread -----------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loopline-inference-log", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Write everything queued, then end the writer thread."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write everything queued (retrying for up to `timeout`), then end the writer thread."""
+        self._stop_deadline = time.monotonic() + timeout * 0.9
         self._stopping = True
         with self._cond:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
-        last_write = time.monotonic()
-        failures = 0
+        last_seal = time.monotonic()
         while True:
             with self._cond:
-                if not self._stopping and self.queued_rows < self.flush_rows:
+                if not self._stopping and self._unsealed_rows < self.flush_rows:
                     self._cond.wait(COMPACT_SECONDS)
             stopping = self._stopping
-            self.compact()
-            due = time.monotonic() - last_write >= self.flush_seconds or self.queued_rows >= self.flush_rows
-            if self._batches and (due or stopping):
-                try:
-                    self.write()
-                    failures = 0
-                except Exception:  # the lake is unreachable: keep the rows (bounded) and retry later
-                    failures += 1
-                    log.exception("inference log write to %s failed", self.uri)
-                    if self.metrics is not None:
-                        self.metrics.log_write_errors.inc()
-                    if stopping and failures < 3:
-                        time.sleep(0.5)
-                        continue
-                last_write = time.monotonic()
+            try:
+                self.compact()
+                now = time.monotonic()
+                if self._batches and (
+                    stopping
+                    or now - last_seal >= self.flush_seconds
+                    or self._unsealed_rows >= self.flush_rows
+                ):
+                    self.seal()
+                    last_seal = now
+                self.deliver()
+            except Exception:  # a bug must not end the log: every later row would be lost silently
+                log.exception("inference log writer error (it carries on)")
+                self._count_failure()
             if stopping:
-                return
+                if not (self._items or self._batches or self._flushes):
+                    return
+                if time.monotonic() >= self._stop_deadline:
+                    self._give_up("the server stopped before the lake took them")
+                    return
+                wait = min((f.next_try for f in self._flushes), default=0.0) - time.monotonic()
+                time.sleep(min(max(wait, 0.01), 0.25))
 
     def compact(self) -> int:
-        """Turn queued entries into one Arrow batch. Entries are many small Python objects the garbage
-        collector would rescan on every full collection while they wait; a batch is one object."""
-        entries: list[_Entry] = []
+        """Turn queued entries into one Arrow batch per schema. Entries are many small Python objects the
+        garbage collector would rescan on every full collection while they wait; a batch is one object."""
+        entries: list[LogEntry] = []
         with self._lock:
             while self._items:
                 entries.append(self._items.popleft())
         if not entries:
             return 0
-        batch = self._to_table(entries)
-        self._batches.append(batch)
-        return batch.num_rows
+        groups: list[tuple[pa.Schema, list[LogEntry]]] = []
+        for e in entries:
+            for schema, members in groups:
+                if schema is e.schema or schema.equals(e.schema):
+                    members.append(e)
+                    break
+            else:
+                groups.append((e.schema, [e]))
+        for schema, members in groups:
+            try:
+                self._batches.append((schema, to_table(members, schema)))
+            except Exception as exc:  # rows that do not fit their own schema: keep them as a dead letter
+                log.exception(
+                    "inference log: %d rows could not be built", sum(m.rows.n_rows for m in members)
+                )
+                self._seq += 1
+                with self._lock:
+                    self._unsealed_rows -= sum(m.rows.n_rows for m in members)
+                flush = Flush(self._seq, None, [r for m in members for r in entry_records(m)], dead=True)
+                flush.error = describe(exc)
+                self._flushes.append(flush)
+        return sum(e.rows.n_rows for e in entries)
 
-    def write(self) -> int:
-        """Write the compacted batches as one Delta commit. Returns the rows written."""
-        batches, self._batches = self._batches, []
-        if not batches:
-            return 0
-        n = sum(b.num_rows for b in batches)
+    def seal(self) -> None:
+        """Compacted batches -> numbered flushes, one per schema (one Delta commit each)."""
+        groups: list[tuple[pa.Schema, list[pa.Table]]] = []
+        for schema, table in self._batches:
+            for s, tables in groups:
+                if s.equals(schema):
+                    tables.append(table)
+                    break
+            else:
+                groups.append((schema, [table]))
+        self._batches = []
+        for _, tables in groups:
+            self._seq += 1
+            flush = Flush(self._seq, pa.concat_tables(tables))
+            self._flushes.append(flush)
+            with self._lock:
+                self._unsealed_rows -= flush.rows
+
+    def deliver(self) -> int:
+        """Commit the due flushes in order (a later one never overtakes an earlier one). Returns rows done."""
+        done = 0
+        while self._flushes and self._flushes[0].next_try <= time.monotonic():
+            flush = self._flushes[0]
+            if not self._deliver(flush):
+                break
+            self._flushes.popleft()
+            with self._lock:
+                self.queued_rows -= flush.rows
+            done += flush.rows
+        if self.metrics is not None:
+            self.metrics.log_queue.set(self.queued_rows)
+        return done
+
+    def flush(self) -> int:
+        """Compact, seal and commit everything queued now. Returns the rows written or dead-lettered."""
+        self.compact()
+        self.seal()
+        return self.deliver()
+
+    def _deliver(self, flush: Flush) -> bool:
+        """One try at a flush: predictions/M, or the dead-letter table once its tries are spent."""
+        if not flush.dead:
+            try:
+                if flush.attempts and self.appender.landed(self.uri, flush.seq):
+                    self._found_landed(flush)
+                elif flush.table is not None:
+                    self.appender.commit(self.uri, flush.table, flush.seq)
+                self._written(flush.rows)
+                return True
+            except Exception as exc:
+                flush.attempts += 1
+                self._failed(flush, exc, self.uri, flush.attempts)
+                if flush.attempts < self.write_attempts:
+                    return False
+                flush.dead = True
+                flush.next_try = 0.0
+                log.error(
+                    "inference log: flush %d (%d rows) failed %d times; it goes to %s",
+                    flush.seq,
+                    flush.rows,
+                    flush.attempts,
+                    self.deadletter_uri,
+                )
         try:
-            from deltalake import write_deltalake
+            if flush.table is not None and self._landed_quietly(flush.seq):  # the last try did land
+                self._found_landed(flush)
+                self._written(flush.rows)
+                return True
+            if not (flush.deadletter_attempts and self.appender.landed(self.deadletter_uri, flush.seq)):
+                self.appender.commit(self.deadletter_uri, deadletter_table(flush, self.writer_id), flush.seq)
+            self.deadletter_rows += flush.rows
+            if self.metrics is not None:
+                self.metrics.log_deadletter_rows.inc(flush.rows)
+            return True
+        except Exception as exc:
+            flush.deadletter_attempts += 1
+            self._failed(flush, exc, self.deadletter_uri, flush.deadletter_attempts)
+            return False
 
-            from loopline.storage.delta import open_table
+    def _landed_quietly(self, seq: int) -> bool:
+        try:
+            return self.appender.landed(self.uri, seq)
+        except Exception:  # cannot tell (the table is unreachable): the dead letter keeps the rows
+            return False
 
-            # a held DeltaTable is updated by each write: the next write does not re-read the whole log
-            if self._table is None:
-                self._table = open_table(self.lake, self.uri)
-            write_deltalake(
-                self._table if self._table is not None else self.uri,
-                pa.concat_tables(batches),
-                mode="append",
-                schema_mode="merge",
-                storage_options=self.lake.storage_options,
-            )
-        except Exception:
-            self._batches = batches + self._batches  # back in order, to retry
-            self._table = None  # reopen: the failure may have left it stale
-            raise
-        with self._lock:
-            self.queued_rows -= n
+    def _found_landed(self, flush: Flush) -> None:
+        self.found_on_retry += 1
+        log.warning("inference log: flush %d had landed before its failure was reported", flush.seq)
+        if self.metrics is not None:
+            self.metrics.log_found_on_retry.inc()
+
+    def _written(self, n: int) -> None:
         self.written_rows += n
         if self.metrics is not None:
             self.metrics.log_rows.inc(n)
-            self.metrics.log_queue.set(self.queued_rows)
-        return n
 
-    def flush(self) -> int:
-        """Compact and write everything queued now (one commit). Returns the rows written."""
-        self.compact()
-        return self.write()
+    def _failed(self, flush: Flush, exc: Exception, uri: str, failures: int) -> None:
+        flush.error = describe(exc)
+        flush.next_try = time.monotonic() + retry_delay(self.retry_seconds, failures)
+        self.appender.forget(uri)
+        self._count_failure()
+        self.retries += 1
+        if self.metrics is not None:
+            self.metrics.log_retries.inc()
+        log.warning(
+            "inference log: flush %d to %s failed (try %d): %s", flush.seq, uri, failures, flush.error
+        )
 
-    def _to_table(self, entries: list[_Entry]) -> pa.Table:
-        arrays = []
-        for field in self.schema:
-            name = field.name
-            if name == PREDICTION:
-                values = np.concatenate([np.asarray(e.predictions) for e in entries])
-                arrays.append(
-                    pa.array(values.tolist() if values.dtype == object else values, type=field.type)
-                )
-            elif name == "_scored_at":
-                stamps = np.concatenate([np.full(e.rows.n_rows, e.scored_at) for e in entries])
-                arrays.append(pa.array(stamps, type=pa.timestamp("us")).cast(field.type))
-            elif name in META_COLUMNS:
-                attr = {"_model_version": "version", "_role": "role", "_request_id": "request_id"}[name]
-                arrays.append(_repeat_strings([(getattr(e, attr), e.rows.n_rows) for e in entries]))
-            else:
-                arrays.append(_column_array([e.rows.columns[name] for e in entries], field.type))
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+    def _count_failure(self) -> None:
+        self.write_failures += 1
+        if self.metrics is not None:
+            self.metrics.log_write_errors.inc()
 
-
-def _repeat_strings(runs: list[tuple[str, int]]) -> pa.Array:
-    """A string column of few distinct runs, built without a Python list per row."""
-    values = pa.array([v for v, _ in runs], type=pa.string())
-    index = np.repeat(np.arange(len(runs), dtype=np.int32), [n for _, n in runs])
-    return values.take(pa.array(index))
-
-
-def _column_array(columns, arrow_type: pa.DataType) -> pa.Array:
-    values = np.concatenate([c.values for c in columns])
-    if all(c.mask is None for c in columns):
-        mask = None
-    else:
-        mask = np.concatenate([c.mask if c.mask is not None else np.zeros(len(c), bool) for c in columns])
-    if values.dtype == object:
-        return pa.array(values, type=arrow_type, from_pandas=True)
-    return pa.array(values, type=arrow_type, mask=mask)
+    def _give_up(self, why: str) -> None:
+        lost = self.queued_rows
+        log.error("inference log: %d rows not written (%s)", lost, why)
+        self._drop(lost)
+        with self._lock:
+            self._items.clear()
+            self.queued_rows = self._unsealed_rows = 0
+        self._batches, self._flushes = [], deque()

@@ -45,6 +45,7 @@ class ModelManager:
         poll_seconds: float = 10.0,
         pending: Callable[[], int] = lambda: 0,
         inline_max_rows: int = 0,
+        max_queue_rows: int | None = None,
     ):
         self.name = name
         self.router = router
@@ -57,6 +58,7 @@ class ModelManager:
         self.poll_seconds = poll_seconds
         self.pending = pending
         self.inline_max_rows = inline_max_rows
+        self.max_queue_rows = max_queue_rows
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task | None = None
@@ -83,6 +85,7 @@ class ModelManager:
             pending=self.pending,
             on_batch=on_batch,
             inline_max_rows=self.inline_max_rows,
+            max_queue_rows=self.max_queue_rows,
         )
         batcher.start()
         return Slot(model=model, batcher=batcher, role=role)

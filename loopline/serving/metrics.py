@@ -122,7 +122,8 @@ class ServingMetrics:
         )
         self.log_dropped = Counter(
             "loopline_serving_inference_log_dropped_rows_total",
-            "rows the inference log dropped because its queue was full (requests never wait for the log)",
+            "rows the inference log dropped: its queue was full (requests never wait for the log), "
+            "or a stop ran out of time",
             registry=r,
         )
         self.log_queue = Gauge(
@@ -130,8 +131,38 @@ class ServingMetrics:
         )
         self.log_write_errors = Counter(
             "loopline_serving_inference_log_write_errors_total",
-            "failed writes of the inference log",
+            "failed inference-log write attempts (predictions or dead-letter table)",
             registry=r,
+        )
+        self.log_retries = Counter(
+            "loopline_serving_inference_log_retries_total",
+            "inference-log flushes scheduled for another try after a failed write",
+            registry=r,
+        )
+        self.log_deadletter_rows = Counter(
+            "loopline_serving_inference_log_deadletter_rows_total",
+            "rows parked in predictions_deadletter/M after their flush's retries were spent",
+            registry=r,
+        )
+        self.log_found_on_retry = Counter(
+            "loopline_serving_inference_log_commits_found_on_retry_total",
+            "retries that found their flush already committed (an ambiguous failure): not written twice",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "loopline_serving_overload_rejections_total",
+            "scoring requests answered 503 + Retry-After by backpressure, by bound (inflight, queue)",
+            ["bound"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "loopline_serving_shadow_skipped_total",
+            "shadow scorings skipped by backpressure, by bound (tasks, queue); the champion answered",
+            ["bound"],
+            registry=r,
+        )
+        self.shadow_in_flight = Gauge(
+            "loopline_serving_shadow_in_flight", "shadow scorings started and not finished", registry=r
         )
 
     def watch_queue(self, rows_waiting: Callable[[], float]) -> None:

@@ -39,6 +39,16 @@ def column_schema(spec) -> dict[str, Any]:
     return schema
 
 
+def _format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A body in one MLflow input format: that key (plus an optional `params`), nothing else."""
+    return {
+        "type": "object",
+        "required": [name],
+        "properties": {name: schema, "params": {"type": "object"}},
+        "additionalProperties": False,
+    }
+
+
 def openapi_document(contract: Contract | None, max_body_bytes: int) -> dict[str, Any]:
     row: dict[str, Any] = {"type": "object"}
     if contract is not None:
@@ -49,51 +59,63 @@ def openapi_document(contract: Contract | None, max_body_bytes: int) -> dict[str
             "required": [c for c in contract.feature_columns if not contract.columns[c].nullable],
             "additionalProperties": False,
         }
+    split = {
+        "type": "object",
+        "required": ["columns", "data"],
+        "properties": {
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "data": {"type": "array", "items": {"type": "array"}},  # one value per column, in order
+            "index": {"type": "array"},  # what pandas' to_json(orient="split") adds; ignored
+        },
+    }
+    rows = {"type": "array", "items": row}
     body = {
         "oneOf": [
-            {
-                "type": "object",
-                "required": ["dataframe_split"],
-                "properties": {
-                    "dataframe_split": {
-                        "type": "object",
-                        "required": ["columns", "data"],
-                        "properties": {
-                            "columns": {"type": "array", "items": {"type": "string"}},
-                            "data": {"type": "array", "items": {"type": "array"}},
-                        },
-                    }
-                },
-            },
-            {
-                "type": "object",
-                "required": ["dataframe_records"],
-                "properties": {"dataframe_records": {"type": "array", "items": row}},
-            },
-            {
-                "type": "object",
-                "required": ["instances"],
-                "properties": {"instances": {"type": "array", "items": row}},
-            },
-            {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {"inputs": {"type": "array", "items": row}},
-            },
+            _format("dataframe_split", split),
+            _format("dataframe_records", rows),
+            _format("instances", {"oneOf": [rows, row]}),  # a single object is one instance
+            # rows, or columns: {"col": [values...]} (an object of scalars is one row)
+            _format("inputs", {"oneOf": [rows, {"type": "object"}]}),
         ]
     }
     error = {
         "type": "object",
+        "required": ["error_code", "message"],
         "properties": {
             "error_code": {"type": "string"},
             "message": {"type": "string"},
-            "fields": {"type": "array"},
+            "fields": {"type": "array", "items": {"type": "object"}},
         },
     }
 
     def err(description: str) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": error}}}
 
+    unavailable = {
+        **err("no model loaded yet, or a backpressure bound reached: retry after `Retry-After` seconds"),
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before retrying",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+    json_object = {"type": "object"}
+
+    def ok(description: str, schema: dict[str, Any] = json_object) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    health = {
+        "type": "object",
+        "required": ["status", "model"],
+        "properties": {
+            "status": {"type": "string"},
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "last_error": {"type": "string"},
+        },
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -120,27 +142,69 @@ def openapi_document(contract: Contract | None, max_body_bytes: int) -> dict[str
                         },
                     ],
                     "responses": {
-                        "200": {
-                            "description": "one prediction per row",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {"predictions": {"type": "array"}},
-                                    }
-                                }
+                        "200": ok(
+                            "one prediction per row",
+                            {
+                                "type": "object",
+                                "required": ["predictions"],
+                                "properties": {"predictions": {"type": "array"}},
                             },
-                        },
+                        ),
                         "400": err("not JSON, or no MLflow input format"),
                         "413": err("body too large"),
                         "415": err("not JSON"),
                         "422": err("input breaks the contract; `fields` names each field"),
+                        "500": err("the model itself failed on the rows"),
+                        "503": unavailable,
                     },
                 }
             },
-            "/ping": {"get": {"responses": {"200": {"description": "a model is loaded"}}}},
-            "/health": {"get": {"responses": {"200": {"description": "status and version"}}}},
-            "/version": {"get": {"responses": {"200": {"description": "model, version, alias, loaded_at"}}}},
-            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
+            "/ping": {
+                "get": {
+                    "responses": {
+                        "200": {"description": "a model is loaded"},
+                        "503": {"description": "no model loaded yet"},
+                    }
+                }
+            },
+            "/health": {
+                "get": {
+                    "responses": {
+                        "200": ok("status and version", health),
+                        "503": ok("no model loaded yet", health),
+                    }
+                }
+            },
+            "/version": {"get": {"responses": {"200": ok("model, version, alias, loaded_at, challenger")}}},
+            "/metrics": {
+                "get": {
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    }
+                }
+            },
+            "/reload": {
+                "post": {
+                    "description": "check the registry now and swap if an alias moved",
+                    "parameters": [
+                        {
+                            "name": "X-Reload-Token",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": ok("/version after the swap, plus `changed` and `error`"),
+                        "401": err("missing or wrong reload token"),
+                        "403": err("reload is disabled on this server"),
+                        "502": ok("the registry or the new version failed; the old one keeps serving"),
+                    },
+                }
+            },
+            "/openapi.json": {"get": {"responses": {"200": ok("this document")}}},
         },
     }

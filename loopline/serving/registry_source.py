@@ -1,8 +1,9 @@
-"""Where serving finds its models: the MLflow registry (aliases) and the pyfunc's bundle artifact.
+"""Where serving finds its models: the MLflow registry (aliases) and the model's bundle directory.
 
-MLflow is imported here, at start-up and by the background poll, never on the request path. Only the
-version's bundle artifact (a few files) is downloaded, into `cache_dir/<model>/<version>`, not the whole
-pyfunc with its copied sources.
+MLflow is imported here, at start-up and by the background poll, never on the request path. Every version
+passes the loader gate (loopline.packaging.safe_load: its MLmodel read as YAML) before anything of it is
+downloaded or loaded: a model that needs unpickling or code from the artifact is refused with a ModelError.
+Then only the bundle (a few files of weights and JSON) is downloaded, into `cache_dir/<model>/<version>`.
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ class RegistrySource:
             raise
 
     def download(self, name: str, version: str) -> Path:
-        """The bundle directory of a model version (downloaded once per version)."""
-        import mlflow.artifacts
-        from mlflow.exceptions import MlflowException
+        """The bundle directory of a model version (gated and downloaded once per version)."""
+        from loopline.packaging.safe_load import fetch_bundle
 
         target = self.cache_dir / name / str(version)
         if (target / BUNDLE_ARTIFACT / "bundle.json").is_file():
@@ -55,22 +55,15 @@ class RegistrySource:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            root = self.client.get_model_version_download_uri(name, str(version)).rstrip("/")
-            path = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{root}/artifacts/{BUNDLE_ARTIFACT}",
-                    dst_path=str(tmp),
-                    tracking_uri=self.tracking_uri,
-                )
-            )
-        except MlflowException as exc:
+            path, plan = fetch_bundle(self.client, name, version, tmp, tracking_uri=self.tracking_uri)
+        except ModelError:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelError(
-                f"model {name!r} version {version}: cannot download its bundle artifact: {exc}"
-            ) from exc
-        if not (path / "bundle.json").is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelError(f"model {name!r} version {version} is not a loopline bundle (no bundle.json)")
+            raise
+        log.info("model %r version %s: loaded by %s", name, version, plan.loader)
+        if (
+            path != tmp / BUNDLE_ARTIFACT
+        ):  # the cache layout is <version>/bundle whatever the artifact names it
+            path.rename(tmp / BUNDLE_ARTIFACT)
         try:
             tmp.rename(target)
         except OSError:  # another process finished the same version first: use its copy

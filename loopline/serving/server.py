@@ -17,6 +17,7 @@ from pathlib import Path
 from loopline.config import ServingConfig
 from loopline.errors import LooplineError, ModelError
 from loopline.serving.app import ServingApp
+from loopline.serving.backpressure import Backpressure
 from loopline.serving.manager import ModelManager, ModelSource
 from loopline.serving.metrics import ServingMetrics
 from loopline.serving.router import Router
@@ -58,6 +59,7 @@ def build_app(
         poll_seconds=cfg.poll_seconds,
         pending=lambda: holder["app"].parsing,
         inline_max_rows=cfg.inline_max_rows,
+        max_queue_rows=cfg.max_queue_rows,
     )
 
     async def after_load() -> None:
@@ -76,6 +78,8 @@ def build_app(
                 max_queue_rows=cfg.log_queue_rows,
                 flush_rows=cfg.log_flush_rows,
                 flush_seconds=cfg.log_flush_seconds,
+                write_attempts=cfg.log_write_attempts,
+                retry_seconds=cfg.log_retry_seconds,
                 metrics=metrics,
             )
 
@@ -90,6 +94,12 @@ def build_app(
         reload_token=reload_token,
         after_load=after_load,
         on_shutdown=on_shutdown,
+        backpressure=Backpressure(
+            metrics,
+            max_inflight_requests=cfg.max_inflight_requests,
+            max_shadow_tasks=cfg.max_shadow_tasks,
+            retry_after_seconds=cfg.retry_after_seconds,
+        ),
     )
     holder["app"] = app
     return app
@@ -108,10 +118,14 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
 
     from loopline.packaging.registry import default_tracking_uri
     from loopline.serving.registry_source import RegistrySource
+    from loopline.storage.lake import Lake
 
     uri = tracking_uri or default_tracking_uri(home)
     source = RegistrySource(uri, Path(home) / "serving" / "bundles")
-    app = build_app(model, cfg, source=source, home=home)
+    # the inference log's lake, from the environment (a LOOPLINE_LAKE_BLOCK's is handed over there by the
+    # flow layer): resolved before the model loads, so a lake this process must not guess fails at once
+    lake = Lake.from_env(home) if cfg.inference_log else None
+    app = build_app(model, cfg, source=source, home=home, lake=lake)
     config = uvicorn.Config(
         app,
         host=cfg.host,
@@ -123,6 +137,8 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
         log_level=os.environ.get("LOOPLINE_SERVING_LOG_LEVEL", "warning"),
         timeout_graceful_shutdown=int(cfg.graceful_timeout_seconds),
         backlog=4096,
+        # a last resort far above the app's own bounds (backpressure.py): uvicorn's 503 is plain text
+        limit_concurrency=cfg.max_connections,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -3,11 +3,25 @@
 Idempotency: every write that must happen once per batch carries a Delta app transaction
 (`app_id`, version 1). A retry asks `transaction_version(app_id)` first and skips what already
 committed, so a crash half-way through a batch never duplicates rows.
+
+Concurrency (exactly once under concurrent writers): a commit is made from the snapshot its "already
+committed?" check read, so delta-rs's conflict checker rejects it ("Concurrent transaction failed") when a
+commit made since that snapshot carries one of its app ids: two writers of the same unit of work cannot both
+commit it. A table with one logical writer at a time (clean/D, features/D) also gives every commit a
+`writer` app transaction (the same id for every writer of the table, version previous + 1), so ANY two
+concurrent commits conflict and the loser re-reads before it retries (`retry_conflicts`). Creating a table is
+the one place delta-rs does not check this (a writer that loses the race for version 0 retries at version 1
+without looking at the app ids of version 0: measured with deltalake 1.6.6, two of six writers of the same app
+id both committed), so a first commit is made with mode "error" and no commit retries: a lost race raises
+CommitFailedError like any other conflict.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -15,9 +29,18 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from loopline.storage.lake import Lake
+
+T = TypeVar("T")
+Data = pa.Table | pa.RecordBatchReader | Callable[[], pa.RecordBatchReader]
+CONFLICT_ATTEMPTS = 12  # conflicts in a row before giving up: each one means another writer committed
+LATEST = object()  # append_once's default snapshot: the table as it is now
+
+
+class CommitRetriesExhausted(RuntimeError):
+    """Every attempt of a commit lost to a concurrent writer. Not a user error: running it again works."""
 
 
 def open_table(lake: Lake, uri: str, version: int | None = None) -> DeltaTable | None:
@@ -54,25 +77,79 @@ def is_committed(table: DeltaTable | None, app_id: str) -> bool:
 def append_once(
     lake: Lake,
     uri: str,
-    data: pa.Table | pa.RecordBatchReader,
+    data: Data,
     *,
-    app_id: str,
+    app_id: str | Sequence[str],
     metadata: dict[str, Any] | None = None,
     mode: str = "append",
-    table: DeltaTable | None = None,
+    table: DeltaTable | None | object = LATEST,
+    writer: str | None = None,
 ) -> tuple[int | None, bool]:
-    """Append `data` in one commit unless `app_id` already committed. Returns (table version, written).
-    `table`: the snapshot the caller built `data` from (an overwrite that rewrites the rows it read); the
-    commit is checked against it, so a commit by anyone else since then is a conflict, not lost rows."""
-    table = table if table is not None else open_table(lake, uri)
-    if is_committed(table, app_id):
-        return table.version(), False
-    props = CommitProperties(
-        app_transactions=[Transaction(app_id=app_id, version=1)],
-        custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
-    )
+    """Commit `data` in one commit unless its app id(s) already committed. Returns (table version, written).
+
+    `app_id`: one id, or several naming one unit of work (features: one per batch); the commit carries each
+    (version 1) and is skipped when every one of them already committed.
+    `table`: the snapshot the caller built `data` from (its "already done?" reading, or an overwrite that
+    rewrites the rows it read; None: the caller saw no table); the commit is checked against it, so a commit
+    by anyone else since then that carries one of the same app ids (or `writer`) raises CommitFailedError for
+    the caller to re-read and retry. Without `table`, the data does not depend on the table: a conflict is retried here from a fresh snapshot
+    when `data` can be read again (a table, or a callable returning a new reader), else raised.
+    `writer`: an app id every writer of this table uses; the commit carries it with version previous + 1, so
+    any two concurrent commits conflict (see the module docstring).
+    Either way, a conflict whose winner committed these very app ids is a skip, not an error."""
+    ids = [app_id] if isinstance(app_id, str) else list(app_id)
+    replayable = table is LATEST and (isinstance(data, pa.Table) or callable(data))
+    snapshot = open_table(lake, uri) if table is LATEST else table
+    for attempt in range(CONFLICT_ATTEMPTS if replayable else 1):
+        if attempt:
+            backoff(attempt)
+            snapshot = open_table(lake, uri)
+        if snapshot is not None and all(is_committed(snapshot, i) for i in ids):
+            return snapshot.version(), False
+        try:
+            return _commit(
+                lake, uri, data() if callable(data) else data, snapshot, ids, metadata, mode, writer
+            )
+        except CommitFailedError:
+            latest = open_table(lake, uri)
+            if latest is not None and all(is_committed(latest, i) for i in ids):
+                return latest.version(), False  # a concurrent writer of the same unit of work won
+            if attempt == CONFLICT_ATTEMPTS - 1 or not replayable:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _commit(
+    lake: Lake,
+    uri: str,
+    data: pa.Table | pa.RecordBatchReader,
+    snapshot: DeltaTable | None,
+    ids: list[str],
+    metadata: dict[str, Any] | None,
+    mode: str,
+    writer: str | None,
+) -> tuple[int | None, bool]:
+    txns = [Transaction(app_id=i, version=1) for i in ids]
+    if writer is not None:
+        previous = (snapshot.transaction_version(writer) or 0) if snapshot is not None else 0
+        txns.append(Transaction(app_id=writer, version=previous + 1))
+    custom = {k: str(v) for k, v in (metadata or {}).items()}
+    if snapshot is None:  # creating the table: no retry at version 1 behind delta-rs's back
+        props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
+        try:
+            write_deltalake(
+                uri, data, mode="error", storage_options=lake.storage_options, commit_properties=props
+            )
+        except CommitFailedError:
+            raise
+        except DeltaError as exc:
+            if "already exists" not in str(exc):
+                raise
+            raise CommitFailedError(f"{uri} was created concurrently: {exc}") from exc
+        return 0, True
+    props = CommitProperties(app_transactions=txns, custom_metadata=custom)
     write_deltalake(
-        uri if table is None else table,  # the snapshot checked above: a commit since then is a conflict
+        snapshot,  # the snapshot checked above: a commit since then carrying our app ids is a conflict
         data,
         mode=mode,
         schema_mode="merge" if mode == "append" else "overwrite",
@@ -80,6 +157,29 @@ def append_once(
         commit_properties=props,
     )
     return table_version(lake, uri), True
+
+
+def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> None:
+    """Sleep before retry `attempt` (1, 2, ...): exponential with full jitter, so racing writers spread out."""
+    time.sleep(random.uniform(0.5, 1.5) * min(cap, base * 2 ** (attempt - 1)))
+
+
+def retry_conflicts(work: Callable[[], T], what: str, attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Run `work` (which re-reads the tables it commits to) until its commit does not conflict.
+
+    Each CommitFailedError means a concurrent writer committed first; `work` runs again from the new snapshot.
+    After `attempts` in a row, raises CommitRetriesExhausted naming `what`."""
+    for attempt in range(attempts):
+        if attempt:
+            backoff(attempt)
+        try:
+            return work()
+        except CommitFailedError as exc:
+            last = exc
+    raise CommitRetriesExhausted(
+        f"{what}: {attempts} commits in a row lost to concurrent writers (last: {last}); nothing of this "
+        "attempt was committed, so running it again is safe"
+    )
 
 
 def read_column(lake: Lake, uri: str, columns: list[str], version: int | None = None) -> pa.Table | None:

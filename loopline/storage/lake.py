@@ -6,7 +6,10 @@ delete), so every stage works the same on a local folder and on `s3://bucket/pre
 
 Settings come from the `LakeStorage` Prefect block when a flow loads one, else from the environment:
 `LOOPLINE_LAKE_URI` (default `$LOOPLINE_HOME/lake`), `AWS_ENDPOINT_URL`, `AWS_REGION`,
-`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`.
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`. The core never loads a block (it runs without Prefect): the
+flow layer resolves `LOOPLINE_LAKE_BLOCK` and hands the lake to the processes it starts as those variables
+(`Lake.environment`), so every process reads one lake. A process that `LOOPLINE_LAKE_BLOCK` names a block
+for, but that was not handed the block's lake, refuses to guess: `from_env` raises.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from loopline.errors import ConfigError
 from loopline.storage.files import TMP_MARKER, atomic_write_bytes
+from loopline.storage.names import check_name
+from loopline.storage.s3_retries import S3Retries, read_object
 
 TABLE_KINDS = ("raw", "quarantine", "clean", "features", "predictions")
+BLOCK_ENV = "LOOPLINE_LAKE_BLOCK"  # a LakeStorage block's name, resolved by the flow layer (blocks/lake.py)
+RESOLVED_ENV = "LOOPLINE_LAKE_RESOLVED"  # set beside the lake's variables by whoever resolved them
+# lake folders named by a model (the rest are named by a dataset): says which name was bad
+MODEL_FOLDERS = frozenset({"predictions", "predictions_deadletter", "feedback", "checkpoints", "drift"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,15 @@ class Lake:
 
     @classmethod
     def from_env(cls, home: str | None = None) -> Lake:
+        block = os.environ.get(BLOCK_ENV)
+        if block and not os.environ.get(RESOLVED_ENV):
+            raise ConfigError(
+                f"{BLOCK_ENV}={block!r} names a LakeStorage block, but this process was not handed that "
+                "block's lake and cannot load blocks itself (the core runs without Prefect), so it would read "
+                "another lake. Run it through the `loopline` command or a flow, which load the block and pass "
+                f"its lake on in the environment; or unset {BLOCK_ENV} and set LOOPLINE_LAKE_URI (and for S3 "
+                "AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."
+            )
         home = home or os.environ.get("LOOPLINE_HOME", "./.loopline")
         root = os.environ.get("LOOPLINE_LAKE_URI") or str(Path(home) / "lake")
         return cls(
@@ -41,18 +60,42 @@ class Lake:
             secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
         )
 
+    def environment(self) -> dict[str, str]:
+        """The variables `from_env` reads, set to this lake: a process started with them on top of its
+        parent's environment reads this lake. They carry the secret key: pass them in a child's environment
+        only, never in argv, files or logs. An unset endpoint or key is left out, so the child falls back
+        where this process's S3 clients fall back too (the environment, the SDK's defaults)."""
+        root = self.root if self.is_s3 else str(Path(self.root).resolve())
+        env = {"LOOPLINE_LAKE_URI": root, RESOLVED_ENV: "1"}
+        if self.is_s3 or self.region:
+            env["AWS_REGION"] = self.region or "us-east-1"  # the region this process's clients use
+        for name, value in (
+            ("AWS_ENDPOINT_URL", self.endpoint_url),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key),
+        ):
+            if value:
+                env[name] = value
+        return env
+
     @property
     def is_s3(self) -> bool:
         return is_s3_uri(self.root)
 
     def uri(self, *parts: str) -> str:
-        """A location under the root: `lake.uri("checkpoints", "demo")`."""
+        """A location under the root: `lake.uri("checkpoints", "demo")`. Every part is one path segment
+        that passes `check_name` (the second names a dataset or model), so no name leaves its folder."""
         base = self.root if self.is_s3 else str(Path(self.root).resolve())
-        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+        kept = [p for p in parts if p]
+        for i, part in enumerate(kept):
+            what = ("model" if kept[0] in MODEL_FOLDERS else "dataset") if i == 1 else "lake path part"
+            check_name(part.rstrip("/"), what)
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in kept]])
 
     def table_uri(self, kind: str, name: str) -> str:
         if kind not in TABLE_KINDS:
             raise ValueError(f"unknown table kind {kind!r}; expected one of {TABLE_KINDS}")
+        check_name(name, "model" if kind in MODEL_FOLDERS else "dataset")  # "" too: not the folder itself
         return self.uri(kind, name)
 
     @property
@@ -77,7 +120,7 @@ class Lake:
     def get_bytes(self, uri: str) -> bytes:
         if is_s3_uri(uri):
             bucket, key = split_s3_uri(uri)
-            return self.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return read_object(self.s3_client(), bucket, key, attempts=S3Retries.from_env().max_attempts)
         return Path(uri).read_bytes()
 
     def list(self, prefix_uri: str) -> list[str]:
@@ -124,6 +167,7 @@ def s3_storage_options(
         opts["AWS_ACCESS_KEY_ID"] = access_key_id
     if secret_access_key:
         opts["AWS_SECRET_ACCESS_KEY"] = secret_access_key
+    opts.update(S3Retries.from_env().delta_options())  # retries and timeouts: see loopline.storage.s3_retries
     return opts
 
 
@@ -138,4 +182,5 @@ def make_s3_client(
         region_name=region or "us-east-1",
         aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key,
+        config=S3Retries.from_env().botocore_config(),  # retries and timeouts: see loopline.storage.s3_retries
     )

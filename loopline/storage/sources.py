@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pyarrow as pa
 
 from loopline.errors import SourceError
 from loopline.storage.lake import Lake, is_s3_uri, split_s3_uri
+from loopline.storage.s3_retries import S3Retries, read_object
 
 FORMATS = {
     ".csv": "csv",
@@ -82,9 +82,8 @@ def fetch(uri: str, lake: Lake, workdir: str) -> SourceFile:
     local = Path(workdir) / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(key).name
     local.parent.mkdir(parents=True, exist_ok=True)
     try:
-        body = lake.s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-        with open(local, "wb") as fh:
-            shutil.copyfileobj(body, fh, _HASH_BLOCK)
+        with open(local, "wb") as fh:  # a body that breaks mid-way is fetched again (boto3 would not)
+            read_object(lake.s3_client(), bucket, key, attempts=S3Retries.from_env().max_attempts, sink=fh)
     except Exception as exc:  # botocore errors vary by endpoint; name the object either way
         raise SourceError(f"cannot download: {exc}", file=uri) from exc
     return SourceFile(uri=uri, local_path=str(local), fmt=fmt)

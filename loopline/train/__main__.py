@@ -2,6 +2,8 @@
 
 Training without Prefect (the `loopline train` command goes through the Prefect flow). Exit codes:
 0 trained, 2 bad input, 143 preempted after a checkpoint (run it again to resume), 1 anything else.
+The lake comes from the environment (`Lake.from_env`); with `LOOPLINE_LAKE_BLOCK` set, only from a parent
+that resolved the block and passed its lake on (blocks/lake.py), else exit 2: never another lake.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     from loopline.config import load_config
     from loopline.errors import LooplineError
     from loopline.storage.lake import Lake
-    from loopline.train import run_training
 
     try:
         cfg = load_config(args.config, args.sets)
+        lake = Lake.from_env(cfg.home)  # before the heavy imports: a lake it must not guess fails fast
+        from loopline.train import run_training
+
         result = run_training(
             cfg,
             args.dataset,
-            lake=Lake.from_env(cfg.home),
+            lake=lake,
             model_name=args.model,
             fresh=args.fresh,
             features_version=args.features_version,

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from loopline.faults import kill_point
 from loopline.storage.files import atomic_writer
 from loopline.storage.lake import Lake
 
@@ -72,6 +73,7 @@ class CheckpointStore:
             self.lake.put_bytes(uri, buffer.getvalue())  # one PUT: S3 objects appear whole or not at all
         else:
             _save_local_atomically(payload, Path(uri))
+        kill_point("checkpoint.after_rename")  # the new file is in place, the old ones not yet pruned
         self.last_write_seconds = time.perf_counter() - started
         self.prune()
         return uri
@@ -129,3 +131,5 @@ def _save_local_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save streamed into a temp file (no second in-memory copy of a large state), fsync, rename."""
     with atomic_writer(path, "wb") as fh:
         torch.save(payload, fh)
+        fh.flush()  # the whole temp file is written (atomic_writer's own flush is then a no-op) ...
+        kill_point("checkpoint.before_rename")  # ... and not yet renamed: only the temp file exists

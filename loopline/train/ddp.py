@@ -1,12 +1,12 @@
 """DDP: `training.devices: N` runs N worker processes under torchrun (gloo on CPU, nccl on GPU).
 
 The parent (run_training) keeps the MLflow run, the GPU sampler and the preemption watch. It has read
-the split once; it hands the arrays to the workers as .npy files (so every
-rank sees exactly the same rows and no worker imports Delta or MLflow), writes a spec, starts
-`python -m torch.distributed.run --standalone --nproc-per-node N -m loopline.train.worker SPEC`, relays
-rank 0's progress and metric lines to the callbacks (MLflow), and forwards SIGTERM to torchrun when
-preemption is requested (torchrun passes it on to every worker; they agree on the step, rank 0
-checkpoints, all exit 143).
+the split once; it hands the arrays to the workers as .npy files (so every rank sees exactly the same rows
+and no worker imports Delta or MLflow), writes a spec, hands its lake on in the workers' environment
+(`worker_env`), starts `python -m torch.distributed.run --standalone --nproc-per-node N -m
+loopline.train.worker SPEC`, relays rank 0's progress and metric lines to the callbacks (MLflow), and
+forwards SIGTERM to torchrun when preemption is requested (torchrun passes it on to every worker; they
+agree on the step, rank 0 checkpoints, all exit 143).
 Every worker loads the latest checkpoint at start, so a rerun resumes whatever killed the last one.
 """
 
@@ -53,12 +53,10 @@ def torchrun_command(nproc: int, spec_path: str) -> list[str]:
 
 
 def worker_env(lake: Lake, nproc: int) -> dict[str, str]:
-    """The child environment: the lake's credentials travel by environment, never in the spec file."""
-    env = dict(os.environ)
-    if lake.access_key_id:
-        env["AWS_ACCESS_KEY_ID"] = lake.access_key_id
-    if lake.secret_access_key:
-        env["AWS_SECRET_ACCESS_KEY"] = lake.secret_access_key
+    """The child environment. The lake goes as the variables `Lake.from_env` reads (the parent's lake,
+    whether a LakeStorage block or the environment gave it), so a worker reads it as every core process
+    does, and its secret key travels in the environment only, never in the spec file or argv."""
+    env = {**os.environ, **lake.environment()}
     # one intra-op thread per worker on CPU unless told otherwise: N processes already use N cores
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env["PYTHONUNBUFFERED"] = "1"
@@ -106,7 +104,6 @@ def launch_ddp(
         spec = {
             **spec,
             "data": write_arrays(data, Path(tmp)),
-            "lake": {"root": lake.root, "endpoint_url": lake.endpoint_url, "region": lake.region},
             "result_path": paths["result.json"],
             "weights_path": paths["weights.pt"],
             "progress_path": paths["progress.jsonl"],

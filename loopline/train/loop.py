@@ -23,7 +23,8 @@ from torch import nn
 
 from loopline.config import TrainingConfig
 from loopline.errors import ConfigError
-from loopline.packaging.factory import resolve_factory
+from loopline.faults import kill_point
+from loopline.packaging.factory import resolve_factory, trust_module_of
 from loopline.train.async_writer import AsyncCheckpointWriter, snapshot
 from loopline.train.checkpoint import CheckpointStore
 from loopline.train.data import BatchOrder, PlacedTensors, place_tensors, total_steps
@@ -223,6 +224,7 @@ def train_loop(
     autocast_dtype = resolve_precision(cfg.precision, device)
     input_dim = int(data.X_train.shape[1])
     output_dim = output_dim_for(task, data.n_classes)
+    trust_module_of(cfg.model)  # its bundle names this factory: evaluation and serving here may load it
     model = resolve_factory(cfg.model)(input_dim, output_dim, cfg).to(device)
     inner = model
     if distributed:
@@ -269,7 +271,9 @@ def train_loop(
 
     writer = AsyncCheckpointWriter(store, background=background_checkpoints) if is_writer else None
     if is_writer:
+        # what a kill mid-save left: a temp file (killed before the rename), a file too many (before the prune)
         store.remove_stale_temp_files()
+        store.prune()
 
     def checkpoint_state(done: int) -> dict[str, Any]:
         epoch, batch = order.position(done)
@@ -323,6 +327,7 @@ def train_loop(
             optimizer.step()
             scheduler.step()
             step += 1
+            kill_point("train.step")  # weights moved past the last checkpoint; a checkpoint may be in flight
             loss_sum += loss.detach()
             window_steps += 1
             window_samples += idx.numel() * world_size

@@ -32,6 +32,7 @@ OPERATIONAL_FIELDS = frozenset(
         "gpu_sample_seconds",
         "gpu_slot",
         "gpu_slot_on_cpu",
+        "gpu_slot_timeout_seconds",
     }
 )
 

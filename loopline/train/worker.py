@@ -1,6 +1,7 @@
 """One DDP worker: `python -m torch.distributed.run ... -m loopline.train.worker SPEC` (see ddp.py).
 
-Memory-maps the arrays the parent wrote, joins the process group, runs the shared training loop; rank 0
+Memory-maps the arrays the parent wrote, reads the lake as every core process does (`Lake.from_env`: the
+parent passes its lake in the environment), joins the process group, runs the shared training loop; rank 0
 writes checkpoints, appends progress and metric lines (the parent sends them to MLflow) and reports the
 outcome (and the final weights) in files the parent reads. Exit 143 when preempted, resumable.
 Imports torch and numpy only: no Delta, no MLflow, so workers start fast.
@@ -42,14 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     world_size = dist.get_world_size()
-    lake_spec = spec["lake"]
-    lake = Lake(
-        root=lake_spec["root"],
-        endpoint_url=lake_spec.get("endpoint_url"),
-        region=lake_spec.get("region"),
-        access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-    )
+    lake = Lake.from_env(cfg.home)  # the parent's lake, handed over in the environment (ddp.worker_env)
     data = read_arrays(spec["data"])
     store = CheckpointStore(lake, spec["checkpoint_prefix"], tcfg.keep_last_checkpoints)
 

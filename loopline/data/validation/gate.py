@@ -51,7 +51,7 @@ import pandas as pd
 from loopline.config import ValidationConfig
 from loopline.data.contracts import Contract
 from loopline.data.validation.coerce import CoercedChunk, coerce_chunk
-from loopline.data.validation.ids import ValueSet
+from loopline.data.validation.ids import TableIds, ValueSet
 from loopline.data.validation.suite import Check, compile_checks
 from loopline.errors import DataQualityError
 
@@ -96,7 +96,7 @@ class Gate:
     def __init__(
         self,
         contract: Contract,
-        existing_ids: np.ndarray | None = None,
+        existing_ids: np.ndarray | TableIds | None = None,
         cfg: ValidationConfig | None = None,
         data_docs_dir: str | None = None,
         batch_id: str = "batch",
@@ -115,8 +115,11 @@ class Gate:
         self._unique_checks = [c for c in self.checks if c.kind == "unique"]
         self._claimed = {c.column: ValueSet(dtype=_id_dtype(contract, c.column)) for c in self._unique_checks}
         id_dtype = _id_dtype(contract, contract.id)
-        existing = np.asarray(existing_ids if existing_ids is not None else [], dtype=id_dtype)
-        self._existing = ValueSet(existing, dtype=id_dtype)
+        if hasattr(existing_ids, "contains"):  # a lookup (ids.TableIds): asked per chunk, never loaded whole
+            self._existing = existing_ids
+        else:
+            existing = np.asarray(existing_ids if existing_ids is not None else [], dtype=id_dtype)
+            self._existing = ValueSet(existing, dtype=id_dtype)
         self._counts = {c.key: 0 for c in self.checks}
         self._examples: dict[str, list[dict]] = {c.key: [] for c in self.checks}
         self.rows_in = self.rows_clean = self.rows_quarantined = 0
@@ -177,7 +180,7 @@ class Gate:
         id_values = typed[self.contract.id]
         id_present = id_values.notna().to_numpy(dtype=bool)
         known = np.zeros(n, dtype=bool)
-        if len(self._existing):
+        if self._existing:
             known[id_present] = self._existing.contains(_plain(id_values[id_present]))
         masks[f"{self.contract.id}:new_id"] = known
         for check in self._unique_checks:

@@ -60,3 +60,57 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+class TableIds:
+    """The ids of one snapshot of a Delta table (clean/D), looked up a few at a time instead of loaded.
+
+    `contains(values)` reads only the rows whose id is among `values` (Arrow filter pushdown: the id range
+    prunes files by their Delta min/max stats and row groups by their Parquet stats, `isin` filters the rest),
+    so an ingest costs memory in proportion to its own batch, not to the table. Rows of `exclude_batch` do not
+    count (a crashed attempt of the same batch may have committed them). `holders(values)` says which batch
+    holds each id found: the reason a row moved to quarantine names it.
+    """
+
+    def __init__(self, table, id_column: str, *, exclude_batch: str | None = None):
+        self.table, self.id_column, self.exclude_batch = table, id_column, exclude_batch
+        self.version = None if table is None else table.version()
+        self._dataset = None
+
+    def __bool__(self) -> bool:
+        return self.table is not None
+
+    def holders(self, values) -> dict:
+        """{id: batch id holding it} for the `values` present in the snapshot (outside `exclude_batch`)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(np.asarray(values))
+        if self.table is None or not len(arr):
+            return {}
+        if self._dataset is None:
+            from loopline.storage.delta import dataset
+
+            self._dataset = dataset(self.table)
+        stored = self._dataset.schema.field(self.id_column).type
+        if arr.type != stored:
+            arr = arr.cast(stored)
+        arr = pc.unique(arr.drop_null())
+        if not len(arr):
+            return {}
+        field = pc.field(self.id_column)
+        flt = field.isin(arr)
+        if pa.types.is_integer(stored) or pa.types.is_floating(stored) or pa.types.is_timestamp(stored):
+            bounds = pc.min_max(arr)
+            flt = (field >= bounds["min"]) & (field <= bounds["max"]) & flt  # prunes files by their stats
+        if self.exclude_batch is not None:
+            flt = flt & (pc.field("_batch_id") != self.exclude_batch)
+        found = self._dataset.to_table(columns=[self.id_column, "_batch_id"], filter=flt)
+        return dict(zip(found[self.id_column].to_pylist(), found["_batch_id"].to_pylist(), strict=True))
+
+    def contains(self, values) -> np.ndarray:
+        arr = np.asarray(values)
+        held = self.holders(arr)
+        if not held:
+            return np.zeros(len(arr), dtype=bool)
+        return np.isin(arr, np.asarray(list(held), dtype=arr.dtype))

@@ -1,9 +1,10 @@
-"""A model registered before the regroup still loads and predicts the same, through MLflow's pyfunc
-(a fresh process, as `mlflow models serve` would) and through the model server's bundle loader."""
+"""A model registered before the regroup and before the loader-module format (a cloudpickled
+`loopline.pyfunc.LooplineModel` whose artifacts hold the bundle) still loads and predicts the same through
+every loopline path (scoring, infra validation, the model server), and none of them unpickles it: an audit
+hook on the stdlib unpickler (`pickle.find_class`) sees nothing, while MLflow's own loader, the control,
+resolves `LooplineModel` through it."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,12 @@ import pytest
 from tests.serving_support import pyfunc_frame
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "legacy_model"
-REPO = Path(__file__).resolve().parents[3]
+_unpickled: list[tuple[str, str]] = []
+
+
+def _record_unpickling(event: str, args: tuple) -> None:
+    if event == "pickle.find_class":  # every global a stdlib/cloudpickle unpickler resolves
+        _unpickled.append(tuple(args))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,8 @@ def registered(tmp_path_factory) -> dict:
     mlflow.set_registry_uri(tracking_uri)
     client.create_registered_model("legacy")
     version = client.create_model_version("legacy", f"runs:/{run.info.run_id}/model", run.info.run_id)
-    return {"tracking_uri": tracking_uri, "home": home, "version": version.version}
+    sys.addaudithook(_record_unpickling)  # audit hooks cannot be removed: it only appends to a list
+    return {"tracking_uri": tracking_uri, "home": home, "version": version.version, "client": client}
 
 
 def _expected() -> np.ndarray:
@@ -50,27 +57,50 @@ def test_the_fixture_names_the_old_paths():
     assert not (FIXTURE / "model" / "code").exists()
 
 
-def test_pyfunc_load_model_in_a_fresh_process(registered):
-    code = (
-        "import json, sys, pandas as pd, mlflow.pyfunc\n"
-        "from tests.serving_support import pyfunc_frame\n"
-        f"model = mlflow.pyfunc.load_model('models:/legacy/{registered['version']}')\n"
-        f"rows = pyfunc_frame(pd.read_csv({str(FIXTURE / 'rows.csv')!r}))\n"
-        "print(json.dumps([float(p) for p in model.predict(rows)]))"
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["tracking_uri"]}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    np.testing.assert_allclose(json.loads(out.stdout.strip().splitlines()[-1]), _expected(), rtol=1e-6)
-
-
-def test_the_model_server_loads_the_legacy_bundle(registered):
+def test_every_loopline_path_loads_the_bundle_and_never_unpickles(registered, tmp_path):
+    from loopline.packaging.safe_load import FORMAT_LEGACY, check_version, load_version
+    from loopline.release.infra_validation import load_for_validation
     from loopline.serving.model import load_bundle_model
     from loopline.serving.registry_source import RegistrySource
 
-    source = RegistrySource(registered["tracking_uri"], registered["home"] / "serving-cache")
-    bundle_dir = source.download("legacy", registered["version"])
+    uri, version = registered["tracking_uri"], registered["version"]
+    _unpickled.clear()
+    plan, _ = check_version(registered["client"], "legacy", version, tracking_uri=uri)
+    assert plan.format == FORMAT_LEGACY and plan.bundle_path == "artifacts/bundle"
+    assert "legacy pickle not loaded" in plan.loader
+
+    predictor, _ = load_version("legacy", version, tracking_uri=uri)  # evaluation and promotion
+    np.testing.assert_allclose(predictor.predict(_rows()), _expected(), rtol=1e-6)
+    model, loader = load_for_validation(f"models:/legacy/{version}", uri, str(tmp_path))  # infra validation
+    np.testing.assert_allclose(model.predict(_rows()), _expected(), rtol=1e-6)
+    assert loader == plan.loader
+    source = RegistrySource(uri, registered["home"] / "serving-cache")  # the model server
     loaded = load_bundle_model(
-        bundle_dir, name="legacy", version=registered["version"], alias="champion", device="cpu"
+        source.download("legacy", version), name="legacy", version=version, alias="champion", device="cpu"
     )
     np.testing.assert_allclose(loaded.predictor.predict(_rows()), _expected(), rtol=1e-6)
+    assert _unpickled == []
+
+    # the control: MLflow's loader unpickles the very same model, and the hook sees it
+    import mlflow.pyfunc
+
+    root = registered["client"].get_model_version_download_uri("legacy", version)
+    mlflow.pyfunc.load_model(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=root, dst_path=str(tmp_path / "control"), tracking_uri=uri
+        )
+    )
+    assert ("loopline.pyfunc", "LooplineModel") in _unpickled
+
+
+def test_infra_validation_of_the_legacy_model_passes_in_a_fresh_process(registered):
+    from loopline.packaging.bundle import load_predictor
+    from loopline.release.infra_validation import sample_rows, validate_infra
+
+    contract = load_predictor(FIXTURE / "model" / "artifacts" / "bundle").contract
+    rows = sample_rows(contract, pd.read_csv(FIXTURE / "rows.csv", parse_dates=["signup_at"]), 20)
+    result = validate_infra(
+        f"models:/legacy/{registered['version']}", rows, contract, tracking_uri=registered["tracking_uri"]
+    )
+    assert result["ok"], result["reason"]
+    assert result["loader"].startswith("loopline.packaging.bundle.load_predictor")

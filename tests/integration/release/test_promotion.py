@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import threading
 from pathlib import Path
 
-import cloudpickle
 import mlflow.pyfunc
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -31,30 +27,24 @@ REPO = Path(__file__).resolve().parents[3]
 FAST_EVAL = {"bootstrap_samples": 200, "min_slice_rows": 50}
 
 
-class InvertedOnCorp(mlflow.pyfunc.PythonModel):
-    """The good model everywhere but segment=corp, where its probabilities are flipped: better overall
-    than the crippled model, far worse on one slice."""
-
-    def load_context(self, context):
-        from loopline.packaging.bundle import load_predictor
-
-        self.inner = load_predictor(context.artifacts["bundle"])
-
-    def predict(self, context, model_input, params=None):
-        p = np.asarray(self.inner.predict(model_input), dtype=np.float64)
-        corp = np.asarray(model_input["segment"] == "corp")
-        return pd.Series(np.where(corp, 1.0 - p, p))
-
-
-class Exploding(mlflow.pyfunc.PythonModel):
-    """Loads fine, fails on every call: what infra validation exists to catch."""
-
-    def predict(self, context, model_input, params=None):
-        raise RuntimeError("boom: this model cannot score anything")
+def inverted_on_corp(state: dict, meta: dict) -> None:
+    """The good model everywhere but segment=corp, where its logit is negated (probabilities flipped):
+    better overall than the crippled model, far worse on one slice. Built as a real loopline bundle: one
+    hidden layer of width 2h+1 that gates the good model's h units on the corp one-hot (c):
+    u = relu(z - M c), v = relu(z - M (1 - c)), w = relu(c); out = W2 u - W2 v - 2 b2 w + b2."""
+    (w1, b1), (w2, b2) = (state["0.weight"], state["0.bias"]), (state["2.weight"], state["2.bias"])
+    corp = torch.zeros(w1.shape[1])
+    corp[meta["feature_names"].index("segment__corp")] = 1.0
+    big = 1000.0  # far above any pre-activation of the good model
+    state["0.weight"] = torch.cat([w1 - big * corp, w1 + big * corp, corp[None, :]])
+    state["0.bias"] = torch.cat([b1, b1 - big, torch.zeros(1)])
+    state["2.weight"] = torch.cat([w2, -w2, -2 * b2[:, None]], dim=1)
+    meta["model_config"]["hidden_sizes"] = [2 * w1.shape[0] + 1]
 
 
-# the fresh validation process must unpickle these without importing the tests package
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+def nan_weights(state: dict, meta: dict) -> None:
+    """Loads fine, predicts NaN for every row: what infra validation exists to catch."""
+    state["2.bias"] = torch.full_like(state["2.bias"], float("nan"))
 
 
 @pytest.fixture(scope="module")
@@ -141,27 +131,40 @@ def aliases(setup, name) -> dict[str, int]:
     return {k: int(v) for k, v in setup["client"].get_registered_model(name).aliases.items()}
 
 
-def register_pyfunc(setup, name: str, python_model, *, artifacts=None, tags_from: int | None = None) -> int:
-    """Log a custom pyfunc as a new version of `name`, in a run tagged like a training run of `tags_from`."""
+def register_edited(setup, name: str, edit, *, base_version: int) -> int:
+    """A new version of `name`: the bundle of `base` version `base_version` with `edit(state, meta)` applied
+    to its weights and bundle.json, logged by loopline itself, in a run tagged like the base's training run
+    (so it is evaluated on the same split)."""
+    from loopline.packaging.bundle import load_predictor
+    from loopline.packaging.registry import log_and_register_bundle
+    from loopline.packaging.safe_load import fetch_bundle
+    from loopline.release.testset import read_test_set
+
     client = setup["client"]
-    tags = {}
-    if tags_from is not None:
-        run = client.get_run(client.get_model_version("base", str(tags_from)).run_id)
-        tags = {
-            k: v for k, v in run.data.tags.items() if k.startswith(("data.", "loopline.dataset", "contract."))
-        }
+    run = client.get_run(client.get_model_version("base", str(base_version)).run_id)
+    tags = {
+        k: v for k, v in run.data.tags.items() if k.startswith(("data.", "loopline.dataset", "contract."))
+    }
+    work = Path(setup["home"]) / f"edit-{name}-{next(_names)}"
+    work.mkdir()
+    bundle, _ = fetch_bundle(client, "base", base_version, work, tracking_uri=setup["tracking"])
+    state = torch.load(bundle / "model.pt", weights_only=True)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    edit(state, meta)
+    torch.save(state, bundle / "model.pt")
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    predictor = load_predictor(bundle)
+    example = read_test_set(setup["lake"], "demo", 0).frame.head(5)
     mlflow.set_tracking_uri(setup["tracking"])
-    with mlflow.start_run(
-        experiment_id=client.get_experiment_by_name("loopline-base").experiment_id, tags=tags
-    ):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=python_model,
-            artifacts=artifacts,
-            registered_model_name=name,
-            pip_requirements=["mlflow"],
+    with mlflow.start_run(experiment_id=run.info.experiment_id, tags=tags):
+        registered = log_and_register_bundle(
+            str(bundle),
+            model_name=name,
+            contract=predictor.contract,
+            input_example=example,
+            predictions=None,
         )
-    return int(info.registered_model_version)
+    return int(registered["model_version"])
 
 
 def test_first_model_is_promoted_when_it_clears_min_score(setup):
@@ -181,6 +184,9 @@ def test_first_model_is_promoted_when_it_clears_min_score(setup):
     assert (
         result["infra_validation"]["ok"] and result["infra_validation"]["rows"] > 64
     )  # real rows + edge rows
+    # loaded the way `mlflow models serve` loads it: the installed loopline's loader module, no pickle
+    assert result["infra_validation"]["loader"] == "mlflow.pyfunc.load_model -> loopline.packaging.pyfunc"
+    assert result["data"]["candidate_loader"] == "loopline.packaging.pyfunc"
     assert set(result["metrics"]) == {"roc_auc", "accuracy", "log_loss", "f1", "ece"}
     assert result["metrics"]["roc_auc"] > 0.75
     assert aliases(setup, name) == {"champion": 1}
@@ -191,6 +197,7 @@ def test_first_model_is_promoted_when_it_clears_min_score(setup):
     # the model card is an MLflow artifact of the decision run
     card = mlflow.artifacts.load_text(result["model_card_uri"])
     assert "PROMOTED" in card and "## Slices" in card and "features version" in card
+    assert "`mlflow.pyfunc.load_model -> loopline.packaging.pyfunc` + `predict`" in card
 
 
 def test_min_score_keeps_a_weak_first_model_out(setup):
@@ -245,10 +252,7 @@ def test_a_tie_keeps_the_champion_unless_a_lateral_move_is_allowed(setup):
 def test_a_slice_regression_blocks_an_otherwise_better_model(setup):
     name = clone(setup, setup["crippled"])
     promote(setup, name, 1)
-    bundle = mlflow.artifacts.download_artifacts(
-        f"{setup['client'].get_model_version_download_uri('base', str(setup['good']))}/artifacts/bundle"
-    )
-    v2 = register_pyfunc(setup, name, InvertedOnCorp(), artifacts={"bundle": bundle}, tags_from=setup["good"])
+    v2 = register_edited(setup, name, inverted_on_corp, base_version=setup["good"])
     cfg = cfg_with(setup, min_slice_rows=30)
     blocked = promote(setup, name, v2, cfg=cfg, infra_validate=False)
     assert blocked["improvement"] > 0  # better overall ...
@@ -263,20 +267,19 @@ def test_a_slice_regression_blocks_an_otherwise_better_model(setup):
     ]
 
 
-def test_a_model_whose_predict_raises_fails_infra_validation(setup):
+def test_a_model_that_predicts_nan_fails_infra_validation(setup):
     name = clone(setup, setup["good"])
     promote(setup, name, 1)
-    bad = register_pyfunc(setup, name, Exploding(), tags_from=setup["good"])
+    bad = register_edited(setup, name, nan_weights, base_version=setup["good"])
     result = promote(setup, name, bad)
     assert result["promoted"] is False
-    assert (
-        result["reason"].startswith("infra validation failed")
-        and "boom: this model cannot score" in result["reason"]
+    assert result["reason"].startswith("infra validation failed") and "non-finite" in result["reason"], (
+        result["reason"]
     )
     assert result["infra_validation"]["ok"] is False and result["metrics"] is None
     assert aliases(setup, name) == {"champion": 1}
     tags = setup["client"].get_model_version(name, str(bad)).tags
-    assert "boom" in json.loads(tags["loopline.last_decision"])["reason"]
+    assert "non-finite" in json.loads(tags["loopline.last_decision"])["reason"]
 
 
 def test_eight_concurrent_promotions_end_with_one_champion_and_a_consistent_history(setup):

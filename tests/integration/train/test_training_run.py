@@ -106,7 +106,7 @@ def test_training_logs_everything_and_registers_a_pyfunc_that_scores_raw_rows(en
     # the bundle inside the model: loadable without MLflow, with the reference profile for drift
     from loopline.packaging.bundle import load_predictor
 
-    local = Path(mlflow.artifacts.download_artifacts(result["model_uri"])) / "artifacts" / "bundle"
+    local = Path(mlflow.artifacts.download_artifacts(result["model_uri"])) / "data" / "bundle"
     assert {p.name for p in local.iterdir()} >= {
         "model.pt",
         "bundle.json",
@@ -150,7 +150,7 @@ def test_multiclass_and_regression_models_predict_in_label_space(env, task):
         assert (predictions == test["target"].to_numpy()).mean() > 0.6
         from loopline.packaging.bundle import load_predictor
 
-        local = Path(mlflow.artifacts.download_artifacts(result["model_uri"])) / "artifacts" / "bundle"
+        local = Path(mlflow.artifacts.download_artifacts(result["model_uri"])) / "data" / "bundle"
         proba = load_predictor(local).predict_proba(test)
         assert proba.shape == (300, 3)
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)

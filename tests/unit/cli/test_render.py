@@ -200,6 +200,45 @@ CASES = {
         {"sample": "t.csv"},
         ["drafted contracts/t.yaml from t.csv", "x1, x2", "loopline ingest --contract contracts/t.yaml"],
     ),
+    "maintenance": (
+        {
+            "lake": "/h/lake",
+            "dry_run": False,
+            "expired_before": "2026-05-31T12:00:00+00:00",
+            "file_retention_hours": 168,
+            "failed": [],
+            "tables": [
+                {
+                    "table": "predictions/m",
+                    "version_before": 23,
+                    "version_after": 26,
+                    "files_before": 24,
+                    "files_after": 1,
+                    "rows_deleted": 1200,
+                    "compacted": True,
+                    "files_vacuumed": 3,
+                    "bytes_vacuumed": 4096,
+                    "vacuum_skipped": None,
+                    "error": None,
+                },
+                {
+                    "table": "clean/d",
+                    "version_before": 5,
+                    "version_after": 5,
+                    "files_before": 6,
+                    "files_after": 6,
+                    "rows_deleted": 0,
+                    "compacted": False,
+                    "files_vacuumed": 0,
+                    "bytes_vacuumed": 0,
+                    "vacuum_skipped": "pinned",
+                    "error": None,
+                },
+            ],
+        },
+        {},
+        ["lake maintenance of /h/lake", "predictions/m", "v23 -> v26", "24 -> 1", "1,200", "not vacuumed"],
+    ),
 }
 
 

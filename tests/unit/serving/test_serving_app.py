@@ -7,7 +7,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 import pytest
@@ -16,10 +15,7 @@ from hypothesis import strategies as st
 
 from loopline.config import ServingConfig
 from loopline.serving.inputs import to_frame
-from loopline.serving.model import load_bundle_model
-from loopline.serving.router import CHALLENGER, CHAMPION
-from loopline.serving.server import build_app
-from loopline.storage.lake import Lake
+from tests.serving_support import AppHarness as Harness
 from tests.serving_support import demo_rows, make_bundle, payloads
 
 
@@ -27,48 +23,6 @@ from tests.serving_support import demo_rows, make_bundle, payloads
 def bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
     return {"1": make_bundle(root / "v1", seed=1), "2": make_bundle(root / "v2", seed=2)}
-
-
-class Harness:
-    """The app on a private event loop, driven through httpx's ASGI transport."""
-
-    def __init__(
-        self, bundles, tmp: Path, cfg: ServingConfig, *, challenger: bool = False, token: str | None = None
-    ):
-        self.loop = asyncio.new_event_loop()
-        self.lake = Lake(root=str(tmp / "lake"))
-        self.app = build_app("demo", cfg, source=None, home=str(tmp), lake=self.lake, reload_token=token)
-        models = {
-            v: load_bundle_model(d, name="demo", version=v, alias="x", device="cpu")
-            for v, d in bundles.items()
-        }
-        self.models = models
-        self.run(self.app.manager.install(models["1"], CHAMPION))
-        if challenger:
-            self.run(self.app.manager.install(models["2"], CHALLENGER))
-        self.run(self.app.startup())
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test")
-
-    def run(self, coro):
-        return self.loop.run_until_complete(coro)
-
-    def post(self, body: bytes | dict, headers: dict | None = None) -> httpx.Response:
-        content = body if isinstance(body, bytes) else orjson.dumps(body)
-        return self.run(
-            self.client.post(
-                "/invocations",
-                content=content,
-                headers={"content-type": "application/json", **(headers or {})},
-            )
-        )
-
-    def get(self, path: str) -> httpx.Response:
-        return self.run(self.client.get(path))
-
-    def close(self) -> None:
-        self.run(self.client.aclose())
-        self.run(self.app.shutdown())
-        self.loop.close()
 
 
 @pytest.fixture

@@ -77,3 +77,22 @@ def test_factories_resolve_and_name_the_key_when_they_do_not():
     )
     with pytest.raises(ConfigError):
         output_dim_for("multiclass", 1)
+
+
+def test_a_bundle_factory_from_an_untrusted_module_is_refused_before_it_is_called(monkeypatch, tmp_path):
+    """A registry writer chooses the bundle's factory string: "builtins:exec" with code for input_dim would
+    run on every server. Only trusted modules are called, with positive integer dimensions."""
+    from loopline.errors import ModelError
+    from loopline.packaging.factory import TRUSTED_MODULES_ENV, resolve_bundle_factory, trust_module_of
+
+    monkeypatch.delenv(TRUSTED_MODULES_ENV, raising=False)
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('x')"
+    with pytest.raises(ModelError, match="not from a trusted module"):
+        resolve_bundle_factory("builtins:exec", code, {}, "bundle b")(code, {}, None)
+    assert not marker.exists()
+    with pytest.raises(ModelError, match="positive integer"):
+        resolve_bundle_factory("loopline.train.models:mlp", "5", 1, "bundle b")
+    assert resolve_bundle_factory("loopline.train.models:linear", 5, 1, "bundle b") is not None
+    trust_module_of("tests.serving_support:slow_mlp")  # training trusts the module its config names
+    assert resolve_bundle_factory("tests.serving_support:slow_mlp", 5, 1, "bundle b") is not None
