@@ -289,7 +289,8 @@ def report(args, capacity, sustainable, overload, recovered, before_mb, peak_mb,
     goodput = overload["ok_rps"]
     print(
         f"\noverload {args.factor}x for {args.seconds:.0f} s: offered {overload['offered_rps']} req/s "
-        f"(target {overload['target_rps']}), goodput {goodput} req/s vs sustainable {sustainable:.1f}\n"
+        f"(target {overload['target_rps']}; the generator ran up to {overload['late_ms_max']:.0f} ms late), "
+        f"goodput {goodput} req/s vs sustainable {sustainable:.1f}\n"
         f"  503 share {overload['share_503']:.1%} (without Retry-After/JSON: {overload['bad_503']}), "
         f"other 5xx {overload['other_5xx']}, timeouts {overload['timeouts']}, "
         f"connection errors {overload['conn_errors']}, not sent (client at its connection cap) "

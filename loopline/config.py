@@ -241,7 +241,10 @@ class ServingConfig(_Section):
         0.5, gt=0, description="first inference-log retry delay; doubles each try, at most 30 s"
     )
     max_inflight_requests: int = Field(
-        256, ge=1, description="scoring requests handled at once; past it: 503 with Retry-After"
+        64,
+        ge=1,
+        description="scoring requests handled at once; past it: 503 with Retry-After. An admitted request "
+        "waits about this many / the served rate; raise it for bigger batches of one-row requests",
     )
     max_queue_rows: int = Field(
         8192, ge=1, description="rows waiting for one model's next call; past it: 503 with Retry-After"

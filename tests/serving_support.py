@@ -121,7 +121,9 @@ def make_bundle(
     from loopline.data.synthetic import generate_frame
     from loopline.features import fit_transform
     from loopline.packaging.bundle import BundleMeta, write_bundle
-    from loopline.packaging.factory import resolve_factory
+    from loopline.packaging.factory import resolve_factory, trust_module_of
+
+    trust_module_of(factory)  # as training does: this process and the servers it starts load such bundles
 
     contract = load_contract(contract_path)
     frame = generate_frame(SyntheticConfig(rows=500, seed=1))

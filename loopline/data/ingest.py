@@ -25,7 +25,10 @@ that cannot take the new type refuse the batch before any commit.
 
 Here: the orchestration of one batch (`ingest_file`), of a source (`ingest_source`, one `ingest_file` per
 file; the ingest flow runs the same step once per file as its own task) and the CLI's summary. The table
-schemas are in `schemas`, the ledger in `ledger`, the pipelined raw commit and the staging in `raw_writer`.
+schemas are in `schemas`, the ledger in `ledger`, the pipelined raw commit and the staging in `raw_writer`,
+the clean commit (its re-check, the moved rows, the retype) in `clean_commit`. Kill points (loopline.faults):
+ingest.before_raw, .raw_writing, .after_raw, .before_clean, .clean_writing, .after_clean, .after_quarantine,
+.after_ledger.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ commit) and the table's writer transaction (`WRITER`, version previous + 1), so 
 build since the snapshot (an append, or a refit's overwrite, which delta-rs would otherwise let an append slip
 past) makes this one fail with CommitFailedError; the build then reads again, recomputes the new batches and
 retries (loopline.storage.delta.retry_conflicts: bounded, jittered, a clear error after the last attempt).
+A kill at any point (kill points features.before_commit, .writing, .after_commit) leaves either no commit or the
+whole one: the rerun adds exactly what is missing.
 
 The transform follows the contract. It stores the contract it was fitted with; when the dataset's latest
 contract differs in what features or serving read (the id, label, task, or any column's type or checks),
@@ -137,9 +139,8 @@ def _build(
     if clean is None:
         raise NotReadyError(f"dataset {dataset!r} has no clean data yet: run `loopline ingest` first")
     clean_version = clean.version()
-    feats = delta.open_table(
-        lake, feat_uri
-    )  # THE snapshot: what it holds is not redone, the commit is made from it
+    # THE snapshot: the batches it holds are not redone, and the commit is made from it
+    feats = delta.open_table(lake, feat_uri)
     replaced = feats.version() if feats is not None else None  # the version a refit rewrites
     reason = "requested" if refit else None
     transform: FeatureTransform | None = None

@@ -1,8 +1,11 @@
 """Dynamic micro-batching: concurrent requests for one model become one model call.
 
 Requests append their checked rows and await a future. One worker per loaded model takes everything
-queued (up to `max_batch_rows`), scores it in one call on the model thread, and hands each request its
-slice. While a call runs, new requests queue up, so under load batches form by themselves. Before a call
+queued, as model calls of at most `max_batch_rows` (a request is never split), hands them to the model
+thread in one go and gives each request its slice. One hand-off per event-loop turn matters under load:
+a turn then takes long (many requests to parse), and a model that got one call per turn would idle
+between calls while the queue fills. While the calls run, new requests queue up, so under load batches
+form by themselves. Before a call
 the worker waits up to `max_wait_ms` for more rows, but only while other requests are being parsed
 (`pending()`): a lone client never pays the wait. A batch of at most `inline_max_rows` rows is scored on
 the event loop itself: for a few rows the model call is shorter than waking the model thread. Only while
@@ -105,32 +108,52 @@ class MicroBatcher:
                 await self._wake.wait()
                 continue
             await self._gather(loop)
-            batch = self._take()
-            if not batch:
+            batches = []
+            while self._items:  # everything queued, in model calls of at most max_batch_rows
+                batch = self._take()
+                if batch:
+                    batches.append((batch, concat_rows([r for r, _ in batch])))
+            if not batches:
                 continue
-            rows = concat_rows([r for r, _ in batch])
+            fast = self.call_seconds is None or self.call_seconds <= INLINE_MAX_SECONDS
+            if len(batches) == 1 and batches[0][1].n_rows <= self.inline_max_rows and fast:
+                # a small batch costs less than handing it to the model thread and waking it
+                outcomes = self._score_all([rows for _, rows in batches])
+            else:
+                # one hand-off for all of them: under load an event-loop turn is long, and the model
+                # must not wait a turn between calls
+                outcomes = await loop.run_in_executor(
+                    self._executor, self._score_all, [rows for _, rows in batches]
+                )
+            for (batch, rows), (outcome, seconds) in zip(batches, outcomes, strict=True):
+                self._settle(batch, rows, outcome, seconds)
+
+    def _score_all(self, batches: list[TypedRows]) -> list[tuple[np.ndarray | Exception, float]]:
+        """Each batch scored on its own (one failing batch fails only its requests), with its time."""
+        outcomes: list[tuple[np.ndarray | Exception, float]] = []
+        for rows in batches:
             started = time.perf_counter()
             try:
-                fast = self.call_seconds is None or self.call_seconds <= INLINE_MAX_SECONDS
-                if rows.n_rows <= self.inline_max_rows and fast:
-                    # a small batch costs less than handing it to the model thread and waking it
-                    predictions = self._timed_score(rows)
-                else:
-                    predictions = await loop.run_in_executor(self._executor, self._timed_score, rows)
-            except Exception as exc:  # the model failed: every request of the batch gets the error
-                log.exception("model call failed for a batch of %d rows", rows.n_rows)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            if self._on_batch is not None:
-                self._on_batch(rows.n_rows, len(batch), time.perf_counter() - started)
-            start = 0
-            for part, future in batch:
-                end = start + part.n_rows
-                if not future.done():  # a client that went away leaves a cancelled future
-                    future.set_result(predictions[start:end])
-                start = end
+                outcomes.append((self._timed_score(rows), time.perf_counter() - started))
+            except Exception as exc:
+                outcomes.append((exc, time.perf_counter() - started))
+        return outcomes
+
+    def _settle(self, batch, rows: TypedRows, outcome, seconds: float) -> None:
+        if isinstance(outcome, Exception):  # the model failed: every request of the batch gets the error
+            log.error("model call failed for a batch of %d rows", rows.n_rows, exc_info=outcome)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(outcome)
+            return
+        if self._on_batch is not None:
+            self._on_batch(rows.n_rows, len(batch), seconds)
+        start = 0
+        for part, future in batch:
+            end = start + part.n_rows
+            if not future.done():  # a client that went away leaves a cancelled future
+                future.set_result(outcome[start:end])
+            start = end
 
     def _timed_score(self, rows: TypedRows) -> np.ndarray:
         started = time.perf_counter()

@@ -223,17 +223,29 @@ class InferenceLog:
         for schema, members in groups:
             try:
                 self._batches.append((schema, to_table(members, schema)))
-            except Exception as exc:  # rows that do not fit their own schema: keep them as a dead letter
-                log.exception(
-                    "inference log: %d rows could not be built", sum(m.rows.n_rows for m in members)
-                )
-                self._seq += 1
-                with self._lock:
-                    self._unsealed_rows -= sum(m.rows.n_rows for m in members)
-                flush = Flush(self._seq, None, [r for m in members for r in entry_records(m)], dead=True)
-                flush.error = describe(exc)
-                self._flushes.append(flush)
+            except Exception:  # some entry does not fit its schema: build them one by one
+                for member in members:
+                    self._compact_one(member)
         return sum(e.rows.n_rows for e in entries)
+
+    def _compact_one(self, entry: LogEntry) -> None:
+        """One entry as its own batch; rows no table can hold (a model that answered the wrong number of
+        predictions, say) go straight to the dead-letter table with the error."""
+        try:
+            self._batches.append((entry.schema, to_table([entry], entry.schema)))
+        except Exception as exc:
+            log.exception(
+                "inference log: %d rows of request %s cannot be logged", entry.rows.n_rows, entry.request_id
+            )
+            self._seq += 1
+            with self._lock:
+                self._unsealed_rows -= entry.rows.n_rows
+            try:
+                records = entry_records(entry)
+            except Exception:  # not even plain values: keep who, when and the error
+                meta = {"_model_version": entry.version, "_role": entry.role, "_request_id": entry.request_id}
+                records = [meta] * entry.rows.n_rows
+            self._flushes.append(Flush(self._seq, None, records, dead=True, error=describe(exc)))
 
     def seal(self) -> None:
         """Compacted batches -> numbered flushes, one per schema (one Delta commit each)."""

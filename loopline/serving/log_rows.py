@@ -77,6 +77,7 @@ def entry_records(entry: LogEntry) -> list[dict]:
             values = [None if m else v for v, m in zip(values, col.mask.tolist(), strict=True)]
         columns[name] = values
     predictions = np.asarray(entry.predictions).tolist()
+    predictions += [None] * (entry.rows.n_rows - len(predictions))  # a model that answered too few
     stamp = entry.scored_at.astype("datetime64[us]").astype(object)
     meta = {"_model_version": entry.version, "_role": entry.role, "_request_id": entry.request_id}
     return [

@@ -92,8 +92,9 @@ def append_once(
     `table`: the snapshot the caller built `data` from (its "already done?" reading, or an overwrite that
     rewrites the rows it read; None: the caller saw no table); the commit is checked against it, so a commit
     by anyone else since then that carries one of the same app ids (or `writer`) raises CommitFailedError for
-    the caller to re-read and retry. Without `table`, the data does not depend on the table: a conflict is retried here from a fresh snapshot
-    when `data` can be read again (a table, or a callable returning a new reader), else raised.
+    the caller to re-read and retry. Without `table`, the data does not depend on the table: a conflict is
+    retried here from a fresh snapshot when `data` can be read again (a table, or a callable returning a new
+    reader), else raised.
     `writer`: an app id every writer of this table uses; the commit carries it with version previous + 1, so
     any two concurrent commits conflict (see the module docstring).
     Either way, a conflict whose winner committed these very app ids is a skip, not an error."""
@@ -177,8 +178,8 @@ def retry_conflicts(work: Callable[[], T], what: str, attempts: int = CONFLICT_A
         except CommitFailedError as exc:
             last = exc
     raise CommitRetriesExhausted(
-        f"{what}: {attempts} commits in a row lost to concurrent writers (last: {last}); nothing of this "
-        "attempt was committed, so running it again is safe"
+        f"{what}: {attempts} commits in a row lost to concurrent writers (last: {last}). Every commit is "
+        "idempotent: running it again completes it"
     )
 
 

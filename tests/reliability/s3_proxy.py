@@ -105,8 +105,11 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # SDK clients open connections in bursts; the default 5 drops some
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-fault-proxy", daemon=True)
         self._thread.start()
         return self
@@ -171,6 +174,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
 
     def _proxy(self) -> None:
+        import os as _os, sys as _sys
+        t0 = time.time()
+        try:
+            self._proxy2()
+        finally:
+            if _os.environ.get("S3PROXY_DEBUG") and time.time() - t0 > 5:
+                print(f"SLOW {time.time()-t0:.1f}s {self.command} {self.path[:150]}", file=_sys.stderr, flush=True)
+
+    def _proxy2(self) -> None:
         body = self._read_body()
         proxy = self.owner
         conditional = self.command == "PUT" and ("If-None-Match" in self.headers or "If-Match" in self.headers)

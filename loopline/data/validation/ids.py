@@ -82,22 +82,37 @@ class TableIds:
 
     def holders(self, values) -> dict:
         """{id: batch id holding it} for the `values` present in the snapshot (outside `exclude_batch`)."""
+        found = self._find(values)
+        if found is None:
+            return {}
+        return dict(zip(found[self.id_column].to_pylist(), found["_batch_id"].to_pylist(), strict=True))
+
+    def contains(self, values) -> np.ndarray:
+        arr = np.asarray(values)
+        found = self._find(arr)
+        if found is None or not found.num_rows:
+            return np.zeros(len(arr), dtype=bool)
+        return np.isin(arr, found[self.id_column].to_numpy().astype(arr.dtype, copy=False))
+
+    def _find(self, values):
+        """The (id, _batch_id) rows of the snapshot whose id is among `values`; None when there is nothing to
+        look up."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        if self.table is None or not len(values):
+            return None
         arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(np.asarray(values))
-        if self.table is None or not len(arr):
-            return {}
         if self._dataset is None:
             from loopline.storage.delta import dataset
 
             self._dataset = dataset(self.table)
         stored = self._dataset.schema.field(self.id_column).type
-        if arr.type != stored:
-            arr = arr.cast(stored)
         arr = pc.unique(arr.drop_null())
         if not len(arr):
-            return {}
+            return None
+        if arr.type != stored:
+            arr = arr.cast(stored)
         field = pc.field(self.id_column)
         flt = field.isin(arr)
         if pa.types.is_integer(stored) or pa.types.is_floating(stored) or pa.types.is_timestamp(stored):
@@ -105,12 +120,4 @@ class TableIds:
             flt = (field >= bounds["min"]) & (field <= bounds["max"]) & flt  # prunes files by their stats
         if self.exclude_batch is not None:
             flt = flt & (pc.field("_batch_id") != self.exclude_batch)
-        found = self._dataset.to_table(columns=[self.id_column, "_batch_id"], filter=flt)
-        return dict(zip(found[self.id_column].to_pylist(), found["_batch_id"].to_pylist(), strict=True))
-
-    def contains(self, values) -> np.ndarray:
-        arr = np.asarray(values)
-        held = self.holders(arr)
-        if not held:
-            return np.zeros(len(arr), dtype=bool)
-        return np.isin(arr, np.asarray(list(held), dtype=arr.dtype))
+        return self._dataset.to_table(columns=[self.id_column, "_batch_id"], filter=flt)

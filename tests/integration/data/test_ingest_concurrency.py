@@ -3,8 +3,9 @@ commit re-checks at commit time, so ids stay unique in clean/D, first arrival wi
 to quarantine with a reason naming the batch that won, and raw = clean + quarantine. (The same
 conflict on S3: tests/integration/features/test_features_concurrency.py.)
 
-Deterministic: the second ingest runs to the end inside the first one, right after the first one's gate read
-clean/D and before its clean commit (where a real race puts it)."""
+Deterministic: the second ingest runs to the end inside the first one, where a real race puts it: after the first
+one's gate read clean/D, or after its clean commit read the snapshot it commits from (then only the commit's
+conflict, its writer app transaction, can catch it)."""
 
 from __future__ import annotations
 
@@ -22,27 +23,39 @@ def env(home: Path, tmp_path: Path):
     return ds.write_contract(tmp_path), home, tmp_path, Lake(root=str(home / "lake"))
 
 
-def race_inside_gate(monkeypatch, other):
-    """Run `other()` once, inside the next ingest, between its gate's read of clean/D and its clean commit."""
-    real, state = Gate.finish, {"raced": False}
+def race(monkeypatch, other, where: str = "gate"):
+    """Run `other()` once, inside the next ingest: right after its gate read clean/D ("gate"), or after its
+    clean commit read the snapshot it commits from, just before it commits ("commit")."""
+    state = {"raced": False}
 
-    def finish_after_other(self):
+    def once():
         if not state["raced"]:
             state["raced"] = True
             state["other"] = other()
-        return real(self)
 
-    monkeypatch.setattr(Gate, "finish", finish_after_other)
+    if where == "gate":
+        finish = Gate.finish
+        monkeypatch.setattr(Gate, "finish", lambda self: (once(), finish(self))[1])
+    else:
+        from loopline.data import clean_commit
+
+        kill_point = clean_commit.kill_point
+        monkeypatch.setattr(
+            clean_commit,
+            "kill_point",
+            lambda name: (kill_point(name), name == "ingest.before_clean" and once()),
+        )
     return state
 
 
-def test_two_ingests_of_overlapping_ids_from_one_snapshot_keep_ids_unique(env, monkeypatch):
+@pytest.mark.parametrize("where", ["gate", "commit"])
+def test_two_ingests_of_overlapping_ids_from_one_snapshot_keep_ids_unique(env, monkeypatch, where):
     contract_path, home, tmp, lake = env
     ds.ingest(home, contract_path, ds.write_batch(tmp / "base.csv", list(range(1, 11))), lake)
     a = ds.write_batch(tmp / "a.csv", list(range(5, 31)))  # 5..10 are in clean/D already; 20..30 also in b
     b = ds.write_batch(tmp / "b.csv", list(range(20, 41)))
-    state = race_inside_gate(monkeypatch, lambda: ds.ingest(home, contract_path, b, lake))
-    first = ds.ingest(home, contract_path, a, lake)  # b commits while a is between its gate and its commit
+    state = race(monkeypatch, lambda: ds.ingest(home, contract_path, b, lake), where)
+    first = ds.ingest(home, contract_path, a, lake)  # b commits while a is between its read and its commit
     second = state["other"]
 
     assert sorted(ds.clean_ids(lake)) == list(range(1, 41))  # unique, and every id once
@@ -73,7 +86,7 @@ def test_moved_duplicates_count_against_the_quarantine_limit(env, monkeypatch):
     )
     a = ds.write_batch(tmp / "a.csv", list(range(1, 21)))
     b = ds.write_batch(tmp / "b.csv", list(range(11, 31)))  # half of a's ids
-    state = race_inside_gate(monkeypatch, lambda: ds.ingest(home, strict, b, lake))
+    state = race(monkeypatch, lambda: ds.ingest(home, strict, b, lake))
     first = ds.ingest(home, strict, a, lake)
     assert state["other"]["accepted"]
     assert not first["accepted"] and "concurrent ingest committed first" in first["reason"]

@@ -157,3 +157,53 @@ def test_small_batches_run_on_the_event_loop_and_large_ones_on_the_model_thread(
     small, large = asyncio.run(main())
     assert small.tolist() == [1.0, 2.0] and large.tolist() == [3.0] * 10
     assert threads[0] == threading.current_thread().name and threads[1].startswith("model")
+
+
+def test_everything_queued_goes_to_the_model_thread_in_one_hand_off():
+    """Under load an event-loop turn is long: the model must not wait a turn between its calls."""
+    model = Model()
+    hand_offs = []
+
+    class CountingExecutor(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            hand_offs.append(len(args[0]) if isinstance(args[0], list) else 1)  # model calls handed over
+            return super().submit(fn, *args, **kwargs)
+
+    async def main():
+        with CountingExecutor(1) as executor:
+            batcher = MicroBatcher(model, executor=executor, max_batch_rows=7, max_wait_ms=0)
+            batcher.start()
+            try:
+                return await asyncio.gather(*[batcher.submit(rows_of([float(i)] * 3)) for i in range(10)])
+            finally:
+                await batcher.stop()
+
+    results = asyncio.run(main())
+    assert [r.tolist() for r in results] == [[2.0 * i] * 3 for i in range(10)]
+    assert model.batches == [6] * 5  # calls still respect max_batch_rows
+    assert hand_offs == [5]  # ... and all five went to the model thread at once
+
+
+def test_a_slow_model_is_never_scored_on_the_event_loop_after_its_first_call():
+    """An inline call blocks every other request (503 answers included): only fast models run inline."""
+    threads = []
+
+    def slow(rows: TypedRows) -> np.ndarray:
+        threads.append(threading.current_thread() is threading.main_thread())
+        threading.Event().wait(0.01)
+        return rows.columns["x"].values
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(
+                slow, executor=executor, max_batch_rows=10, max_wait_ms=0, inline_max_rows=32
+            )
+            batcher.start()
+            try:
+                for i in range(4):
+                    await batcher.submit(rows_of([float(i)]))
+            finally:
+                await batcher.stop()
+
+    asyncio.run(main())
+    assert threads == [True, False, False, False]  # the first call measured it; the rest ran off the loop
