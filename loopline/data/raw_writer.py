@@ -147,9 +147,9 @@ class ChunkStream:
                     staged = pa.Table.from_pandas(clean[cschema.names], schema=cschema, preserve_index=False)
                     bad = verdict.quarantine["_row"].to_numpy(dtype=np.int64)
                     rows = np.arange(offset, offset + table.num_rows, dtype=np.int64)
-                    rows = (
-                        rows[~np.isin(rows, bad)] if len(bad) else rows
-                    )  # clean keeps the order of the rows
+                    if len(bad):  # the clean rows are the chunk's other rows, in order
+                        rows = rows[~np.isin(rows, bad)]
+                    assert len(rows) == staged.num_rows, "every row is clean or quarantined, once"
                     _write_stage(
                         staged.append_column("_row", pa.array(rows)),
                         self.stage / "clean" / f"{i:06d}.parquet",
@@ -206,12 +206,13 @@ def staged_reader(
     handed over (a kill point: the commit's files are being written, the commit is not made)."""
     files = sorted(folder.glob("*.parquet"))
     names = schema.names
+    drop = pa.array(drop_rows, pa.int64()) if drop_rows is not None and len(drop_rows) else None
 
     def gen() -> Iterator[pa.RecordBatch]:
         for f in files:
             for rb in pq.ParquetFile(f).iter_batches(batch_size=65536):
-                if drop_rows is not None and len(drop_rows):
-                    rb = rb.filter(pc.invert(pc.is_in(rb.column("_row"), pa.array(drop_rows, pa.int64()))))
+                if drop is not None:
+                    rb = rb.filter(pc.invert(pc.is_in(rb.column("_row"), drop)))
                 yield pa.RecordBatch.from_arrays([rb.column(n) for n in names], schema=schema)
                 if on_batch is not None:
                     on_batch()

@@ -180,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._proxy2()
         finally:
             if _os.environ.get("S3PROXY_DEBUG") and time.time() - t0 > 5:
-                print(f"SLOW {time.time()-t0:.1f}s {self.command} {self.path[:150]}", file=_sys.stderr, flush=True)
+                print(f"SLOW {time.time()-t0:.1f}s {self.command} {self.path[:150]} fwd@{getattr(self, '_t_forward', 0)-t0:.1f} done@{getattr(self, '_t_forwarded', 0)-t0:.1f} {dict(self.headers)}", file=_sys.stderr, flush=True)
 
     def _proxy2(self) -> None:
         body = self._read_body()
@@ -198,8 +198,10 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "reset" and conditional and proxy.commit_resets == "unsent":
             proxy.count("commit_unsent")
             return self._reset(b"")
+        self._t_forward = time.time()
         try:
             status, reason, headers, payload = self._forward(body)
+            self._t_forwarded = time.time()
         except OSError as exc:  # the endpoint itself failed: not an injected fault
             proxy.errors.append(f"{self.command} {self.path}: {exc!r}")
             return self._reset(b"")

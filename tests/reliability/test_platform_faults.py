@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -167,7 +168,7 @@ def table_rows(platform, table: str):
 def test_a_prefect_server_restart_mid_run_loses_and_doubles_nothing(platform, reliability_report):
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *run_args(platform)],
-        env=platform["env"],
+        env={**platform["env"], "PYTHONFAULTHANDLER": "1"},
         cwd=platform["work"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -184,7 +185,12 @@ def test_a_prefect_server_restart_mid_run_loses_and_doubles_nothing(platform, re
     assert proc.poll() is None, "the run ended before the restart: " + proc.communicate()[1][-3000:]
     restart_prefect_server(platform)
     restarted_while_running = proc.poll() is None
-    out, err = proc.communicate(timeout=600)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # hung: every thread's stack (PYTHONFAULTHANDLER) in the failure
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail("`loopline run` hung after the Prefect server restart:\n" + err[-12000:])
     platform["outputs"] += [out, err]
     reruns = 0
     if proc.returncode != 0:

@@ -5,6 +5,9 @@ ids claimed by earlier chunks of the batch. A hash set of 10M Python ints costs 
 index per chunk costs O(n) each time; sorted runs of numpy values cost 8 bytes an id and O(log n) runs:
 `add` appends a sorted run and merges runs of similar size (like a log-structured merge tree), `contains`
 binary-searches each run.
+
+The ids already in clean/D are not loaded at all: `TableIds` looks up each chunk's ids in one snapshot of the
+table (Arrow filter pushdown), so an ingest's memory follows its own batch, not the table.
 """
 
 from __future__ import annotations

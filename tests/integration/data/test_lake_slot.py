@@ -24,19 +24,21 @@ def test_ingest_and_features_tasks_wait_for_the_dataset_slot(prefect_api, home: 
 
     cfg = LifecycleConfig(home=str(home), validation={"data_docs": False})
     cfg.data.contract = str(ds.write_contract(tmp_path))
-    cfg.data.lake_slot_timeout_seconds = 1
+    cfg.data.lake_slot_timeout_seconds = 60  # a free slot: taken at once, however slow the machine
+    blocked = cfg.model_copy(deep=True)
+    blocked.data.lake_slot_timeout_seconds = 1
     source = ds.write_batch(tmp_path / "a.csv", list(range(1, 21)))
     _, lake, _ = ds.setup(home, Path(cfg.data.contract))
     name = lake_limit_name("ledger")
-    with lake_slot("ledger", 10):  # another writer of the dataset holds it
+    with lake_slot("ledger", 60):  # another writer of the dataset holds it
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name(name).limit == 1  # created on first use
         with pytest.raises(WaitTimeoutError, match=name) as err:
-            ingest_batch(str(source), cfg)
+            ingest_batch(str(source), blocked)
         assert "data.lake_slot_timeout_seconds" in str(err.value)
         assert ds.counts(lake) == {"raw": 0, "clean": 0, "quarantine": 0, "features": 0}
     assert ingest_batch(str(source), cfg)["rows_clean"] == 20  # the slot is free again
-    with lake_slot("ledger", 10):
+    with lake_slot("ledger", 60):
         with pytest.raises(WaitTimeoutError, match=name):
-            build_features(cfg)
+            build_features(blocked)
     assert build_features(cfg)["rows_added"] == 20
