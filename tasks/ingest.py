@@ -68,9 +68,9 @@ def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dic
     contract = ingest_contract(lake, cfg.data)
     with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
         result = core_ingest.ingest_file(uri, contract, lake, cfg, in_folder=in_folder)
-    report_batch(result)
+    emitted = report_batch(result)
     report_progress("ingest.batch", source=uri, state="done", **_counts(result))
-    return result.as_dict()
+    return {**result.as_dict(), "event_emitted": emitted}
 
 
 def _counts(result: core_ingest.BatchResult) -> dict:
@@ -78,21 +78,21 @@ def _counts(result: core_ingest.BatchResult) -> dict:
     return {k: getattr(result, k) for k in keys}
 
 
-def report_batch(result: core_ingest.BatchResult) -> None:
-    """Markdown + table artifacts, a log line, and the data event."""
+def report_batch(result: core_ingest.BatchResult) -> bool:
+    """Markdown + table artifacts, a log line, and the data event. Returns whether the API accepted the event
+    (False too for a batch ingested before: nothing new, no event)."""
     log = run_logger()
     resource = f"loopline.dataset.{result.dataset}"
     if not result.batch_id:  # unreadable file in a folder: nothing landed
         log.warning("%s", result.reason, extra=CLI_REPORTS)
-        emit(
+        return emit(
             "loopline.data.rejected",
             resource,
             {"batch_id": None, "rows": 0, "source": result.source, "reason": result.reason},
         )
-        return
     if result.duplicate_batch:
         log.info("batch %s from %s was ingested before: nothing to do", result.batch_id, result.source)
-        return
+        return False
     key = f"batch-{result.dataset}-{result.batch_id}".lower().replace("_", "-")
     verdict = "accepted" if result.accepted else f"REJECTED: {result.reason}"
     lines = [
@@ -148,10 +148,12 @@ def report_batch(result: core_ingest.BatchResult) -> None:
             result.rows_clean,
             result.rows_quarantined,
         )
-        emit("loopline.data.ingested", resource, {**payload, "rows_quarantined": result.rows_quarantined})
+        return emit(
+            "loopline.data.ingested", resource, {**payload, "rows_quarantined": result.rows_quarantined}
+        )
     else:
         log.warning("batch %s rejected: %s", result.batch_id, result.reason, extra=CLI_REPORTS)
-        emit(
+        return emit(
             "loopline.data.rejected",
             resource,
             {**payload, "rows_in": result.rows_in, "reason": result.reason},

@@ -34,6 +34,7 @@ def test_ingest_and_features_flows_report_to_prefect(prefect_api, home):
     cfg.synthetic.bad_fraction = 0.01
     (batch,) = ingest_flow(cfg)
     assert batch["accepted"] and batch["rows_quarantined"] >= 25
+    assert batch["event_emitted"] is True  # the API accepted loopline.data.ingested
     key = f"batch-demo-{batch['batch_id']}"
     arts = api_post(
         "/artifacts/filter", {"artifacts": {"key": {"any_": [key, key + "-expectations"]}}, "limit": 10}
