@@ -8,6 +8,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# a model small enough for a test: a few steps, a narrow MLP, a short bootstrap, no slice gate
+TINY = [
+    "--set", "training.max_steps=30",
+    "--set", "training.hidden_sizes=[16]",
+    "--set", "training.eval_every_steps=10",
+    "--set", "evaluation.bootstrap_samples=50",
+    "--set", "evaluation.max_slice_regression=null",
+]  # fmt: skip
 
 
 def run_cli(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -55,7 +55,7 @@ def trained_registry(tmp_path_factory) -> dict[str, Any]:
         cfg=cfg,
         lake=lake,
         tracking=tracking,
-        client=MlflowClient(tracking),
+        client=MlflowClient(tracking_uri=tracking, registry_uri=tracking),
         contract=contract,
     )
     return _built

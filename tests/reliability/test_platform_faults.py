@@ -29,6 +29,7 @@ from deltalake import DeltaTable
 from flows.stack import down, prefect_server_cmd, server_env, up
 from flows.stack.processes import start, stop_group, wait_http
 from flows.stack.state import read_stack, write_stack
+from tests.cli_support import TINY
 from tests.conftest import REPO, free_port, postgres_cluster
 from tests.datasets import write_dataset
 
@@ -36,13 +37,6 @@ pytestmark = pytest.mark.integration
 
 DATASET = "cancer"  # 569 rows, binary
 ROWS = 569
-TINY = [
-    "--set", "training.max_steps=30",
-    "--set", "training.hidden_sizes=[16]",
-    "--set", "training.eval_every_steps=10",
-    "--set", "evaluation.bootstrap_samples=50",
-    "--set", "evaluation.max_slice_regression=null",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +213,8 @@ def test_a_prefect_server_restart_mid_run_loses_and_doubles_nothing(platform, re
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(platform["stack"]["mlflow_tracking_uri"])
+    uri = platform["stack"]["mlflow_tracking_uri"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not a registry another test set globally
     champion = client.get_model_version_by_alias(DATASET, "champion")
     assert champion.version == "1"
     reliability_report.add(
@@ -318,7 +313,7 @@ def mlflow_records(tracking_uri: str) -> dict[str, bytes]:
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = {}
     for experiment in client.search_experiments():
         for run in client.search_runs([experiment.experiment_id], max_results=1000):

@@ -17,18 +17,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from tests.cli_support import TINY
 from tests.conftest import free_port
 from tests.datasets import frame, write_dataset
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
-TINY = [
-    "--set", "training.max_steps=30",
-    "--set", "training.hidden_sizes=[16]",
-    "--set", "training.eval_every_steps=10",
-    "--set", "evaluation.bootstrap_samples=50",
-    "--set", "evaluation.max_slice_regression=null",
-]  # fmt: skip
 
 
 def cli(*args: str, code: int = 0) -> dict:
