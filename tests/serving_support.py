@@ -185,7 +185,9 @@ def build_registered_model(
         found.append(str(result["model_version"]))
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri).set_registered_model_alias(contract.dataset, "champion", found[0])
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
+        contract.dataset, "champion", found[0]
+    )
     return {
         "tracking_uri": tracking_uri,
         "model": contract.dataset,
@@ -208,7 +210,8 @@ def register_bundles(home: Path, bundles: list[Path], model: str = "demo") -> di
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # log_model registers through the global one: not another test's
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment = ensure_experiment(client, f"loopline-{model}", str(home), tracking_uri)
     versions = []
     for bundle in bundles:
