@@ -54,7 +54,9 @@ def configure(*, verbose: bool = False) -> None:
         return
     _state["configured"] = True
     if verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "0")  # every record, as Prefect's default
+        os.environ.setdefault(
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "0"
+        )  # every record, as Prefect's default
         return
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=OWN_MODULES)

@@ -74,7 +74,9 @@ class BatchResult:
     per_expectation: list[dict] = field(default_factory=list)
     data_docs_path: str | None = None
     contract_version: int | None = None  # the dataset's contract version in the lake that judged the batch
-    event_emitted: bool | None = None  # set where events are sent (tasks/): whether the API accepted its event
+    event_emitted: bool | None = (
+        None  # set where events are sent (tasks/): whether the API accepted its event
+    )
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

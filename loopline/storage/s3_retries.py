@@ -15,13 +15,17 @@ each of the three clients has its own knobs. One set of settings, from the envir
                                           timed-out commit (see below).
     LOOPLINE_S3_RETRY_TIMEOUT [180]       seconds after which delta-rs stops retrying one request
 
+The price of 10 tries: an endpoint that refuses connections (a wrong URL) fails after boto3's backoff, about
+a minute (delta-rs: up to the retry timeout); set LOOPLINE_S3_MAX_ATTEMPTS lower to fail fast.
+
 - boto3 (`make_s3_client`: checkpoints, sources, lake objects): `botocore.config.Config(retries=
   {"total_max_attempts", "mode"}, connect_timeout, read_timeout)` (boto3 1.44's default: standard mode,
-  3 tries, 60 s timeouts). boto3 retries 5xx, throttling codes
-  (SlowDown), connection errors and read timeouts of a request, but not an error while the caller reads
-  a streamed body (`get_object(...)["Body"].read()`): `read_object` retries those.
+  3 tries, 60 s timeouts; Config's "max_attempts" would count retries, not tries). boto3 retries 5xx,
+  throttling codes (SlowDown), connection errors and read timeouts of a request, but not an error while the
+  caller reads a streamed body (`get_object(...)["Body"].read()`): `read_object` retries those.
 - delta-rs 1.6.6 (object_store 0.13.2), `s3_storage_options`: `max_retries` (= attempts - 1),
-  `retry_timeout`, `timeout`, `connect_timeout` (durations as "60s"; unknown keys are ignored silently).
+  `retry_timeout`, `timeout`, `connect_timeout` (durations such as "60s" or "500ms"; delta-rs ignores
+  unknown keys silently, so each was checked by its effect through the proxy).
   object_store retries 5xx, 429 and connection errors, and re-reads an object GET's body that broke. It does
   not retry (measured through tests/reliability/s3_proxy.py): a LIST or an error (404) response whose
   body breaks, nor a commit (a conditional PUT of `_delta_log/N.json`) that timed out or whose connection
@@ -33,7 +37,10 @@ each of the three clients has its own knobs. One set of settings, from the envir
   `MLFLOW_S3_ENDPOINT_URL` (else `AWS_ENDPOINT_URL`). `configure_mlflow_s3` sets the first two from the
   settings above unless they are set already; `loopline.packaging.registry.registry_client` calls it, so
   training, promotion, serving and the processes they start (which inherit the environment) all use them.
-  Uploads and downloads go through s3transfer, which also re-reads a download whose body broke.
+  It must run before MLflow makes its first S3 client: MLflow caches clients by endpoint, not by settings.
+  Uploads and downloads go through s3transfer, which also re-reads a download whose body broke. loopline
+  itself keeps MLflow artifacts under $LOOPLINE_HOME (embedded store) or the tracking server's root; S3
+  artifacts are the user's choice (`mlflow server --default-artifact-root s3://...`).
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ class S3Retries:
     def botocore_config(self):
         from botocore.config import Config
 
-        return Config(  # Config's "max_attempts" counts retries; "total_max_attempts" counts tries, as ours
+        return Config(
             retries={"total_max_attempts": self.max_attempts, "mode": self.mode},
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,

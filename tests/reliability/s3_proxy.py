@@ -1,4 +1,4 @@
-"""A fault-injecting reverse proxy for an S3 endpoint (moto_server in the tests).
+"""A fault-injecting reverse proxy for an S3 endpoint (moto_server in the tests), in a process of its own.
 
 Every request is forwarded to the upstream endpoint as is (the Host header too: SigV4 signs it, and moto
 does not check signatures). With probability `rate` (a seeded RNG) a request gets one fault instead:
@@ -23,225 +23,237 @@ Where a reset lands depends on what the client can survive, measured with these 
 - object_store reads a LIST body and an error (4xx) body after its retry loop has ended, so a break there is
   an error too; for clients whose User-Agent holds one of `headers_only_agents` those responses are reset
   before their first byte (a reset object_store retries). Object GETs and PUTs still break mid-body.
-Faults are counted by kind in `faults` (slowdown, reset, stall), with details beside them
-(`reset_mid_body`, `reset_before_response`, `commit_lost`, `commit_unsent`, `commit_reset_as_503`,
-`stall_client_gave_up`).
 
-`only_commits` keeps the random faults to conditional PUTs. `script` forces the faults of the next requests (a deterministic test of a retry budget). `max_stalls` caps the stalls (each costs wall time); once spent, a stall draw becomes another kind, so
-the overall fault rate stays `rate`.
+Faults are counted by kind (slowdown, reset, stall), with details beside them (`reset_mid_body`,
+`reset_before_response`, `commit_lost`, `commit_unsent`, `commit_reset_as_503`, `stall_client_gave_up`).
+`max_stalls` caps the stalls (each costs wall time); once spent, a stall draw becomes another kind, so the
+fault rate stays `rate`. `only_commits` keeps random faults to conditional PUTs; `script` forces the faults
+of the next requests (a deterministic test of a retry budget).
+
+Why a process of its own: deltalake 1.6.6's `DeltaTable.history()` holds the GIL while it waits for S3, so a
+proxy on threads of the test's own process never gets to answer it (measured: a 180 s hang per call).
+`FaultProxy` is the test's handle: it starts the process and sets and reads it through `/__proxy__/`.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
+import json
 import random
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 KINDS = ("slowdown", "reset", "stall")
+SETTINGS = ("rate", "kinds", "stall_seconds", "max_stalls", "commit_resets", "only_commits", "script")
+CONTROL = "/__proxy__/"
 HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-}
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"
+}  # fmt: skip
 SLOWDOWN_BODY = (
-    '<?xml version="1.0" encoding="UTF-8"?>\n'
-    "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
-    "<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request '
+    "rate.</Message><Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
 )
 
 
 class FaultProxy:
-    """`FaultProxy(upstream, rate=0.2).start()`; `.url` is the endpoint clients use; `.stop()` when done."""
+    """The test's handle: `FaultProxy(upstream, rate=0.2).start()`; `.url` is the endpoint clients use;
+    settings are attributes (`proxy.rate = 0.2`), counts are read live (`proxy.faults`); `.stop()`."""
 
-    def __init__(
-        self,
-        upstream: str,
-        *,
-        rate: float = 0.0,
-        seed: int = 0,
-        kinds: tuple[str, ...] = KINDS,
-        stall_seconds: float = 2.0,
-        max_stalls: int | None = None,
-        commit_resets: str = "as_503",
-        headers_only_agents: tuple[str, ...] = ("object_store/",),
-    ):
-        parts = urlsplit(upstream)
-        self.upstream_host, self.upstream_port = parts.hostname, parts.port or 80
-        self.rate = rate
-        self.kinds = tuple(kinds)
-        self.stall_seconds = stall_seconds
-        self.max_stalls = max_stalls
-        if commit_resets not in ("lost", "unsent", "as_503"):
-            raise ValueError(f"commit_resets={commit_resets!r}: expected lost, unsent or as_503")
-        self.commit_resets = commit_resets
-        self.headers_only_agents = headers_only_agents
-        self.faults: Counter[str] = Counter()
-        self.requests = 0
-        self.clients: Counter[str] = Counter()  # requests by client (User-Agent's first word)
-        self.script: list[str | None] = []  # faults for the next requests, before any random draw
-        self.only_commits = False  # True: random faults for conditional PUTs only
-        self.errors: list[str] = []  # upstream trouble (not injected): a test asserts it stays empty
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+    def __init__(self, upstream: str, *, seed: int = 0, **settings):
+        self.upstream, self.seed, self.initial = upstream, seed, settings
+        self.url = ""
+        self._proc: subprocess.Popen | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> FaultProxy:
-        proxy = self
-
-        class Handler(_Handler):
-            owner = proxy
-
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 256  # SDK clients open connections in bursts; the default 5 drops some
-            daemon_threads = True
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-fault-proxy", daemon=True)
-        self._thread.start()
+        cmd = [sys.executable, __file__, self.upstream, "--seed", str(self.seed)]  # stdlib only: no imports
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = self._proc.stdout.readline().strip()  # the process prints its URL once it listens
+        if not self.url:
+            raise RuntimeError(f"the S3 fault proxy did not start (exit {self._proc.poll()})")
+        self.configure(**self.initial)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def injected(self) -> int:
-        return sum(self.faults[k] for k in KINDS)
+    def configure(self, **settings) -> None:
+        self._call("config", settings)
 
     def reset_counts(self) -> None:
-        with self._lock:
-            self.faults.clear()
-            self.clients.clear()
-            self.requests = 0
+        self._call("reset", {})
 
-    # -- the fault draw ----------------------------------------------------------------------------
-    def draw(self, agent: str = "", conditional: bool = False) -> str | None:
+    def state(self) -> dict:
+        return self._call("state", None)
+
+    def __getattr__(self, name: str):
+        if name in ("faults", "clients"):
+            return Counter(self.state()[name])
+        if name in ("requests", "errors", *SETTINGS):
+            return self.state()[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in SETTINGS:
+            self.configure(**{name: value})
+        else:
+            super().__setattr__(name, value)
+
+    def _call(self, what: str, body: dict | None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(f"{self.url}{CONTROL}{what}", data=data, timeout=30) as resp:
+            return json.loads(resp.read())
+
+
+class FaultState:
+    """The proxy process's settings, RNG and counts (shared by its handler threads)."""
+
+    def __init__(self, upstream: str, seed: int):
+        parts = urlsplit(upstream)
+        self.upstream = (parts.hostname, parts.port or 80)
+        self.settings = {
+            "rate": 0.0, "kinds": list(KINDS), "stall_seconds": 2.0, "max_stalls": None,
+            "commit_resets": "as_503", "only_commits": False, "script": [],
+        }  # fmt: skip
+        self.headers_only_agents = ("object_store/",)
+        self.faults: Counter[str] = Counter()
+        self.clients: Counter[str] = Counter()  # requests by client (User-Agent's first word)
+        self.requests = 0
+        self.errors: list[str] = []  # upstream trouble (not injected): a test asserts it stays empty
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+
+    def control(self, what: str, body: dict | None) -> bytes:
+        with self.lock:
+            if what == "config":
+                unknown = set(body) - set(SETTINGS)
+                if unknown or body.get("commit_resets", "as_503") not in ("lost", "unsent", "as_503"):
+                    raise ValueError(f"bad proxy settings: {body}")
+                self.settings.update(body)
+            elif what == "reset":
+                self.faults.clear()
+                self.clients.clear()
+                self.requests = 0
+            return json.dumps({
+                **self.settings, "faults": self.faults, "clients": self.clients,
+                "requests": self.requests, "errors": self.errors,
+            }).encode()  # fmt: skip
+
+    def draw(self, agent: str, conditional: bool) -> str | None:
         """The fault for the next request (`conditional`: a conditional PUT), or None to forward it."""
-        with self._lock:
+        s = self.settings
+        with self.lock:
             self.requests += 1
             self.clients[agent.split(" ")[0].split("/")[0] or "?"] += 1
-            if self.script:  # forced faults first, in order (None: forward untouched)
-                kind = self.script.pop(0)
-                if kind is not None:
-                    self.faults[kind] += 1
-                return kind
-            if (self.only_commits and not conditional) or self._rng.random() >= self.rate:
+            if s["script"]:  # forced faults first, in order (None: forward untouched)
+                kind = s["script"].pop(0)
+            elif (s["only_commits"] and not conditional) or self.rng.random() >= s["rate"]:
                 return None
-            kinds = list(self.kinds)
-            if self.max_stalls is not None and self.faults["stall"] >= self.max_stalls and len(kinds) > 1:
-                kinds = [k for k in kinds if k != "stall"]
-            kind = self._rng.choice(kinds)
-            if kind == "reset" and conditional and self.commit_resets == "as_503":
-                kind = "slowdown"
-                self.faults["commit_reset_as_503"] += 1
-            self.faults[kind] += 1
+            else:
+                kinds = list(s["kinds"])
+                if s["max_stalls"] is not None and self.faults["stall"] >= s["max_stalls"] and len(kinds) > 1:
+                    kinds.remove("stall")
+                kind = self.rng.choice(kinds)
+                if kind == "reset" and conditional and s["commit_resets"] == "as_503":
+                    kind = "slowdown"
+                    self.faults["commit_reset_as_503"] += 1
+            if kind is not None:
+                self.faults[kind] += 1
             return kind
 
     def count(self, what: str) -> None:
-        with self._lock:
+        with self.lock:
             self.faults[what] += 1
 
 
-class _Handler(BaseHTTPRequestHandler):
-    owner: FaultProxy
+class Handler(BaseHTTPRequestHandler):
+    state: FaultState
     protocol_version = "HTTP/1.1"  # keep-alive, as SDK clients expect
 
     def log_message(self, format, *args):  # noqa: A002 - quiet: the counts are the log
         pass
 
     def do_GET(self):
+        if self.path.startswith(CONTROL):
+            return self._control()
         self._proxy()
 
     do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
 
-    def _proxy(self) -> None:
-        import os as _os, sys as _sys
-        t0 = time.time()
-        try:
-            self._proxy2()
-        finally:
-            if _os.environ.get("S3PROXY_DEBUG") and time.time() - t0 > 5:
-                print(f"SLOW {time.time()-t0:.1f}s {self.command} {self.path[:150]} fwd@{getattr(self, '_t_forward', 0)-t0:.1f} done@{getattr(self, '_t_forwarded', 0)-t0:.1f} {dict(self.headers)}", file=_sys.stderr, flush=True)
-
-    def _proxy2(self) -> None:
+    def _control(self) -> None:
         body = self._read_body()
-        proxy = self.owner
-        conditional = self.command == "PUT" and ("If-None-Match" in self.headers or "If-Match" in self.headers)
-        kind = proxy.draw(self.headers.get("User-Agent", ""), conditional)
+        payload = self.state.control(self.path[len(CONTROL) :], json.loads(body) if body else None)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _proxy(self) -> None:
+        body, state = self._read_body(), self.state
+        conditional = self.command == "PUT" and (
+            "If-None-Match" in self.headers or "If-Match" in self.headers
+        )
+        kind = state.draw(self.headers.get("User-Agent", ""), conditional)
         if kind == "slowdown":
             return self._slowdown()
         if kind == "stall":
-            time.sleep(proxy.stall_seconds)
+            time.sleep(state.settings["stall_seconds"])
             if self._client_gone():
-                proxy.count("stall_client_gave_up")
+                state.count("stall_client_gave_up")
                 self.close_connection = True
                 return
-        if kind == "reset" and conditional and proxy.commit_resets == "unsent":
-            proxy.count("commit_unsent")
+        if kind == "reset" and conditional and state.settings["commit_resets"] == "unsent":
+            state.count("commit_unsent")
             return self._reset(b"")
-        self._t_forward = time.time()
         try:
             status, reason, headers, payload = self._forward(body)
-            self._t_forwarded = time.time()
         except OSError as exc:  # the endpoint itself failed: not an injected fault
-            proxy.errors.append(f"{self.command} {self.path}: {exc!r}")
+            state.errors.append(f"{self.command} {self.path}: {exc!r}")
             return self._reset(b"")
         head = self._head(status, reason, headers, payload)
         if kind != "reset":
             self.wfile.write(head + (b"" if self.command == "HEAD" else payload))
             return
         if conditional:
-            proxy.count("commit_lost")  # it landed, and the client will not know
+            state.count("commit_lost")  # it landed, and the client will not know
         if self._body_read_outside_retries(status):
-            proxy.count("reset_before_response")
+            state.count("reset_before_response")
             return self._reset(b"")
-        proxy.count("reset_mid_body")
+        state.count("reset_mid_body")
         self._reset(head + payload[: len(payload) // 2] if payload else head[: len(head) // 2])
 
-    # -- pieces --------------------------------------------------------------------------------------
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                        pass
-                    return b"".join(chunks)
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
-        conn = http.client.HTTPConnection(self.owner.upstream_host, self.owner.upstream_port, timeout=120)
+        conn = http.client.HTTPConnection(*self.state.upstream, timeout=120)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             if body or self.command in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
             conn.request(self.command, self.path, body=body or None, headers=headers)
             resp = conn.getresponse()
-            payload = resp.read()
-            return resp.status, resp.reason, resp.getheaders(), payload
+            return resp.status, resp.reason, resp.getheaders(), resp.read()
         finally:
             conn.close()
 
@@ -256,16 +268,14 @@ class _Handler(BaseHTTPRequestHandler):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _slowdown(self) -> None:
-        payload = b"" if self.command == "HEAD" else self._slowdown_body()
+        resource, request_id = self.path.split("?")[0], f"fault-{random.getrandbits(48):x}"
+        payload = SLOWDOWN_BODY.format(resource=resource, request_id=request_id).encode()
+        payload = b"" if self.command == "HEAD" else payload
         self.send_response(503, "Slow Down")
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-
-    def _slowdown_body(self) -> bytes:
-        resource = self.path.split("?")[0]
-        return SLOWDOWN_BODY.format(resource=resource, request_id=f"fault-{id(self):x}").encode()
 
     def _reset(self, sent: bytes) -> None:
         """Send `sent`, then close with RST (SO_LINGER 0) instead of FIN."""
@@ -280,14 +290,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _body_read_outside_retries(self, status: int) -> bool:
-        """A response whose body this client reads after its retry loop has ended (see the module
-        docstring): a LIST or an error response, from a client in `headers_only_agents`."""
-        agent = self.headers.get("User-Agent", "")
-        if not any(a in agent for a in self.owner.headers_only_agents):
+        """A LIST or an error response, for a client in `headers_only_agents` (see the module docstring)."""
+        if not any(a in self.headers.get("User-Agent", "") for a in self.state.headers_only_agents):
             return False
         path, _, query = self.path.partition("?")
-        is_list = self.command == "GET" and ("list-type" in query or "/" not in path.strip("/"))
-        return is_list or status >= 300
+        return (
+            self.command == "GET" and ("list-type" in query or "/" not in path.strip("/"))
+        ) or status >= 300
 
     def _client_gone(self) -> bool:
         """True when the client closed its end while we stalled (it timed out and will retry)."""
@@ -296,3 +305,24 @@ class _Handler(BaseHTTPRequestHandler):
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
+
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 256  # SDK clients open connections in bursts; the default 5 drops some
+    daemon_threads = True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="S3 fault proxy (tests/reliability)")
+    parser.add_argument("upstream")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    Handler.state = FaultState(args.upstream, args.seed)
+    server = Server(("127.0.0.1", 0), Handler)
+    print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.stdin.read()  # the test process holds our stdin: when it ends, however it ends, so does the proxy
+
+
+if __name__ == "__main__":
+    main()

@@ -332,3 +332,18 @@ def mlflow_records(tracking_uri: str) -> dict[str, bytes]:
             found[f"mlflow model {model.name} v{version.version} tags"] = json.dumps(version.tags).encode()
     assert found, "the run left nothing in MLflow to scan"
     return found
+
+
+def test_the_prefect_server_kept_its_state_in_postgres(platform):
+    """`loopline up --postgres-url`: nothing went to SQLite, and the runs above are rows in PostgreSQL."""
+    import shutil
+
+    assert not (platform["home"] / "prefect" / "prefect.db").exists()
+    url = platform["postgres_url"]
+    password, port = url.split(":")[2].split("@")[0], url.rsplit(":", 1)[1].split("/")[0]
+    rows = subprocess.run(
+        [shutil.which("psql") or "psql", "-h", "127.0.0.1", "-p", port, "-U", "loopline", "-d", "postgres", "-tAc",
+         "select name from work_pool union all select 'flow runs: ' || (count(*) > 0)::text from flow_run"],
+        env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert sorted(rows) == ["cpu", "flow runs: true", "gpu"]

@@ -2,16 +2,17 @@
 S3 requests get a 503 SlowDown, a connection reset mid-response or a multi-second stall.
 
 Through the proxy, with the retries loopline configures (loopline/storage/s3_retries.py) and nothing else:
-ingest of 20 files from s3:// into the lake, features, training with its checkpoints on S3 and its MLflow
-artifacts on S3, promotion (infra validation in a fresh process, evaluation), and a model server (the real
-ASGI app in-process, its champion downloaded from MLflow's S3 artifacts) whose inference log writes
-predictions/M to the lake. Then, read straight from moto (no proxy), every table holds every input row
-exactly once: the same ids and counts a fault-free run gives (derived from the inputs: the dataset is
-clean, every row lands in raw, clean, features and, once per request, predictions).
+ingest of 20 files (4 in `make test`: the same rows) from s3:// into the lake, features, training with its
+checkpoints and its MLflow artifacts on S3, promotion (infra validation in a fresh process, evaluation), and
+a model server (the real ASGI app in-process, its champion downloaded from MLflow's S3 artifacts) whose
+inference log writes predictions/M to the lake. Then, read straight from moto (no proxy), every table holds
+every input row exactly once: the ids and counts a fault-free run gives (derived from the inputs: the
+dataset is clean, every row lands in raw, clean, features and, once per request, predictions).
 
-The second test is the fault delta-rs cannot retry (see s3_proxy's docstring): a commit whose connection
-resets, after it landed or before. The stage fails; running it again, as the Prefect task's retries do, must
-leave every row exactly once.
+Then the pieces: each client outlasts three 503s in a row (boto3's default gives up there); a body that
+breaks mid-way is read again; and the fault delta-rs cannot retry (s3_proxy's docstring), a commit that
+landed but answered with a reset: the stage fails, and running it again, as its Prefect task's retries do,
+leaves every row exactly once.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from deltalake import DeltaTable
 
 from tests.datasets import frame
 from tests.reliability.conftest import rounds
-from tests.reliability.s3_proxy import FaultProxy
+from tests.reliability.s3_proxy import KINDS, FaultProxy
 
 pytestmark = pytest.mark.integration
 
 DATASET = "cancer"  # 569 rows, 30 float features, binary
-FILES = 20
+FILES = rounds(4, 20)  # the same 569 rows in 4 or 20 objects: each file is a batch, and a batch's commits
+# re-read every table's log (O(files^2) requests: 20 files ~11,000 requests, ~260 s at 20% faults here)
 RATE = 0.2
 TINY = {
     "training": {"max_steps": 30, "hidden_sizes": [16], "eval_every_steps": 10, "checkpoint_every_steps": 10},
@@ -54,13 +56,16 @@ def s3_proxy(moto_s3):
 
 @pytest.fixture
 def s3_world(s3_proxy, moto_s3, home, tmp_path, monkeypatch):
-    """A fresh bucket with the dataset as 20 CSV objects (written straight to moto), the environment pointing
-    the lake and MLflow's artifacts at the proxy, and a lake that reads straight from moto for checking."""
+    """A fresh bucket with the dataset as FILES CSV objects (written straight to moto), the environment
+    pointing the lake and MLflow's artifacts at the proxy, and a lake that reads straight from moto."""
     from loopline.data.draft import draft_contract
     from loopline.storage.lake import Lake
 
     bucket = "faults-" + secrets.token_hex(4)
-    creds = {"aws_access_key_id": moto_s3["access_key_id"], "aws_secret_access_key": moto_s3["secret_access_key"]}
+    creds = {
+        "aws_access_key_id": moto_s3["access_key_id"],
+        "aws_secret_access_key": moto_s3["secret_access_key"],
+    }
     direct = boto3.client("s3", endpoint_url=moto_s3["endpoint_url"], region_name="us-east-1", **creds)
     direct.create_bucket(Bucket=bucket)
     data = frame(DATASET)
@@ -93,7 +98,7 @@ def s3_world(s3_proxy, moto_s3, home, tmp_path, monkeypatch):
         secret_access_key=moto_s3["secret_access_key"],
     )
     yield {"bucket": bucket, "data": data, "contract": contract, "checker": checker, "direct": direct}
-    s3_proxy.rate = 0.0
+    s3_proxy.configure(rate=0.0, kinds=list(KINDS), only_commits=False, commit_resets="as_503", script=[])
 
 
 def test_the_lifecycle_on_s3_at_20_percent_faults_loses_and_doubles_nothing(
@@ -155,7 +160,9 @@ def test_the_lifecycle_on_s3_at_20_percent_faults_loses_and_doubles_nothing(
         got = table_ids(checker, kind, DATASET, contract.id)
         lost += len(set(ids) - set(got))
         doubled += len(got) - len(set(got))
-        assert sorted(got) == ids, f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(ids)} sent"
+        assert sorted(got) == ids, (
+            f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(ids)} sent"
+        )
     assert table_ids(checker, "quarantine", DATASET, contract.id) == []
     predicted = table_ids(checker, "predictions", DATASET, contract.id)
     lost += len(set(sent) - set(predicted))
@@ -164,11 +171,13 @@ def test_the_lifecycle_on_s3_at_20_percent_faults_loses_and_doubles_nothing(
     ledger = DeltaTable(checker.uri("batches", DATASET), storage_options=checker.storage_options).to_pandas()
     assert len(ledger) == FILES and ledger["batch_id"].nunique() == FILES
 
-    steps = sorted(int(Path(u).stem.split("-")[-1]) for u in checker.list(checker.uri("checkpoints", DATASET)))
+    steps = sorted(
+        int(Path(u).stem.split("-")[-1]) for u in checker.list(checker.uri("checkpoints", DATASET))
+    )
     assert steps == [10, 20, 30]  # keep_last 3 of a checkpoint every 10 steps, as without faults
     assert trained["steps"] == 30 and trained["model_version"] == "1"
     assert [int(v.version) for v in client.search_model_versions(f"name='{DATASET}'")] == [1]
-    assert client.get_model_version_by_alias(DATASET, "champion").version == "1"
+    assert int(client.get_model_version_by_alias(DATASET, "champion").version) == 1
     mlflow_objects = s3_world["direct"].list_objects_v2(Bucket=bucket, Prefix="mlflow/").get("KeyCount", 0)
     assert mlflow_objects > 0  # the model's artifacts went to S3, through the proxy
 
@@ -181,6 +190,9 @@ def test_the_lifecycle_on_s3_at_20_percent_faults_loses_and_doubles_nothing(
         faults=faults,
         requests=s3_proxy.requests,
         stage_seconds={k: round(v, 1) for k, v in timings.items()},
+        note=f"{FILES} files, {s3_proxy.requests} requests: {faults.get('slowdown', 0)} x 503, "
+        f"{faults.get('reset', 0)} resets ({faults.get('reset_mid_body', 0)} mid-body), "
+        f"{faults.get('stall', 0)} stalls; {sum(timings.values()):.0f} s",
     )
     assert lost == 0 and doubled == 0
 
@@ -223,6 +235,24 @@ def test_each_s3_client_outlasts_three_503s_in_a_row(s3_world, s3_proxy, home, t
     s3_proxy.script = []
 
 
+def test_an_object_whose_body_breaks_mid_way_is_read_again(s3_world, s3_proxy, home, tmp_path):
+    """boto3 retries a request, not the caller's read of a streamed body: a reset mid-body reached the
+    caller (a source file rejected as unreadable, a checkpoint unreadable) until the lake read it again."""
+    from loopline.storage import sources
+    from loopline.storage.lake import Lake
+
+    lake, bucket = Lake.from_env(str(home)), s3_world["bucket"]
+    uri = f"s3://{bucket}/landing/part-00.csv"
+    expected = s3_world["direct"].get_object(Bucket=bucket, Key="landing/part-00.csv")["Body"].read()
+    s3_proxy.reset_counts()
+    s3_proxy.script = ["reset", "reset"]  # the first two GETs answer half their body, then RST
+    src = sources.fetch(uri, lake, str(tmp_path))
+    assert Path(src.local_path).read_bytes() == expected
+    s3_proxy.script = ["reset"]
+    assert lake.get_bytes(uri) == expected
+    assert s3_proxy.script == [] and s3_proxy.faults["reset_mid_body"] == 3
+
+
 def serve_and_score(home: Path, tracking: str, lake, data) -> list[int]:
     """The model server's ASGI app in-process: champion from the registry (artifacts on S3), every row
     scored in requests of 50, then a graceful stop, which writes the inference log out."""
@@ -230,7 +260,9 @@ def serve_and_score(home: Path, tracking: str, lake, data) -> list[int]:
     from loopline.serving.registry_source import RegistrySource
     from loopline.serving.server import build_app
 
-    cfg = ServingConfig(poll_seconds=0, device="cpu", torch_threads=1, log_flush_rows=50, log_flush_seconds=0.5)
+    cfg = ServingConfig(
+        poll_seconds=0, device="cpu", torch_threads=1, log_flush_rows=50, log_flush_seconds=0.5
+    )
     source = RegistrySource(tracking, home / "serving" / "bundles")
     app = build_app(DATASET, cfg, source=source, home=str(home), lake=lake)
     rows = data.drop(columns=["target"])
@@ -279,15 +311,15 @@ def test_a_commit_whose_answer_is_lost_fails_the_stage_and_its_rerun_lands_every
     files = rounds(3, 8)
     lake, cfg = Lake.from_env(str(home)), LifecycleConfig(home=str(home))
     s3_proxy.reset_counts()
-    s3_proxy.rate, s3_proxy.only_commits, s3_proxy.commit_resets = 0.5, True, "lost"
+    s3_proxy.configure(rate=0.5, kinds=["reset"], only_commits=True, commit_resets="lost")
     failures: list[str] = []
     try:
         for i in range(files):
             uri = f"s3://{bucket}/landing/part-{i:02d}.csv"
-            assert until_done(lambda: ingest_file(uri, contract, lake, cfg), failures).accepted
+            assert until_done(lambda uri=uri: ingest_file(uri, contract, lake, cfg), failures).accepted
         until_done(lambda: build_features(lake, contract, cfg.features), failures)
     finally:
-        s3_proxy.rate, s3_proxy.only_commits, s3_proxy.commit_resets = 0.0, False, "as_503"
+        s3_proxy.configure(rate=0.0, kinds=list(KINDS), only_commits=False, commit_resets="as_503")
     faults = dict(s3_proxy.faults)
     print(f"\ncommits that landed unanswered: {faults}; stage failures: {len(failures)}: {failures[:3]}")
     assert faults.get("commit_lost", 0) > 0 and failures
@@ -299,13 +331,16 @@ def test_a_commit_whose_answer_is_lost_fails_the_stage_and_its_rerun_lands_every
         got = table_ids(checker, kind, DATASET, contract.id)
         lost += len(set(sent) - set(got))
         doubled += len(got) - len(set(got))
-        assert sorted(got) == sent, f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(sent)} sent"
+        assert sorted(got) == sent, (
+            f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(sent)} sent"
+        )
     reliability_report.add(
         "S3 commits answered by a reset (landed), stage rerun",
         tries=faults.get("commit_lost", 0),
         lost=lost,
         doubled=doubled,
         stage_failures=len(failures),
+        note=f"{len(failures)} stage failures, each rerun skipped what had landed",
     )
 
 
