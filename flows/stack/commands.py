@@ -70,6 +70,13 @@ def server_env(root: Path, postgres_url: str | None, port: int) -> dict[str, str
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
     if postgres_url:  # env only: never on a command line, where `ps` shows the password
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = asyncpg_url(postgres_url)
+    # concurrency-limit leases on disk (under PREFECT_HOME), not in the server's memory: a run holding a slot
+    # (lake-<D>, gpu, promote-<M>) across a server restart can still release it. With the default in-memory
+    # storage the restart forgot the lease, the slot stayed taken, and the next run waited for it until its
+    # timeout (seen as `loopline run` hanging after a restart).
+    env.setdefault(
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem"
+    )
     return env
 
 

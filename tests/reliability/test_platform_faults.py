@@ -141,6 +141,18 @@ def run_args(platform) -> list[str]:
     ]
 
 
+HOLD_A_SLOT = """
+import sys
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+with get_client(sync_client=True) as client:
+    client.request("POST", "/v2/concurrency_limits/", json={"name": "restart-probe", "limit": 1})
+with concurrency("restart-probe", occupy=1, strict=True):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
 def restart_prefect_server(platform) -> None:
     """Stop the stack's Prefect server (its whole process group) and start it again on the same port and DB."""
     home = platform["home"]
@@ -177,7 +189,19 @@ def test_a_prefect_server_restart_mid_run_loses_and_doubles_nothing(platform, re
             break
         time.sleep(0.5)
     assert proc.poll() is None, "the run ended before the restart: " + proc.communicate()[1][-3000:]
+    # a slot held across the restart for sure (the run's own lake-<D> slot is held only part of the time)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_SLOT],
+        env=platform["env"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
     restart_prefect_server(platform)
+    holder.communicate("release\n", timeout=120)
+    assert holder.returncode == 0
     restarted_while_running = proc.poll() is None
     try:
         out, err = proc.communicate(timeout=300)
@@ -210,6 +234,16 @@ def test_a_prefect_server_restart_mid_run_loses_and_doubles_nothing(platform, re
     doubled = (len(ids) - len(set(ids))) + (raw.num_rows - ROWS) + (features.num_rows - len(set(ids)))
     assert raw.num_rows == ROWS == clean.num_rows + n_quarantined
     assert features.num_rows == clean.num_rows and set(features["id"].to_pylist()) == set(ids)
+
+    # no slot leaked across the restart (lake-<D>, gpu, promote-<M>): the next run would wait for it
+    limits = httpx.post(
+        platform["stack"]["prefect_api_url"] + "/v2/concurrency_limits/filter",
+        json={"limit": 200, "offset": 0},
+        timeout=30,
+    ).json()
+    assert limits and all(limit["active_slots"] == 0 for limit in limits), [
+        (limit["name"], limit["active_slots"]) for limit in limits
+    ]
 
     from mlflow import MlflowClient
 
