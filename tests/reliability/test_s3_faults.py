@@ -118,7 +118,7 @@ def test_the_lifecycle_on_s3_at_20_percent_faults_loses_and_doubles_nothing(
     contract, data, bucket = s3_world["contract"], s3_world["data"], s3_world["bucket"]
     ids = sorted(data["id"].tolist())
     tracking = f"sqlite:///{home / 'mlflow.db'}"
-    client = MlflowClient(tracking)
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)  # not another test's global registry
     client.create_experiment(experiment_name(DATASET), artifact_location=f"s3://{bucket}/mlflow")
     cfg = LifecycleConfig(home=str(home), **TINY)
     lake = Lake.from_env(str(home))
