@@ -52,6 +52,8 @@ class Lake:
             )
         home = home or os.environ.get("LOOPLINE_HOME", "./.loopline")
         root = os.environ.get("LOOPLINE_LAKE_URI") or str(Path(home) / "lake")
+        if not is_s3_uri(root):  # absolute: a relative root names another lake in another directory (and in
+            root = str(Path(root).resolve())  # every key that includes it, e.g. the features task's cache)
         return cls(
             root=root,
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("LOOPLINE_S3_ENDPOINT_URL"),

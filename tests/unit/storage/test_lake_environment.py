@@ -51,3 +51,18 @@ def test_a_named_block_without_its_lake_is_refused_not_guessed(clean_env):
     for name, value in Lake("s3://b/p", region="us-east-1").environment().items():
         clean_env.setenv(name, value)  # what the flow layer hands a child after loading the block
     assert Lake.from_env("/home").root == "s3://b/p"
+
+
+def test_a_local_lake_root_is_absolute_so_two_directories_never_share_a_key(tmp_path, monkeypatch):
+    """`./.loopline` in two clones named the same lake root: the features task's cache key (which names the
+    root) hit the other clone's cached result, and a fresh clone's `make demo` trained on no features."""
+    from loopline.storage.lake import Lake
+
+    monkeypatch.delenv("LOOPLINE_LAKE_URI", raising=False)
+    monkeypatch.delenv("LOOPLINE_LAKE_BLOCK", raising=False)
+    roots = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        roots.append(Lake.from_env("./.loopline").root)
+    assert roots == [str(tmp_path / n / ".loopline" / "lake") for n in ("one", "two")]
