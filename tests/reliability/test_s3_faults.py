@@ -155,14 +155,7 @@ def test_the_lifecycle_on_s3_at_20_percent_faults_loses_and_doubles_nothing(
 
     # every table, read straight from moto, against what a fault-free run writes
     checker = s3_world["checker"]
-    lost = doubled = 0
-    for kind in ("raw", "clean", "features"):
-        got = table_ids(checker, kind, DATASET, contract.id)
-        lost += len(set(ids) - set(got))
-        doubled += len(got) - len(set(got))
-        assert sorted(got) == ids, (
-            f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(ids)} sent"
-        )
+    lost, doubled = each_id_once(checker, contract.id, ids)
     assert table_ids(checker, "quarantine", DATASET, contract.id) == []
     predicted = table_ids(checker, "predictions", DATASET, contract.id)
     lost += len(set(sent) - set(predicted))
@@ -286,6 +279,19 @@ def serve_and_score(home: Path, tracking: str, lake, data) -> list[int]:
     return sent
 
 
+def each_id_once(checker, id_column: str, expected: list) -> tuple[int, int]:
+    """Assert raw, clean and features each hold exactly the `expected` ids once; returns (lost, doubled)."""
+    lost = doubled = 0
+    for kind in ("raw", "clean", "features"):
+        got = table_ids(checker, kind, DATASET, id_column)
+        lost += len(set(expected) - set(got))
+        doubled += len(got) - len(set(got))
+        assert sorted(got) == expected, (
+            f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(expected)} sent"
+        )
+    return lost, doubled
+
+
 def table_ids(lake, kind: str, name: str, id_column: str) -> list[int]:
     """The id column of a Delta table, [] when the table does not exist."""
     from loopline.storage import delta
@@ -326,14 +332,7 @@ def test_a_commit_whose_answer_is_lost_fails_the_stage_and_its_rerun_lands_every
 
     checker = s3_world["checker"]
     sent = sorted(ids_of_files(data, files))
-    lost = doubled = 0
-    for kind in ("raw", "clean", "features"):
-        got = table_ids(checker, kind, DATASET, contract.id)
-        lost += len(set(sent) - set(got))
-        doubled += len(got) - len(set(got))
-        assert sorted(got) == sent, (
-            f"{kind}/{DATASET}: {len(got)} rows, {len(set(got))} distinct, {len(sent)} sent"
-        )
+    lost, doubled = each_id_once(checker, contract.id, sent)
     reliability_report.add(
         "S3 commits answered by a reset (landed), stage rerun",
         tries=faults.get("commit_lost", 0),
