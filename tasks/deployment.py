@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from blocks.lake import lake_environment
 from loopline.config import LifecycleConfig
 from loopline.release import deploy as core
-from tasks.common import lake_for, run_logger
+from tasks.common import lake_for, retry_unless_user_error, run_logger
 
 
 def _tracking_uri(cfg: LifecycleConfig) -> str:
@@ -24,12 +24,18 @@ def read_champion(cfg: LifecycleConfig, model: str) -> int:
     return core.champion_version(_tracking_uri(cfg), model)
 
 
+@task(name="read-previous-champion", retries=2, retry_delay_seconds=[2, 5])
+def previous_champion(cfg: LifecycleConfig, model: str) -> int | None:
+    return core.previous_champion(_tracking_uri(cfg), model)
+
+
 @task(name="find-model-servers")
 def find_servers(cfg: LifecycleConfig, model: str) -> list[dict]:
     return [s.__dict__ for s in core.known_servers(cfg.home, model)]
 
 
-@task(name="start-model-server", retries=1, retry_delay_seconds=5)  # a port race on start is worth one retry
+# a port race on start is worth one retry; a port already taken (a ConfigError) is not
+@task(name="start-model-server", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def start_server(cfg: LifecycleConfig, model: str) -> dict:
     # the server's inference log goes to the lake this flow resolved (the LakeStorage block, or the env)
     env = lake_environment(lake_for(cfg))

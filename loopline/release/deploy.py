@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loopline.config import ServingConfig
+from loopline.errors import ConfigError, ModelError
 from loopline.serving import RELOAD_TOKEN_ENV
 
 
@@ -101,6 +102,7 @@ def start_server(
     `env` goes on top of this process's environment: the lake the flow layer resolved (its variables carry
     secrets, so they travel there, never in argv)."""
     url = f"http://{cfg.host}:{cfg.port}"
+    _refuse_taken_port(cfg.host, cfg.port, model)
     logs = _serving_dir(home) / f"server-{model}-{cfg.port}.log"
     env = {
         **os.environ,
@@ -128,7 +130,10 @@ def start_server(
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the model server exited with {proc.returncode}; see {logs}")
+            raise ModelError(
+                f"the model server for {model!r} exited with {proc.returncode} before it answered"
+                f"{_last_error(logs)}; its log: {logs}"
+            )
         if is_up(url):
             break
         time.sleep(0.5)
@@ -138,6 +143,38 @@ def start_server(
     server = Server(model, url, proc.pid)
     _record(home, server)
     return server
+
+
+def _last_error(logs: Path) -> str:
+    """The last ERROR line of a server log, for the one-line reason a start failed."""
+    try:
+        lines = [ln for ln in logs.read_text(errors="replace").splitlines() if ln.startswith("ERROR")]
+    except OSError:
+        return ""
+    reasons = [ln for ln in lines if "startup failed" not in ln.lower()]
+    return f" ({reasons[-1].split(':', 1)[-1].strip()})" if reasons else ""
+
+
+def _refuse_taken_port(host: str, port: int, model: str) -> None:
+    """A port something else holds is a clear ConfigError before we start: otherwise the other process's /ping
+    would pass for ours, and the swap that follows would fail on a server that is not ours."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((host, port)) != 0:
+            return
+    holder = "another process"
+    try:
+        info = http_json(f"http://{host}:{port}/version", timeout=2)
+        if info.get("model"):
+            holder = f"a loopline model server for {info['model']!r} (v{info.get('version')})"
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+    raise ConfigError(
+        f"serving.port {port} on {host} is already in use by {holder}, so the model server for {model!r} "
+        "cannot start there: set serving.port to a free port (--set serving.port=N), or stop what holds it"
+    )
 
 
 def stop_server(home: str, server: Server, timeout: float = 30.0) -> None:
@@ -211,3 +248,13 @@ def stop_all_servers(home: str) -> list[str]:
     for entry in entries:
         stop_server(home, Server(**entry))
     return [e["url"] for e in entries]
+
+
+def previous_champion(tracking_uri: str, model: str) -> int | None:
+    """The champion a rollback would go back to, or None when `@champion` is the first."""
+    from loopline.packaging.registry import registry_client
+    from loopline.release.champion import read_state, reconcile
+
+    client = registry_client(tracking_uri)
+    state = reconcile(client, model, read_state(client, model))
+    return state.stack[-2] if len(state.stack) > 1 else None

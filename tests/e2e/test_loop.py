@@ -85,7 +85,8 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
 
     home = tmp_path / "home"
     config_file = tmp_path / "loopline.yaml"
-    config_file.write_text(yaml.safe_dump(TINY))
+    # a free serving port, not 8080: `make demo` before `make test` leaves its model server there
+    config_file.write_text(yaml.safe_dump({**TINY, "serving": {"port": _free_port()}}))
     monkeypatch.setenv("LOOPLINE_HOME", str(home))
     monkeypatch.delenv("LOOPLINE_LAKE_URI", raising=False)
 

@@ -60,3 +60,46 @@ def test_deploy_starts_swaps_and_rolls_back(registry, prefect_api, monkeypatch):
     finally:
         deploy.stop_all_servers(home)
     assert not deploy.is_up(url)
+
+
+def test_a_taken_port_is_named_before_any_server_starts(tmp_path):
+    import socket
+
+    from loopline.config import ServingConfig
+    from loopline.errors import ConfigError
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"serving.port {port} .* already in use"):
+            deploy.start_server(str(tmp_path), "m", ServingConfig(port=port), tracking_uri=None)
+    assert not (tmp_path / "serving" / "servers.json").exists()
+
+
+def test_a_first_champion_that_fails_is_not_rolled_back_to_nothing(registry, prefect_api, monkeypatch):
+    """No previous champion: the stage fails with one clear error and @champion stays (no impossible rollback)."""
+    from flows.deployment import deployment_flow
+    from loopline.errors import ModelError
+
+    home, uri = registry["home"], registry["tracking_uri"]
+    monkeypatch.setenv("LOOPLINE_HOME", home)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=Broken(), registered_model_name="broken-first"
+        )
+    v1 = int(info.registered_model_version)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    move_champion(client, "broken-first", v1, expected=None, action="promote", reason="test")
+    cfg = LifecycleConfig(home=home)
+    cfg.serving.port = free_port()
+    cfg.serving.confirm_timeout_seconds = 10
+    try:
+        with pytest.raises(ModelError, match="nothing to roll back to"):
+            deployment_flow(cfg, model="broken-first")
+    finally:
+        deploy.stop_all_servers(home)
+    assert int(client.get_model_version_by_alias("broken-first", "champion").version) == v1
