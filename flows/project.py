@@ -1,27 +1,28 @@
-"""Deploy prefect.yaml through the Python client: what `prefect deploy --all` does, minus its traps.
+"""Deploy prefect.yaml with Prefect's own `prefect deploy`, plus the one thing it cannot do.
 
-Why not the CLI: with prefect 3.8.8 and fastapi 0.154, `prefect deploy` (and `Flow.deploy`) create the
-first deployment and then die on a 422 from `/work_pools/{pool}/workers/filter` (the client sends
-`"limit": null`, which that server refuses). So this module reads the same prefect.yaml and makes the
-same API calls: flow, deployment (entrypoint, pool, parameters, pull steps, schedules, tags) and one
-automation per trigger, owned by the deployment so a redeploy replaces them.
+`prefect deploy --all` is what users run, so `loopline up` runs exactly that (in the project directory, with the
+stack's environment: `{{ $LOOPLINE_PROJECT_DIR }}` and `{{ $LOOPLINE_LANDING }}` resolve from it). It used to die
+on a 422 from `/work_pools/{pool}/workers/filter` with fastapi >= 0.151 (the client sends `"limit": null`, which
+those versions refuse); pyproject pins fastapi below that.
 
-`{{ $ENV_VAR }}` placeholders resolve from the environment as the CLI resolves them; `{{ event.* }}`
-templates in trigger parameters are left for the server to render when the trigger fires.
+The step `prefect deploy` cannot do: a trigger's `within` from the loopline config (the retrain trigger's
+cooldown, `retrain.cooldown_hours`). prefect.yaml carries the default; `apply_trigger_windows` moves it after
+the deploy, on the automation `prefect deploy` created for that deployment.
 """
 
 from __future__ import annotations
 
-import copy
-import os
-from contextlib import contextmanager
-from datetime import timedelta
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from loopline.errors import ConfigError
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEPLOY_TIMEOUT_SECONDS = 600
 
 
 def load_project(prefect_file: Path | None = None) -> dict[str, Any]:
@@ -29,110 +30,75 @@ def load_project(prefect_file: Path | None = None) -> dict[str, Any]:
 
 
 def deploy_project(
-    client,
+    env: dict[str, str],
     *,
-    env: dict[str, str] | None = None,
     prefect_file: Path | None = None,
-    trigger_within_seconds: dict[str, float] | None = None,
     only: list[str] | None = None,
+    trigger_within_seconds: dict[str, float] | None = None,
 ) -> list[str]:
-    """Create or update every deployment of prefect.yaml.
+    """`prefect --no-prompt deploy --all` (or `-n NAME` for each of `only`) against env's PREFECT_API_URL, then
+    the trigger windows. Returns the deployed names as `flow/deployment`; ConfigError with Prefect's own
+    message when the deploy fails."""
+    prefect_file = prefect_file or PROJECT_DIR / "prefect.yaml"
+    names = [d["name"] for d in load_project(prefect_file).get("deployments", [])]
+    selected = names if only is None else [n for n in names if n in only]
+    which = ["--all"] if only is None else [arg for n in selected for arg in ("-n", n)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "deploy",
+        "--prefect-file",
+        str(prefect_file),
+        *which,
+    ]
+    done = subprocess.run(
+        cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_SECONDS
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise ConfigError(f"`prefect deploy` of {prefect_file} failed (exit {done.returncode}):\n{tail}")
+    from flows.stack.bootstrap import prefect_client
 
-    `trigger_within_seconds` overrides a trigger's `within` by the event it expects (e.g. the retrain
-    cooldown from the config); `only` limits it to these deployment names. Returns the deployed names
-    as `flow/deployment`.
-    """
-    from prefect.utilities.templating import apply_values
-
-    spec = load_project(prefect_file)
-    env = dict(os.environ if env is None else env)
-    deployed = []
-    for raw in spec.get("deployments", []):
-        if only is not None and raw["name"] not in only:
-            continue
-        triggers = copy.deepcopy(raw.get("triggers") or [])  # event templates stay for the server
-        with _environ(env):  # prefect resolves `{{ $VAR }}` from os.environ only
-            conf = apply_values({k: v for k, v in raw.items() if k != "triggers"}, {}, remove_notset=False)
-            pull = apply_values(conf.get("pull", spec.get("pull")) or [], {}, remove_notset=False)
-        deployment_id, flow_name = _create_deployment(client, conf, pull)
-        _replace_triggers(client, deployment_id, conf["name"], triggers, trigger_within_seconds or {})
-        deployed.append(f"{flow_name}/{conf['name']}")
+    with prefect_client(env["PREFECT_API_URL"]) as client:
+        deployed = [_full_name(client, n) for n in selected]
+        if trigger_within_seconds:
+            for name in deployed:
+                apply_trigger_windows(client, name, trigger_within_seconds)
     return sorted(deployed)
 
 
-@contextmanager
-def _environ(env: dict[str, str]):
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def _full_name(client, name: str) -> str:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-
-def _create_deployment(client, conf: dict[str, Any], pull: list[dict[str, Any]]):
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
-    from prefect.flows import load_flow_from_entrypoint
-    from prefect.utilities.callables import parameter_schema
-
-    cwd = Path.cwd()
-    os.chdir(PROJECT_DIR)  # entrypoints are relative to the project, as for `prefect deploy`
-    try:
-        flow = load_flow_from_entrypoint(conf["entrypoint"])
-    finally:
-        os.chdir(cwd)
-    flow_id = client.create_flow_from_name(flow.name)
-    schedules = [
-        DeploymentScheduleCreate(
-            schedule=_schedule(s), active=s.get("active", True), parameters=s.get("parameters", {})
-        )
-        for s in conf.get("schedules") or []
-    ]
-    deployment_id = client.create_deployment(
-        flow_id=flow_id,
-        name=conf["name"],
-        description=conf.get("description") or flow.description,
-        entrypoint=conf["entrypoint"],
-        work_pool_name=(conf.get("work_pool") or {}).get("name"),
-        work_queue_name=(conf.get("work_pool") or {}).get("work_queue_name"),
-        job_variables=(conf.get("work_pool") or {}).get("job_variables") or {},
-        parameters=conf.get("parameters") or {},
-        parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
-        enforce_parameter_schema=conf.get("enforce_parameter_schema", True),
-        pull_steps=pull,
-        schedules=schedules,
-        tags=conf.get("tags") or [],
-        concurrency_limit=conf.get("concurrency_limit"),
-        version=conf.get("version"),
+    (deployment,) = client.read_deployments(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
     )
-    return deployment_id, flow.name
+    flow = client.read_flow(deployment.flow_id)
+    return f"{flow.name}/{deployment.name}"
 
 
-def _schedule(conf: dict[str, Any]):
-    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+def apply_trigger_windows(client, deployment_name: str, within: dict[str, float]) -> int:
+    """Set `within` (seconds) on the deployment's event triggers that expect one of `within`'s events (e.g.
+    {"loopline.drift.detected": cooldown}). Returns how many automations changed."""
+    from prefect.events.schemas.automations import AutomationCore
 
-    if conf.get("cron"):
-        return CronSchedule(cron=conf["cron"], timezone=conf.get("timezone"), day_or=conf.get("day_or", True))
-    if conf.get("interval"):
-        kwargs = {"interval": timedelta(seconds=float(conf["interval"])), "timezone": conf.get("timezone")}
-        if conf.get("anchor_date"):
-            kwargs["anchor_date"] = conf["anchor_date"]
-        return IntervalSchedule(**kwargs)
-    raise ValueError(f"schedule {conf!r}: only `cron` and `interval` schedules are supported here")
-
-
-def _replace_triggers(client, deployment_id, name: str, specs: list[dict], within: dict[str, float]) -> None:
-    from prefect.events import DeploymentTriggerTypes
-    from pydantic import TypeAdapter
-
-    client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
-    adapter = TypeAdapter(DeploymentTriggerTypes)
-    for i, spec in enumerate(specs, start=1):
-        spec.setdefault("name", f"{name}__automation_{i}")
-        for event in spec.get("expect") or []:
-            if event in within:
-                spec["within"] = within[event]
-        trigger = adapter.validate_python(spec)
-        trigger.set_deployment_id(deployment_id)
-        client.create_automation(trigger.as_automation())
+    deployment = client.read_deployment_by_name(deployment_name)
+    changed = 0
+    for automation in client.read_resource_related_automations(f"prefect.deployment.{deployment.id}"):
+        trigger = automation.trigger
+        expected = set(getattr(trigger, "expect", None) or ())
+        windows = {within[e] for e in expected if e in within}
+        if not windows:
+            continue
+        seconds = max(windows)
+        if trigger.within.total_seconds() == seconds:
+            continue
+        trigger.within = seconds
+        # the update body is an automation without its owner (the server keeps the deployment as owner)
+        body = AutomationCore(**automation.model_dump(include=set(AutomationCore.model_fields)))
+        json = body.model_dump(mode="json", exclude={"owner_resource"})
+        client.request("PUT", "/automations/{id}", path_params={"id": automation.id}, json=json)
+        changed += 1
+    return changed

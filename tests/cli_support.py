@@ -30,3 +30,17 @@ def run_cli(*args: str, home: Path, timeout: float = 300) -> subprocess.Complete
         env=env,
         timeout=timeout,
     )
+
+
+def deploy_env(api_url: str, home: Path | str | None = None) -> dict[str, str]:
+    """The environment `prefect deploy` of prefect.yaml needs (flows/project.py): the API and the variables its
+    `{{ $VAR }}` placeholders name."""
+    import tempfile
+
+    landing = Path(home or tempfile.gettempdir()) / "landing"
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "LOOPLINE_PROJECT_DIR": str(REPO),
+        "LOOPLINE_LANDING": str(landing),
+    }

@@ -82,13 +82,10 @@ def register_blocks(api_url: str) -> list[str]:
 
 
 def deploy_all(env: dict[str, str], config_path: str | None) -> list[str]:
-    """Deploy prefect.yaml (flows/project.py says why not `prefect deploy`); the retrain trigger's
-    `within` follows retrain.cooldown_hours, so a burst of drift events starts one run."""
+    """`prefect deploy --all` of prefect.yaml (flows/project.py); then the retrain trigger's `within` follows
+    retrain.cooldown_hours, so a burst of drift events starts one run."""
     from flows.project import deploy_project
     from loopline.config import load_config
 
     cooldown_seconds = load_config(config_path).retrain.cooldown_hours * 3600
-    with prefect_client(env["PREFECT_API_URL"]) as client:
-        return deploy_project(
-            client, env=env, trigger_within_seconds={"loopline.drift.detected": cooldown_seconds}
-        )
+    return deploy_project(env, trigger_within_seconds={"loopline.drift.detected": cooldown_seconds})

@@ -33,11 +33,18 @@ def retrain_deployment(prefect_api, client):
     from flows.stack import create_work_pools
 
     create_work_pools(prefect_api)
+    from tests.cli_support import deploy_env
+
     deployed = deploy_project(
-        client, only=["retrain"], trigger_within_seconds={"loopline.drift.detected": 3600}
+        deploy_env(prefect_api), only=["retrain"], trigger_within_seconds={"loopline.drift.detected": 3600}
     )
     assert deployed == ["retrain/retrain"]
     deployment = client.read_deployment_by_name("retrain/retrain")
+    windows = {
+        a.trigger.expect.pop(): a.trigger.within.total_seconds()
+        for a in client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+    }  # `prefect deploy` made the automations; loopline moved only the drift trigger's window
+    assert windows == {"loopline.drift.detected": 3600, "loopline.data.ingested": 0}
     yield deployment
     client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
     client.delete_deployment(deployment.id)

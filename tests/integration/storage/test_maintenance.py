@@ -258,6 +258,7 @@ def test_cli_and_deployment(prefect_api, home):
 
     from flows.project import deploy_project
     from flows.stack import create_work_pools
+    from tests.cli_support import deploy_env
 
     lake = Lake(root=str(home / "lake"))
     write_predictions(lake, "parcels")
@@ -290,7 +291,7 @@ def test_cli_and_deployment(prefect_api, home):
 
     create_work_pools(prefect_api)
     with get_client(sync_client=True) as prefect:
-        assert deploy_project(prefect, only=["maintenance"]) == ["maintenance/maintenance"]
+        assert deploy_project(deploy_env(prefect_api), only=["maintenance"]) == ["maintenance/maintenance"]
         deployment = prefect.read_deployment_by_name("maintenance/maintenance")
         try:
             assert [s.schedule.cron for s in deployment.schedules] == ["30 3 * * *"]
