@@ -428,12 +428,22 @@ def up(
     no_workers: Annotated[
         bool, typer.Option("--no-workers", help="do not start the cpu/gpu process workers")
     ] = False,
+    compose: Annotated[
+        bool,
+        typer.Option("--compose", help="the whole platform in containers (infra/compose.yaml; needs Docker)"),
+    ] = False,
+    env_file: Annotated[str | None, typer.Option(help="with --compose: the env file of its secrets")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a real Prefect server, an MLflow server, work pools, limits, blocks, deployments and workers."""
     try:
+        if compose:
+            from flows.stack.compose import compose_up
+
+            _emit(compose_up(env_file), as_json, "up")
+            return
         cfg = _config(config, set_)
         from flows.stack import up as stack_up
 
@@ -449,9 +459,19 @@ def up(
 
 
 @app.command()
-def down(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+def down(
+    compose: Annotated[bool, typer.Option("--compose", help="stop the compose platform")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Stop what `loopline up` (and the deploy stage) started for this LOOPLINE_HOME, and only that."""
     try:
+        if compose:
+            from flows.stack.compose import compose_down
+
+            _emit(compose_down(), as_json, "down")
+            return
         cfg = _config(config, set_)
         from flows.local_api import stop as local_api_stop
         from flows.stack import down as stack_down
