@@ -433,6 +433,13 @@ def up(
         typer.Option("--compose", help="the whole platform in containers (infra/compose.yaml; needs Docker)"),
     ] = False,
     env_file: Annotated[str | None, typer.Option(help="with --compose: the env file of its secrets")] = None,
+    pool_type: Annotated[
+        str,
+        typer.Option(
+            help="process: start the stack here; kubernetes, kubernetes-mig or docker: set up the Prefect server "
+            "at PREFECT_API_URL with those pools' templates (infra/work-pools) and deploy prefect.yaml there"
+        ),
+    ] = "process",
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -445,6 +452,13 @@ def up(
             _emit(compose_up(env_file), as_json, "up")
             return
         cfg = _config(config, set_)
+        if pool_type != "process":
+            from flows.stack.remote import bootstrap_remote
+            from flows.work_pools import pool_templates
+
+            pool_templates(pool_type)  # an unknown type is exit 2 before anything is contacted
+            _emit(bootstrap_remote(pool_type, cfg.retrain.cooldown_hours), as_json, "up")
+            return
         from flows.stack import up as stack_up
 
         info = stack_up(

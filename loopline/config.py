@@ -77,6 +77,18 @@ class DataConfig(_Section):
         gt=0,
         description="longest wait for the lake-<dataset> slot (another ingest or features build of the dataset)",
     )
+    executor: Literal["local", "dask"] = Field(
+        "local",
+        description="where the files of a folder / S3 prefix are parsed and validated: local = one after "
+        "another in the flow process; dask = in parallel on a Dask cluster (the flow process still commits)",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="scheduler of an existing Dask cluster (tcp://host:8786); empty: a LocalCluster per run",
+    )
+    dask_workers: int = Field(
+        2, ge=1, description="worker processes of the LocalCluster started when dask_address is empty"
+    )
 
 
 class ValidationConfig(_Section):
@@ -142,7 +154,32 @@ class TrainingConfig(_Section):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    devices: int = Field(1, ge=1, description="processes (DDP via torchrun when > 1)")
+    devices: int = Field(1, ge=1, description="processes (GPUs) per node (DDP via torchrun when > 1)")
+    nodes: int = Field(1, ge=1, description="machines, one torchrun agent each (c10d rendezvous when > 1)")
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        description="this machine's rank; empty: LOOPLINE_NODE_RANK, JOB_COMPLETION_INDEX or PET_NODE_RANK",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="HOST[:PORT] where node 0 hosts the rendezvous (port 29400 if left out); empty: "
+        "LOOPLINE_RDZV_ENDPOINT or PET_MASTER_ADDR:PET_MASTER_PORT",
+    )
+    rdzv_timeout_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="how long a node keeps trying to reach node 0's rendezvous store (node 0 may still be "
+        "pulling a multi-GB image)",
+    )
+    rdzv_join_timeout_seconds: float = Field(
+        1800.0, gt=0, description="how long the nodes wait for the last of them to join (slow image pulls)"
+    )
+    launcher: Literal["local", "kubernetes", "kubeflow"] = Field(
+        "local",
+        description="who starts the nodes: local = this process is one node; kubernetes = an Indexed Job + "
+        "headless Service; kubeflow = a Kubeflow Trainer TrainJob",
+    )
     checkpoint_every_steps: int = Field(50, ge=1)
     checkpoint_every_seconds: float = Field(
         300.0, gt=0, description="also checkpoint on wall time, for slow steps"
@@ -161,11 +198,17 @@ class TrainingConfig(_Section):
     gpu_sample_seconds: float = Field(1.0, gt=0)
     gpu_slot: str | None = Field(
         "gpu",
-        description="Prefect global concurrency limit a GPU training takes (occupy = devices); None: none",
+        description="Prefect global concurrency limit a GPU training takes (occupy = nodes x devices); None: none",
     )
     gpu_slot_on_cpu: bool = Field(False, description="take the slot for CPU trainings too (serialises them)")
     gpu_slot_timeout_seconds: float = Field(
         43200.0, gt=0, description="longest wait for the gpu_slot slots (12 h: a queue of long trainings)"
+    )
+    mig_profile: str | None = Field(
+        None,
+        pattern=r"^([0-9]+c\.)?[0-9]+g\.[0-9]+gb$",
+        description="MIG slice to train on, e.g. 1g.10gb: the gpu pool's pod asks for nvidia.com/mig-<profile> "
+        "(infra/work-pools/kubernetes-gpu-mig.json); None: whole GPUs (nvidia.com/gpu)",
     )
 
 

@@ -193,13 +193,19 @@ def train_on_pool(cfg: LifecycleConfig, dataset: str, features_version: int | No
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_deployment_by_name(TRAIN_DEPLOYMENT)
+            deployment = client.read_deployment_by_name(TRAIN_DEPLOYMENT)
         except ObjectNotFound:
             return None
+        job_variables = training_pool_job_variables(client, deployment.work_pool_name, cfg)
     params = {"config": cfg.model_dump(mode="json"), "dataset": dataset, "features_version": features_version}
     timeout_s = cfg.retrain.train_timeout_seconds
     child = run_deployment(
-        TRAIN_DEPLOYMENT, parameters=params, as_subflow=True, timeout=timeout_s, poll_interval=2
+        TRAIN_DEPLOYMENT,
+        parameters=params,
+        job_variables=job_variables or None,
+        as_subflow=True,
+        timeout=timeout_s,
+        poll_interval=2,
     )
     if child.state is None or not child.state.is_final():
         raise _train_timeout(child, timeout_s)
@@ -210,6 +216,24 @@ def train_on_pool(cfg: LifecycleConfig, dataset: str, features_version: int | No
         )
     run_logger().info("trained on the gpu pool: flow run %s", child.id)
     return child.state.result()
+
+
+def training_pool_job_variables(client, pool_name: str | None, cfg: LifecycleConfig) -> dict[str, Any]:
+    """The GPU count and kind of cfg.training (loopline.train.job_variables), as the variables the pool
+    `pool_name`'s base job template declares: a kubernetes or docker gpu pool gets its GPU limit, a process
+    pool (`loopline up`) gets nothing."""
+    from prefect.exceptions import ObjectNotFound
+
+    from loopline.train.job_variables import pool_job_variables, training_job_variables
+
+    if not pool_name:
+        return {}
+    try:
+        template = client.read_work_pool(pool_name).base_job_template or {}
+    except ObjectNotFound:  # no pool yet: no worker can take the run either, and the wait says so
+        return {}
+    declared = (template.get("variables") or {}).get("properties") or {}
+    return pool_job_variables(training_job_variables(cfg.training), declared, pool_name)
 
 
 def _train_timeout(child, timeout_s: float) -> Exception:
