@@ -6,7 +6,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test reliability lint format bench up down clean
+.PHONY: install demo test reliability lint format bench up down image up-compose down-compose clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,22 @@ up: install
 
 down: install
 	$(VENV)/bin/loopline down
+
+IMAGE ?= ghcr.io/loopline/loopline
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VARIANT ?= cpu
+ENV_FILE ?=
+
+# the image (needs a Docker engine); VARIANT=cuda builds the -cuda tag for the gpu pool
+image:
+	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(IMAGE_VERSION)$(if $(filter cuda,$(VARIANT)),-cuda) .
+
+# the whole platform in containers (infra/compose.yaml); ENV_FILE: a filled copy of infra/compose/env.example
+up-compose: install
+	$(VENV)/bin/loopline up --compose $(if $(ENV_FILE),--env-file $(ENV_FILE))
+
+down-compose: install
+	$(VENV)/bin/loopline down --compose
 
 clean:
 	rm -rf .loopline

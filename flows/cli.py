@@ -387,6 +387,43 @@ def drift(
 
 
 @app.command()
+def feedback(
+    model: Annotated[str, typer.Option("--model", help="registered model name (feedback/M, predictions/M)")],
+    source: Annotated[
+        str, typer.Option("--source", help="a CSV or Parquet file (local or s3://): request_id, row, label")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="the dataset whose contract types the labels")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Land labels in bulk in feedback/M (each (request_id, row) once), then refresh the live metric gauges.
+    Bad rows are rejected with their line, field and reason, and written to a file; the rest land."""
+    try:
+        cfg = _config(config, set_)
+        _quiet_console()
+        from tasks.feedback import load_feedback
+
+        result = load_feedback(cfg, model, source, dataset)
+        if as_json:
+            _emit(result, True, "feedback")
+        else:
+            print(
+                f"feedback/{model}: {result['rows']} rows read from {result['source']}: "
+                f"{result['inserted']} new, {result['updated']} changed, {result['unchanged']} already there, "
+                f"{result['rejected']} rejected"
+            )
+            for bad in result["examples"]:
+                print(f"  line {bad['line']}, {bad['field']} {bad['value']!r}: {bad['reason']}")
+            if result["rejected_file"]:
+                print(f"rejected rows: {result['rejected_file']}")
+    except Exception as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
 def maintenance(
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="only this dataset's tables (default: every table)")
@@ -448,8 +485,16 @@ def up(
     try:
         if compose:
             from flows.stack.compose import compose_up
+            from flows.stack.remote import bootstrap_remote
 
-            _emit(compose_up(env_file), as_json, "up")
+            cfg = _config(config, set_)
+            info = compose_up(env_file)
+            # the platform's Prefect server gets the pools (process workers in containers), limits, blocks and
+            # prefect.yaml, deployed from this checkout with the image's project dir in its pull step
+            info["bootstrap"] = bootstrap_remote(
+                "process", cfg.retrain.cooldown_hours, info["prefect_api_url"]
+            )
+            _emit(info, as_json, "up")
             return
         cfg = _config(config, set_)
         if pool_type != "process":

@@ -17,6 +17,7 @@ from loopline.monitoring.retrain import SKIPPED_STATE
 from loopline.packaging.registry import model_name_for
 from tasks.common import run_logger
 from tasks.drift import detect_window, find_champion, list_champions, report_drift
+from tasks.feedback import live_performance_check
 
 
 @flow(name="drift", log_prints=True)
@@ -71,6 +72,11 @@ def _check(
         return _skipped(
             model_name, champion["version"], f"the window ({window['description']}) has no rows", window
         )
+    # Live performance: the champion's metric on labelled traffic (feedback/M), when labels came back;
+    # worse than its evaluation by more than feedback.performance_tolerance counts as drift
+    performance = live_performance_check(cfg, champion, hours)
+    if performance is not None and performance["degraded"]:
+        report = {**report, "drift_detected": True}
     # Report: artifacts, gauges, verdict table; the event that starts a retrain
     emitted = report_drift(cfg, champion, report, window)
     return {
@@ -82,6 +88,7 @@ def _check(
         "features": report["features"],
         "drifted_features": report["drifted_features"],
         "prediction": report.get("prediction"),
+        "performance": performance,
         "n_reference": report["n_reference"],
         "n_current": report["n_current"],
         "share_threshold": report["share_threshold"],

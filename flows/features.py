@@ -14,4 +14,22 @@ def features_flow(
 ) -> dict:
     """`dataset`: the dataset to build (the `features` trigger passes the event's); default: the config's."""
     cfg = resolve_config(config).for_dataset(dataset)
+    if cfg.data.executor == "dask":  # per partition on the cluster, committed here: the same features/D
+        return features_on_dask(cfg, refit)
     return build_features(cfg, refit=refit)
+
+
+def features_on_dask(cfg: LifecycleConfig, refit: bool = False) -> dict:
+    """The build through `features-on-dask`, a subflow on a DaskTaskRunner (`data.dask_address`, or a
+    LocalCluster of `data.dask_workers` workers that lives as long as the subflow)."""
+    from tasks.dask_runner import dask_task_runner
+
+    return features_on_dask_flow.with_options(task_runner=dask_task_runner(cfg.data))(cfg, refit)
+
+
+@flow(name="features-on-dask", log_prints=True)
+def features_on_dask_flow(config: LifecycleConfig, refit: bool = False) -> dict:
+    """Transform clean/D per data file on the Dask cluster; one features/D commit here (tasks/features_dask.py)."""
+    from tasks.features_dask import build_features_on_dask
+
+    return build_features_on_dask(config, refit=refit)

@@ -24,8 +24,12 @@ def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
         )
     source = cfg.data.source or synthesise_source(cfg)
     files = list_source_files(source, cfg)
-    # Validate + load: one batch per file, in order (ids are first-arrival-wins across batches)
-    results = [ingest_batch(uri, cfg, in_folder=len(files) > 1) for uri in files]
+    # Validate + load: one batch per file, in order (ids are first-arrival-wins across batches); on Dask the
+    # files are validated in parallel and this process commits them, in the same order with the same result
+    if cfg.data.executor == "dask" and len(files) > 1:
+        results = ingest_on_dask(files, cfg)
+    else:
+        results = [ingest_batch(uri, cfg, in_folder=len(files) > 1) for uri in files]
     # Decide: a rejected batch fails the run (the good ones have landed; the summary names the bad ones)
     rejected = [r for r in results if not r["accepted"]]
     if rejected:
@@ -35,3 +39,19 @@ def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
             summary=summarise_dicts(results),
         )
     return results
+
+
+def ingest_on_dask(files: list[str], cfg: LifecycleConfig) -> list[dict]:
+    """The files through `ingest-on-dask`, a subflow on a DaskTaskRunner (`data.dask_address`, or a LocalCluster
+    of `data.dask_workers` workers that lives as long as the subflow)."""
+    from tasks.dask_runner import dask_task_runner
+
+    return ingest_on_dask_flow.with_options(task_runner=dask_task_runner(cfg.data))(files, cfg)
+
+
+@flow(name="ingest-on-dask", log_prints=True)
+def ingest_on_dask_flow(files: list[str], config: LifecycleConfig) -> list[dict]:
+    """Scan and validate `files` on the Dask cluster, commit them here in order (tasks/ingest_dask.py)."""
+    from tasks.ingest_dask import ingest_files_on_dask
+
+    return ingest_files_on_dask(files, config)

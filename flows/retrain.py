@@ -87,7 +87,8 @@ def _train(cfg: LifecycleConfig, dataset: str, features: dict[str, Any]) -> dict
     from prefect.runtime import deployment
 
     features_version = features.get("features_version")
-    if cfg.retrain.train_on_pool and deployment.id:
+    # a Kubernetes launcher starts its own GPU pods: the train flow then runs here, on the cpu pool
+    if cfg.retrain.train_on_pool and deployment.id and cfg.training.launcher == "local":
         trained = train_on_pool(cfg, dataset, features_version)
         if trained is not None:
             return trained

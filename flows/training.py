@@ -1,4 +1,9 @@
-"""Training flow: train on features/D and register a new model version (promotion is a later stage)."""
+"""Training flow: train on features/D and register a new model version (promotion is a later stage).
+
+training.launcher `local` trains in this flow's process (on the gpu pool when deployed); `kubernetes` or
+`kubeflow` start a job of training.nodes pods from here (this flow then needs no GPU: the cpu pool), and a
+cancelled run deletes that job (on_cancellation).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from prefect import flow
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.packaging.registry import contract_dataset
 from tasks.training import train_model
+from tasks.training_k8s import delete_training_jobs, train_on_kubernetes
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, on_cancellation=[delete_training_jobs])
 def train_flow(
     config: LifecycleConfig | None = None,
     dataset: str | None = None,
@@ -18,7 +24,6 @@ def train_flow(
 ) -> dict:
     cfg = resolve_config(config).for_dataset(dataset)
     dataset = contract_dataset(cfg)
-    # Train: resumes from this run key's latest checkpoint unless fresh
-    return train_model(
-        cfg, dataset, fresh=fresh, model_name=cfg.model_name, features_version=features_version
-    )
+    # Train: resumes from this run key's latest checkpoint unless fresh; here, or in a job of its own
+    train = train_model if cfg.training.launcher == "local" else train_on_kubernetes
+    return train(cfg, dataset, fresh=fresh, model_name=cfg.model_name, features_version=features_version)

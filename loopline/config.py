@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loopline.errors import ConfigError
 
@@ -283,6 +283,15 @@ class ServingConfig(_Section):
     log_retry_seconds: float = Field(
         0.5, gt=0, description="first inference-log retry delay; doubles each try, at most 30 s"
     )
+    feedback: bool = Field(
+        True, description="answer POST /feedback: labels land in feedback/M (needs the inference log's lake)"
+    )
+    feedback_queue_rows: int = Field(
+        100_000, ge=1, description="labels waiting for their commit; past it POST /feedback answers 503"
+    )
+    feedback_write_attempts: int = Field(
+        4, ge=1, description="feedback/M commit tries before the waiting requests get 503 (they retry)"
+    )
     max_inflight_requests: int = Field(
         64,
         ge=1,
@@ -355,6 +364,85 @@ class RetrainConfig(_Section):
     )
 
 
+class RolloutConfig(_Section):
+    """How a candidate that passed the offline gate reaches traffic (loopline/release/rollout.py).
+
+    direct: it becomes @champion at once (100% of traffic). canary: it becomes @challenger and takes `steps`
+    percent of requests in turn (sticky by X-Request-Key), each step judged on live traffic by the
+    `canary-analysis` flow, which ramps, holds, aborts or, at 100%, promotes. shadow: it scores a copy of
+    every request (logged, never returned), is judged the same way, with no ramp."""
+
+    mode: Literal["direct", "canary", "shadow"] = Field(
+        "direct", description="direct: promote at once; canary: ramp through `steps`; shadow: judge on copies"
+    )
+    steps: list[float] = Field(
+        default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
+        min_length=1,
+        description="canary traffic shares in percent, increasing, the last 100 (then it is promoted)",
+    )
+    min_step_seconds: float = Field(
+        600.0, ge=0, description="shortest time at each step: slow regressions and diurnal mix show up"
+    )
+    min_step_requests: int = Field(
+        500, ge=1, description="fewest challenger requests at each step before it may ramp or abort"
+    )
+    require_approval: bool = Field(False, description="a promotion waits for a human decision in the UI")
+    approval_timeout_hours: float = Field(24.0, gt=0, description="no decision within this: rejected")
+    analysis_interval_seconds: float = Field(
+        30.0, gt=0, description="how often the canary analysis measures the current step"
+    )
+    max_error_rate_increase: float = Field(
+        0.01, ge=0, description="challenger error rate may exceed the champion's by at most this (absolute)"
+    )
+    max_latency_ratio: float = Field(
+        1.5, ge=1, description="challenger p50/p99 latency may be at most this times the champion's ..."
+    )
+    latency_slack_ms: float = Field(
+        5.0, ge=0, description="... unless within this many ms of it (histogram buckets are coarse)"
+    )
+    prediction_shift_method: Literal["psi", "ks", "wasserstein", "jensenshannon"] = Field(
+        "psi", description="drift method comparing challenger and champion prediction distributions"
+    )
+    prediction_shift_threshold: float | None = Field(
+        0.25, description="shift at or over this aborts (p-value methods: under it); psi 0.25 = major shift"
+    )
+    serving_urls: list[str] = Field(
+        default_factory=list,
+        description="servers whose /metrics the analysis reads; empty: the model's known servers",
+    )
+    step_timeout_seconds: float = Field(
+        3600.0, gt=0, description="a step without enough traffic for a verdict within this is aborted"
+    )
+    withdraw_timeout_seconds: float = Field(
+        60.0, gt=0, description="after an abort: wait this long for every server to drop the challenger"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+            raise ValueError(f"steps {steps}: percentages in (0, 100], increasing, ending at 100")
+        return steps
+
+
+class FeedbackConfig(_Section):
+    """Live performance: predictions/M joined with feedback/M (loopline.monitoring.live)."""
+
+    windows_hours: list[float] = Field(
+        default_factory=lambda: [1.0, 24.0, 168.0],
+        description="time windows of the live metric (besides all labelled rows), in hours before now",
+    )
+    min_labelled_rows: int = Field(
+        30, ge=1, description="fewer labelled rows than this in a window: no live metric for it"
+    )
+    performance_tolerance: float | None = Field(
+        None,
+        ge=0,
+        description="drift: the champion's live metric worse than its evaluation metric by more than this "
+        "(the metric's unit) counts as drift; None: reported, never a trigger",
+    )
+
+
 class LakeConfig(_Section):
     """Housekeeping of the lake's Delta tables: the `maintenance` deployment and `loopline maintenance`
     (loopline/storage/maintenance.py says what runs on which table, and why)."""
@@ -394,8 +482,10 @@ class LifecycleConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     lake: LakeConfig = Field(default_factory=LakeConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     def with_inputs(
         self,

@@ -162,13 +162,13 @@ def report_drift(
 
 
 def write_metrics(cfg: LifecycleConfig, model: str, text: str) -> Path:
-    """$LOOPLINE_HOME/metrics/drift_M.prom for node_exporter's textfile collector (atomic replace)."""
-    from loopline.storage.files import atomic_write_text
+    """$LOOPLINE_HOME/metrics/drift_M.prom (atomic replace), served by `python -m loopline.monitoring.exporter`
+    or node_exporter's textfile collector, and the Pushgateway group job="drift", model=M when
+    LOOPLINE_PUSHGATEWAY_URL is set (loopline.monitoring.publish; a failure there is logged, not raised)."""
+    from loopline.monitoring.publish import publish
     from loopline.storage.names import check_name
 
-    target = Path(cfg.home) / "metrics" / f"drift_{check_name(model, 'model')}.prom"
-    atomic_write_text(target, text)
-    return target
+    return publish(cfg.home, "drift", text, {"model": check_name(model, "model")})
 
 
 # -- the current window ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from loopline.config import LifecycleConfig
 from loopline.data import ingest as core_ingest
 from loopline.data.contract_registry import ingest_contract
 from loopline.data.synthetic import generate_source, next_batch
+from loopline.monitoring.data_metrics import publish_ingest_metrics
 from loopline.storage import sources
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 from tasks.locks import lake_slot
@@ -68,6 +69,7 @@ def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dic
     contract = ingest_contract(lake, cfg.data)
     with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
         result = core_ingest.ingest_file(uri, contract, lake, cfg, in_folder=in_folder)
+    publish_ingest_metrics(lake, cfg, contract)  # the ledger's counts for Prometheus; never fails the batch
     emitted = report_batch(result)
     report_progress("ingest.batch", source=uri, state="done", **_counts(result))
     return {**result.as_dict(), "event_emitted": emitted}

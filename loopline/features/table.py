@@ -34,7 +34,8 @@ contract's columns from it, with nulls for a column that no batch has yet.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -111,13 +112,24 @@ def _label(lake: Lake, contract: Contract) -> str:
 
 
 def build_features(
-    lake: Lake, contract: Contract, cfg: FeaturesConfig, *, refit: bool = False, batch_rows: int = 250_000
+    lake: Lake,
+    contract: Contract,
+    cfg: FeaturesConfig,
+    *,
+    refit: bool = False,
+    batch_rows: int = 250_000,
+    map_partitions: Callable | None = None,
 ) -> dict[str, Any]:
     """Bring features/D up to date with clean/D under `contract`, the dataset's latest contract (a transform
     fitted on another one is refit: see the module docstring). Returns versions and counts (the CLI's JSON).
-    Safe to run concurrently with other builds and ingests of the dataset."""
+    Safe to run concurrently with other builds and ingests of the dataset.
+    `map_partitions(parts)`: transforms the new rows per data file on a cluster instead of here, returning
+    each partition's (staged file, rows) in order (loopline.features.partitioned): the same commit, the same
+    rows."""
     return delta.retry_conflicts(
-        lambda: _build(lake, contract, cfg, refit=refit, batch_rows=batch_rows),
+        lambda: _build(
+            lake, contract, cfg, refit=refit, batch_rows=batch_rows, map_partitions=map_partitions
+        ),
         f"the features/{contract.dataset} build",
     )
 
@@ -131,7 +143,13 @@ def batch_app_id(dataset: str, transform_version: str, batch_id: str, replaces: 
 
 
 def _build(
-    lake: Lake, contract: Contract, cfg: FeaturesConfig, *, refit: bool, batch_rows: int
+    lake: Lake,
+    contract: Contract,
+    cfg: FeaturesConfig,
+    *,
+    refit: bool,
+    batch_rows: int,
+    map_partitions: Callable | None = None,
 ) -> dict[str, Any]:
     dataset = contract.dataset
     clean_uri, feat_uri = lake.table_uri("clean", dataset), lake.table_uri("features", dataset)
@@ -187,20 +205,42 @@ def _build(
             yield _features_batch(frame, contract, transform, cfg, schema)
             kill_point("features.writing")  # files of the commit being written, the commit not made
 
+    rows: pa.RecordBatchReader = pa.RecordBatchReader.from_batches(schema, batches())
+    staged = None
+    if map_partitions is not None:  # transformed per data file on a cluster, then streamed in the same order
+        from loopline.features import partitioned
+
+        staged = partitioned.Staged(
+            lake, f"{lake.root.rstrip('/')}/_staging/features/{uuid.uuid4().hex[:16]}"
+        )
+        parts = partitioned.partitions(
+            clean_ds,
+            flt,
+            clean_version=clean_version,
+            batches=tuple(new_batches),
+            transform_version=tv,
+            stage_root=staged.root,
+            batch_rows=batch_rows,
+        )
+        rows = staged.reader(schema, map_partitions(parts), counter)
     # a refit names the version it replaces: refitting back to an earlier transform over the same batches
     # (a contract reverted) is a new commit, not a no-op against the first one's app transactions
     replaces = replaced if refit else None
     kill_point("features.before_commit")
-    version, written = delta.append_once(
-        lake,
-        feat_uri,
-        pa.RecordBatchReader.from_batches(schema, batches()),
-        app_id=[batch_app_id(dataset, tv, b, replaces) for b in new_batches],
-        metadata={"transform": tv, "clean_version": clean_version, "batches": len(new_batches)},
-        mode="overwrite" if refit else "append",
-        table=feats,
-        writer=WRITER,
-    )
+    try:
+        version, written = delta.append_once(
+            lake,
+            feat_uri,
+            rows,
+            app_id=[batch_app_id(dataset, tv, b, replaces) for b in new_batches],
+            metadata={"transform": tv, "clean_version": clean_version, "batches": len(new_batches)},
+            mode="overwrite" if refit else "append",
+            table=feats,
+            writer=WRITER,
+        )
+    finally:
+        if staged is not None:
+            staged.remove()
     kill_point("features.after_commit")
     if not written:  # the batches' app transactions are in the snapshot: they are in the table already
         return {**result, "features_version": version}

@@ -1,7 +1,9 @@
 """Monitoring: drift from stored reference profiles (`profile`, built at training time; `detect`,
 `methods`, `binning`, `performance`, `render`), the drift verdict log (`verdicts`), the retrain gates
 (`retrain`: cooldown, freshness) and `status`. Pure numpy/scipy/pandas: no prefect, no mlflow at import.
-Sits below train, because training stores the reference profile. Imports storage, data, packaging."""
+Sits below train, because training stores the reference profile. Imports storage, data, packaging.
+For Prometheus: `publish` (a batch job's gauges to $LOOPLINE_HOME/metrics and the Pushgateway),
+`data_metrics` (a dataset's ledger counts), `exporter` (`python -m loopline.monitoring.exporter`)."""
 
 from loopline._exports import lazy_exports
 

@@ -5,7 +5,8 @@ call is batched, so per-request framework work is what limits throughput on a sm
 callable with a dict of routes, orjson and no request/response objects keeps that cost to a few tens of
 microseconds; routing, validation and dependency injection of a framework would cost more than the model.
 
-Routes: POST /invocations, GET /ping, /health, /version, /metrics, POST /reload (token), GET /openapi.json.
+Routes: POST /invocations, POST /feedback (labels, `feedback`), GET /ping, /health, /version, /metrics,
+POST /reload (token), GET /openapi.json.
 Status codes: 400 bad JSON or a body in no MLflow format, 413 body over `max_body_bytes`, 415 a content
 type other than JSON, 422 input that breaks the contract (naming the fields), 503 with Retry-After when no
 model is loaded or a backpressure bound is reached (`backpressure`), 500 only when the model itself fails.
@@ -27,6 +28,7 @@ import orjson
 from loopline.serving import RELOAD_TOKEN_ENV
 from loopline.serving.backpressure import Backpressure
 from loopline.serving.batcher import QueueFull
+from loopline.serving.feedback import FeedbackQueue, FeedbackUnavailable, parse_feedback
 from loopline.serving.inference_log import InferenceLog
 from loopline.serving.inputs import TypedRows
 from loopline.serving.manager import ModelManager
@@ -57,6 +59,7 @@ class ServingApp:
         self.router = router
         self.metrics = metrics
         self.inference_log = inference_log
+        self.feedback: FeedbackQueue | None = None  # set after load when serving.feedback (server.py)
         self.max_body_bytes = max_body_bytes
         self.backpressure = backpressure or Backpressure(metrics)
         self.reload_token = reload_token if reload_token is not None else os.environ.get(RELOAD_TOKEN_ENV)
@@ -67,6 +70,7 @@ class ServingApp:
         self._shadow_tasks: set[asyncio.Task] = set()
         self._routes: dict[tuple[str, str], Callable] = {
             ("POST", "/invocations"): self._invocations,
+            ("POST", "/feedback"): self._feedback,
             ("GET", "/ping"): self._ping,
             ("GET", "/health"): self._health,
             ("GET", "/version"): self._version,
@@ -85,6 +89,8 @@ class ServingApp:
             await self._after_load()
         if self.inference_log is not None:
             self.inference_log.start()
+        if self.feedback is not None:
+            self.feedback.start()
 
     async def shutdown(self) -> None:
         """Finish queued batches and shadow calls, then write the inference log out."""
@@ -93,6 +99,8 @@ class ServingApp:
             await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         if self.inference_log is not None:
             await asyncio.to_thread(self.inference_log.stop)
+        if self.feedback is not None:
+            await asyncio.to_thread(self.feedback.stop)
         if self._on_shutdown is not None:
             await self._on_shutdown()
 
@@ -305,6 +313,34 @@ class ServingApp:
             self.inference_log.append(
                 rows, predictions, version=version, role=SHADOW, request_id=request_id, contract=contract
             )
+
+    # -- label feedback (loopline.serving.feedback) -----------------------------------------------------
+    async def _feedback(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Labels keyed by (X-Request-Id, row); 200 once they are committed to feedback/M."""
+        from loopline.serving.feedback import feedback_schema, to_table
+
+        try:
+            body = await self._read_body(dict(scope["headers"]), receive)
+            champion = self.router.champion
+            if champion is None:
+                raise LookupError(f"model {self.manager.name!r} is not loaded yet")
+            contract = champion.model.contract
+            triples = parse_feedback(body, contract)
+            if self.feedback is None:
+                raise RequestError(
+                    403, "feedback is disabled on this server (serving.feedback, inference_log)"
+                )
+            result = await self.feedback.submit(to_table(triples, feedback_schema(contract), "api"))
+        except RequestError as exc:
+            self.metrics.requests.labels("feedback", str(exc.status)).inc()
+            await _respond(send, exc.status, exc.body(), _JSON)
+            return
+        except (FeedbackUnavailable, LookupError) as exc:
+            self.metrics.requests.labels("feedback", "503").inc()
+            await _respond(send, 503, *self.backpressure.refused(str(exc)))
+            return
+        self.metrics.requests.labels("feedback", "200").inc()
+        await _respond(send, 200, orjson.dumps({"accepted": result["accepted"]}), _JSON)
 
     # -- operations ----------------------------------------------------------------------------------
     async def _ping(self, scope, receive, send) -> None:

@@ -2,7 +2,8 @@
 contract, and the Arrow table (or, for the dead letter, plain records) built from many entries at once.
 
 Schema: the contract's feature columns and its id (typed as in clean/D; the id is null when the client did
-not send it), then `_prediction`, `_model_version`, `_role` (champion, challenger or shadow), `_request_id`
+not send it), then `_prediction`, `_model_version`, `_role` (champion, challenger or shadow), `_request_id`,
+`_row_index` (the row's place in its request, from 0: with `_request_id`, the key label feedback joins on)
 and `_scored_at` (UTC).
 """
 
@@ -19,6 +20,7 @@ from loopline.serving.inputs import TypedRows
 
 PREDICTION = "_prediction"
 META_COLUMNS = ("_model_version", "_role", "_request_id")
+ROW_INDEX = "_row_index"
 
 
 @dataclass
@@ -45,6 +47,7 @@ def log_schema(contract: Contract) -> pa.Schema:
         prediction_type = pa.string()
     fields.append(pa.field(PREDICTION, prediction_type))
     fields += [pa.field(name, pa.string()) for name in META_COLUMNS]
+    fields.append(pa.field(ROW_INDEX, pa.int64()))
     fields.append(pa.field("_scored_at", pa.timestamp("us", tz="UTC")))
     return pa.schema(fields)
 
@@ -59,6 +62,10 @@ def to_table(entries: list[LogEntry], schema: pa.Schema) -> pa.Table:
         elif name == "_scored_at":
             stamps = np.concatenate([np.full(e.rows.n_rows, e.scored_at) for e in entries])
             arrays.append(pa.array(stamps, type=pa.timestamp("us")).cast(field.type))
+        elif name == ROW_INDEX:
+            arrays.append(
+                pa.array(np.concatenate([np.arange(e.rows.n_rows, dtype=np.int64) for e in entries]))
+            )
         elif name in META_COLUMNS:
             attr = {"_model_version": "version", "_role": "role", "_request_id": "request_id"}[name]
             arrays.append(_repeat_strings([(getattr(e, attr), e.rows.n_rows) for e in entries]))
@@ -81,7 +88,13 @@ def entry_records(entry: LogEntry) -> list[dict]:
     stamp = entry.scored_at.astype("datetime64[us]").astype(object)
     meta = {"_model_version": entry.version, "_role": entry.role, "_request_id": entry.request_id}
     return [
-        {**{k: v[i] for k, v in columns.items()}, PREDICTION: predictions[i], **meta, "_scored_at": stamp}
+        {
+            **{k: v[i] for k, v in columns.items()},
+            PREDICTION: predictions[i],
+            **meta,
+            ROW_INDEX: i,
+            "_scored_at": stamp,
+        }
         for i in range(entry.rows.n_rows)
     ]
 

@@ -60,12 +60,15 @@ class ModelManager:
         self.inline_max_rows = inline_max_rows
         self.max_queue_rows = max_queue_rows
         self.last_error: str | None = None
+        # the configured split, in force whenever no rollout tag on @challenger says otherwise
+        self.static_split = (router.challenger_weight, router.shadow)
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task | None = None
 
     @property
     def wants_challenger(self) -> bool:
-        return self.router.challenger_weight > 0 or self.router.shadow
+        weight, shadow = self.static_split
+        return weight > 0 or shadow or hasattr(self.source, "resolve_rollout")
 
     # -- slots --------------------------------------------------------------------------------------
     def make_slot(self, model: LoadedModel, role: str) -> Slot:
@@ -99,6 +102,8 @@ class ModelManager:
         else:
             self.router.challenger = new
         self.metrics.model_info.labels(self.name, model.version, role).set(1)
+        if str(model.version).isdigit():  # registry versions are numbers; a local bundle's may not be
+            self.metrics.model_version.labels(self.name, role).set(int(model.version))
         self.metrics.model_loads.labels(trigger).inc()
         if old is not None:
             await self.retire(old)
@@ -110,6 +115,11 @@ class ModelManager:
         if (slot.model.version, slot.role) not in current:
             try:
                 self.metrics.model_info.remove(self.name, slot.model.version, slot.role)
+            except KeyError:
+                pass
+        if slot.role not in {s.role for s in self.router.slots()}:  # e.g. a challenger withdrawn
+            try:
+                self.metrics.model_version.remove(self.name, slot.role)
             except KeyError:
                 pass
         device = str(slot.model.predictor.device)
@@ -159,7 +169,10 @@ class ModelManager:
             return {"changed": changed, "error": error}
 
     async def _refresh_role(self, role: str, trigger: str) -> bool:
-        version = await asyncio.to_thread(self.source.resolve, self.name, role)
+        if role == CHALLENGER and hasattr(self.source, "resolve_rollout"):
+            version = await self._follow_rollout()
+        else:
+            version = await asyncio.to_thread(self.source.resolve, self.name, role)
         current = self.router.champion if role == CHAMPION else self.router.challenger
         if version is None:
             if role == CHALLENGER and current is not None:
@@ -172,6 +185,18 @@ class ModelManager:
         model = await asyncio.to_thread(self._load, version, role)
         await self.install(model, role, trigger)
         return True
+
+    async def _follow_rollout(self) -> str | None:
+        """The @challenger version to serve, applying its rollout tag's weight (a canary step, or shadow) so
+        every replica splits alike; without a tag the configured split holds (none: the alias is ignored)."""
+        version, rollout = await asyncio.to_thread(self.source.resolve_rollout, self.name)
+        if rollout is None:
+            self.router.challenger_weight, self.router.shadow = self.static_split
+            weight, shadow = self.static_split
+            return version if weight > 0 or shadow else None
+        self.router.shadow = rollout.get("mode") == "shadow"
+        self.router.challenger_weight = float(rollout["weight"])
+        return version
 
     def _load(self, version: str, role: str) -> LoadedModel:
         bundle_dir = self.source.download(self.name, version)

@@ -109,6 +109,13 @@ class ServingMetrics:
             ["model", "version", "role"],
             registry=r,
         )
+        self.model_version = Gauge(
+            "loopline_serving_model_version",
+            "the registry version served per role, as a number (compared with the exporter's "
+            "loopline_registry_champion_version: a server behind @champion)",
+            ["model", "role"],
+            registry=r,
+        )
         self.model_loads = Counter(
             "loopline_serving_model_loads_total",
             "model versions loaded (startup, poll, reload)",
@@ -163,6 +170,22 @@ class ServingMetrics:
         )
         self.shadow_in_flight = Gauge(
             "loopline_serving_shadow_in_flight", "shadow scorings started and not finished", registry=r
+        )
+        # label feedback (POST /feedback, loopline.serving.feedback); the live metric it feeds is computed
+        # from the lake by loopline.monitoring.live, not per request
+        self.feedback_rows = Counter(
+            "loopline_serving_feedback_rows_total",
+            "labels committed to feedback/M, by outcome (inserted, updated: another label, unchanged: a repeat)",
+            ["outcome"],
+            registry=r,
+        )
+        self.feedback_write_errors = Counter(
+            "loopline_serving_feedback_write_errors_total",
+            "failed feedback/M commit attempts (retried; after the last one the requests get 503)",
+            registry=r,
+        )
+        self.feedback_queue = Gauge(
+            "loopline_serving_feedback_queue_rows", "labels waiting for their commit", registry=r
         )
 
     def watch_queue(self, rows_waiting: Callable[[], float]) -> None:

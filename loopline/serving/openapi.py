@@ -1,6 +1,6 @@
 """An OpenAPI 3 description of the scoring API, with the row schema taken from the contract.
 
-Served at GET /openapi.json so API tooling (and schemathesis-style fuzzers) know the routes and the
+POST /feedback's label schema is the contract's label column. Served at GET /openapi.json so API tooling (and schemathesis-style fuzzers) know the routes and the
 columns a model accepts.
 """
 
@@ -46,6 +46,38 @@ def _format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
         "required": [name],
         "properties": {name: schema, "params": {"type": "object"}},
         "additionalProperties": False,
+    }
+
+
+def feedback_body(contract: Contract | None) -> dict[str, Any]:
+    """POST /feedback: one request's labels (one per row), or items naming request id and row each."""
+    label: dict[str, Any] = {}  # no model loaded: any JSON value (the server answers 503 anyway)
+    if contract is not None:
+        label = column_schema(contract.columns[contract.label])
+        if "anyOf" in label:  # a label is never null, whatever the column allows in the data
+            label = label["anyOf"][0]
+    request_id = {"type": "string", "minLength": 1, "maxLength": 200}
+    item = {
+        "type": "object",
+        "required": ["request_id", "row", "label"],
+        "properties": {"request_id": request_id, "row": {"type": "integer", "minimum": 0}, "label": label},
+        "additionalProperties": False,
+    }
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["request_id", "labels"],
+                "properties": {"request_id": request_id, "labels": {"type": "array", "items": label}},
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "required": ["items"],
+                "properties": {"items": {"type": "array", "items": item}},
+                "additionalProperties": False,
+            },
+        ]
     }
 
 
@@ -155,6 +187,32 @@ def openapi_document(contract: Contract | None, max_body_bytes: int) -> dict[str
                         "415": err("not JSON"),
                         "422": err("input breaks the contract; `fields` names each field"),
                         "500": err("the model itself failed on the rows"),
+                        "503": unavailable,
+                    },
+                }
+            },
+            "/feedback": {
+                "post": {
+                    "description": "labels for served rows, keyed by the X-Request-Id a scoring answer carried "
+                    "and the row's place in that request; posting the same label twice lands once",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": feedback_body(contract)}},
+                    },
+                    "responses": {
+                        "200": ok(
+                            "the labels are committed to feedback/M",
+                            {
+                                "type": "object",
+                                "required": ["accepted"],
+                                "properties": {"accepted": {"type": "integer", "minimum": 0}},
+                            },
+                        ),
+                        "400": err("not JSON, or a body in neither form"),
+                        "403": err("feedback is disabled on this server"),
+                        "413": err("body too large"),
+                        "415": err("not JSON"),
+                        "422": err("a request id, row or label breaks its rules; `fields` names each"),
                         "503": unavailable,
                     },
                 }

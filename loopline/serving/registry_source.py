@@ -18,6 +18,10 @@ from loopline.packaging.registry import BUNDLE_ARTIFACT  # light: no mlflow at i
 
 log = logging.getLogger(__name__)
 
+# A rollout's instructions to every replica: a JSON tag on the @challenger version, {"mode": "canary" or
+# "shadow", "weight": share of requests, "step": index}. Written by loopline.release.rollout, read at each poll.
+ROLLOUT_TAG = "loopline.rollout"
+
 
 class RegistrySource:
     def __init__(self, tracking_uri: str, cache_dir: str | Path):
@@ -43,6 +47,33 @@ class RegistrySource:
             ):
                 return None
             raise
+
+    def resolve_rollout(self, name: str) -> tuple[str | None, dict | None]:
+        """(the version @challenger points at or None, its rollout tag parsed or None): one registry call, so
+        the version and the weight every replica applies come from the same read."""
+        import json
+
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, "challenger")
+        except MlflowException as exc:
+            if (
+                "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", ""))
+                or "not found" in str(exc).lower()
+            ):
+                return None, None
+            raise
+        raw = (mv.tags or {}).get(ROLLOUT_TAG)
+        try:
+            rollout = json.loads(raw) if raw else None
+            weight = float(rollout["weight"]) if isinstance(rollout, dict) else None
+        except (ValueError, KeyError, TypeError):
+            rollout, weight = None, None
+        if weight is None or not 0 <= weight <= 1:  # a hand-written or broken tag: no rollout instructions
+            log.warning("ignoring the %s tag of %s v%s: %r", ROLLOUT_TAG, name, mv.version, raw)
+            rollout = None
+        return str(mv.version), rollout
 
     def download(self, name: str, version: str) -> Path:
         """The bundle directory of a model version (gated and downloaded once per version)."""

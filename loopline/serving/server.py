@@ -82,6 +82,18 @@ def build_app(
                 retry_seconds=cfg.log_retry_seconds,
                 metrics=metrics,
             )
+        if cfg.inference_log and cfg.feedback:  # labels join the log's rows: same lake
+            from loopline.serving.feedback import FeedbackQueue
+            from loopline.storage.lake import Lake
+
+            app.feedback = FeedbackQueue(
+                app.inference_log.lake if app.inference_log is not None else lake or Lake.from_env(home),
+                model,
+                max_queue_rows=cfg.feedback_queue_rows,
+                write_attempts=cfg.feedback_write_attempts,
+                retry_seconds=cfg.log_retry_seconds,
+                metrics=metrics,
+            )
 
     async def on_shutdown() -> None:
         executor.shutdown(wait=True)

@@ -1,17 +1,21 @@
-"""DDP: `training.devices: N` runs N worker processes under torchrun (gloo on CPU, nccl on GPU).
+"""DDP: `training.devices` processes per node under torchrun (gloo on CPU, nccl on GPU), on one node or on
+`training.nodes` of them (loopline.train.topology says how the nodes meet).
 
-The parent (run_training) keeps the MLflow run, the GPU sampler and the preemption watch. It has read
-the split once; it hands the arrays to the workers as .npy files (so every rank sees exactly the same rows
-and no worker imports Delta or MLflow), writes a spec, hands its lake on in the workers' environment
-(`worker_env`), starts `python -m torch.distributed.run --standalone --nproc-per-node N -m
-loopline.train.worker SPEC`, relays rank 0's progress and metric lines to the callbacks (MLflow), and
-forwards SIGTERM to torchrun when preemption is requested (torchrun passes it on to every worker; they
-agree on the step, rank 0 checkpoints, all exit 143).
-Every worker loads the latest checkpoint at start, so a rerun resumes whatever killed the last one.
+The parent on each node (run_training, or `python -m loopline.train.standalone`) has read the split once; it
+hands the arrays to its workers as .npy files (so every rank sees exactly the same rows and no worker imports
+Delta or MLflow), writes a spec, hands its lake on in the workers' environment (`worker_env`), starts
+`python -m torch.distributed.run <topology args> -m loopline.train.worker SPEC`, relays its first worker's
+progress and metric lines to the callbacks (MLflow), and forwards SIGTERM to torchrun when preemption is
+requested (torchrun passes it on to its workers; the ranks of all nodes agree on the step through a
+collective flag, the rank-0 worker checkpoints to the shared lake, all exit 143).
+Each node's first worker (local rank 0) reports the outcome to its own parent: torchrun may put global
+rank 0 on any node. Every worker loads the same checkpoint at start, so a rerun resumes whatever killed the
+last attempt, on any node.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,27 +29,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from loopline.errors import ConfigError, LooplineError
 from loopline.storage.lake import Lake
 from loopline.train.loop import TrainingData
 from loopline.train.outcome import TrainOutcome
 from loopline.train.preemption import Preempted, PreemptionWatch
+from loopline.train.topology import Topology, WorldSizeChanged, torchrun_args
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 60  # after forwarding SIGTERM, how long torchrun gets before SIGKILL
+# errors a worker reports in its result file, raised again here as the same type (exit 2 for the CLI)
+WORKER_ERRORS: dict[str, type[LooplineError]] = {
+    "WorldSizeChanged": WorldSizeChanged,
+    "ConfigError": ConfigError,
+}
 
 
-def torchrun_command(nproc: int, spec_path: str) -> list[str]:
+def torchrun_command(topology: Topology, spec_path: str) -> list[str]:
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",  # single node: a local rendezvous on a free port
-        f"--nproc-per-node={nproc}",
-        "--max-restarts=0",  # restarts are the Prefect task's retries, which resume from the checkpoint
+        *torchrun_args(topology),
         "-m",
         "loopline.train.worker",
         spec_path,
@@ -63,16 +71,25 @@ def worker_env(lake: Lake, nproc: int) -> dict[str, str]:
     return env
 
 
-def write_arrays(data: TrainingData, folder: Path) -> dict[str, Any]:
-    """The split as .npy files each worker loads; returns the spec's `data` entry."""
+def write_arrays(data: TrainingData, folder: Path, *, fingerprint: bool = False) -> dict[str, Any]:
+    """The split as .npy files each worker loads; returns the spec's `data` entry. With `fingerprint`
+    (several nodes, each of which read its own copy) the entry carries a SHA-256 of the arrays, which the
+    workers compare before the first step."""
     arrays = {}
+    digest = hashlib.sha256()
     for name in ("X_train", "y_train", "X_valid", "y_valid"):
         value = getattr(data, name)
         if value is not None:
             path = folder / f"{name}.npy"
             np.save(path, value)
             arrays[name] = str(path)
-    return {"arrays": arrays, "task": data.task, "n_classes": data.n_classes}
+            if fingerprint:
+                digest.update(f"{name}{value.dtype}{value.shape}".encode())
+                digest.update(np.ascontiguousarray(value).view(np.uint8).reshape(-1).data)
+    entry = {"arrays": arrays, "task": data.task, "n_classes": data.n_classes}
+    if fingerprint:
+        entry["fingerprint"] = digest.hexdigest()[:16]
+    return entry
 
 
 def read_arrays(entry: dict[str, Any]) -> TrainingData:
@@ -92,27 +109,31 @@ def launch_ddp(
     data: TrainingData,
     *,
     lake: Lake,
-    nproc: int,
+    topology: Topology,
     watch: PreemptionWatch,
+    want_weights: bool = True,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainOutcome:
-    """Run the workers and return rank 0's outcome (weights included). Raises Preempted or RuntimeError."""
+    """Run this node's workers and return the outcome its first worker reports (with the final weights
+    when `want_weights`). Raises Preempted, the LooplineError a worker reported, or RuntimeError."""
     with tempfile.TemporaryDirectory(prefix="loopline-ddp-") as tmp:
         names = ("spec.json", "result.json", "weights.pt", "progress.jsonl", "torchrun.log")
         paths = {name: str(Path(tmp) / name) for name in names}
         spec = {
             **spec,
-            "data": write_arrays(data, Path(tmp)),
+            "data": write_arrays(data, Path(tmp), fingerprint=topology.multi_node),
             "result_path": paths["result.json"],
-            "weights_path": paths["weights.pt"],
+            "weights_path": paths["weights.pt"] if want_weights else None,
             "progress_path": paths["progress.jsonl"],
         }
         Path(paths["spec.json"]).write_text(json.dumps(spec))
-        cmd = torchrun_command(nproc, paths["spec.json"])
-        log.info("launching %d DDP workers: %s", nproc, " ".join(cmd))
+        cmd = torchrun_command(topology, paths["spec.json"])
+        log.info("launching %s: %s", topology.describe(), " ".join(cmd))
         with open(paths["torchrun.log"], "wb") as out:
-            proc = subprocess.Popen(cmd, env=worker_env(lake, nproc), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd, env=worker_env(lake, topology.devices), stdout=out, stderr=subprocess.STDOUT
+            )
             forwarded_at = None
             progress_offset = 0
             while proc.poll() is None:
@@ -120,15 +141,12 @@ def launch_ddp(
                     proc.send_signal(signal.SIGTERM)
                     forwarded_at = time.monotonic()
                 if forwarded_at is not None and time.monotonic() - forwarded_at > TERMINATE_GRACE_SECONDS:
-                    proc.kill()
+                    proc.kill()  # its workers die with it (worker.die_with_parent)
                 progress_offset = _relay(paths["progress.jsonl"], progress_offset, on_progress, on_metrics)
                 time.sleep(POLL_SECONDS)
             _relay(paths["progress.jsonl"], progress_offset, on_progress, on_metrics)
-        result = (
-            json.loads(Path(paths["result.json"]).read_text())
-            if Path(paths["result.json"]).exists()
-            else None
-        )
+        result_file = Path(paths["result.json"])
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
         if result and "preempted" in result:
             info = result["preempted"]
             raise Preempted(
@@ -137,18 +155,33 @@ def launch_ddp(
                 checkpoint_uri=info["checkpoint_uri"],
                 reason=info["reason"],
             )
+        if result and "error" in result:
+            info = result["error"]
+            error = WORKER_ERRORS.get(info["type"], LooplineError)(info["message"])
+            error.exit_code = int(info.get("exit_code") or error.exit_code)
+            raise error
         if proc.returncode != 0 or result is None:
             tail = Path(paths["torchrun.log"]).read_text(errors="replace")[-4000:]
             if watch.requested:
                 raise Preempted(
-                    f"DDP training stopped on {watch.requested} before rank 0 reported a checkpoint",
+                    f"DDP training stopped on {watch.requested} before its workers reported a checkpoint",
                     step=-1,
                     checkpoint_uri=None,
                     reason=watch.requested,
                 )
+            if topology.multi_node and "RendezvousTimeoutError" in tail:
+                raise LooplineError(
+                    f"the nodes did not all join rendezvous {topology.rdzv_id} at {topology.endpoint} within "
+                    f"{topology.join_timeout_s} s (training.rdzv_join_timeout_seconds). Every node must start the "
+                    f"same run key ({topology.rdzv_id}): the same features version (--features-version), config "
+                    f"and code version (LOOPLINE_CODE_VERSION / image); and node 0 must be reachable there."
+                )
             raise RuntimeError(f"DDP training failed (torchrun exit {proc.returncode}):\n{tail}")
         outcome = TrainOutcome(**result)
-        outcome.state_dict = torch.load(paths["weights.pt"], map_location="cpu", weights_only=True)
+        if want_weights:
+            import torch
+
+            outcome.state_dict = torch.load(paths["weights.pt"], map_location="cpu", weights_only=True)
         return outcome
 
 
@@ -158,7 +191,7 @@ def _relay(
     on_progress: Callable[[dict[str, Any]], None] | None,
     on_metrics: Callable[[int, dict[str, float]], None] | None,
 ) -> int:
-    """Pass rank 0's complete lines on: {"progress": {...}} or {"metrics": {...}, "step": n}."""
+    """Pass the first worker's complete lines on: {"progress": {...}} or {"metrics": {...}, "step": n}."""
     if not os.path.exists(path):
         return offset
     with open(path, "rb") as fh:

@@ -214,6 +214,7 @@ class GpuSampler:
         self.interval_seconds = interval_seconds
         self.textfile = textfile
         self.samples: list[GpuSample] = []
+        self.latest: list[GpuSample] = []  # the newest reading of each device (for live gauges)
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self._stop = threading.Event()
@@ -258,6 +259,8 @@ class GpuSampler:
             log.debug("NVML sample failed: %s", exc)
             return
         self.samples += batch
+        if batch:
+            self.latest = batch
         if self.textfile and batch:
             write_textfile(self.textfile, prometheus_text(batch))
 
@@ -328,8 +331,13 @@ DCGM_METRICS = (
 _COUNTERS = {"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"}
 
 
-def prometheus_text(samples: list[GpuSample] | None = None, hostname: str | None = None) -> str:
-    """The Prometheus text format for the latest samples (read now when none are given)."""
+def prometheus_text(
+    samples: list[GpuSample] | None = None,
+    hostname: str | None = None,
+    extra_labels: dict[str, str] | None = None,
+) -> str:
+    """The Prometheus text format for the latest samples (read now when none are given). `extra_labels`
+    go on every series (a training run adds its model and run, to join them to its own gauges)."""
     samples = read_samples() if samples is None else samples
     hostname = hostname or socket.gethostname()
     lines: list[str] = []
@@ -351,6 +359,7 @@ def prometheus_text(samples: list[GpuSample] | None = None, hostname: str | None
             if sample.mig_instance is not None:
                 labels["GPU_I_ID"] = str(sample.mig_instance)
                 labels["GPU_I_PROFILE"] = sample.mig_profile or ""
+            labels.update(extra_labels or {})
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
             lines.append(f"{metric}{{{label_text}}} {_number(value * scale)}")
     return "\n".join(lines) + ("\n" if lines else "")

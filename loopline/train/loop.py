@@ -39,6 +39,7 @@ from loopline.train.state import (
     state_sha256,
     unwrap_state_dict,
 )
+from loopline.train.topology import check_resume_world_size, load_agreed_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +255,10 @@ def train_loop(
     val_metrics: dict[str, float] = {}
     stopped_early = finished = False
     resumed_from = 0
-    loaded = store.load_latest(map_location="cpu") if store is not None else None
+    loaded = load_agreed_checkpoint(store, rank=rank, distributed=distributed, device=device)
     if loaded is not None:
         ckpt = loaded.state
+        check_resume_world_size(ckpt, world_size, loaded.uri)
         inner.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -352,10 +354,10 @@ def train_loop(
                         metrics["lr"],
                         metrics["samples_per_s"],
                     )
-                    if on_metrics:
-                        on_metrics(step, metrics)
-                    if on_progress:
-                        on_progress({"step": step, "total_steps": total, **metrics})
+                if on_metrics:  # the caller hands callbacks to the process that reports (one per node)
+                    on_metrics(step, metrics)
+                if on_progress:
+                    on_progress({"step": step, "total_steps": total, **metrics})
 
             # Evaluate; early stopping watches one metric
             epoch_end = step % order.steps_per_epoch == 0
@@ -381,7 +383,7 @@ def train_loop(
                                     watched_metric,
                                     evals_since_best,
                                 )
-                if rank == 0 and on_metrics:
+                if on_metrics:
                     on_metrics(
                         step,
                         {f"val_{k}" if not k.startswith("val_") else k: v for k, v in val_metrics.items()},
@@ -396,7 +398,7 @@ def train_loop(
             elif distributed:
                 requested = None
             if requested and step < total and not stopped_early:
-                uri = None
+                uri = store.uri_for(step) if store is not None else None  # where rank 0 writes it
                 if writer is not None:
                     writer.submit(checkpoint_state(step))
                     uri = writer.wait()

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from loopline.config import LifecycleConfig, config_to_flat_params
+from loopline.errors import ConfigError
 from loopline.storage.lake import Lake
 from loopline.train.checkpoint import CheckpointStore
 from loopline.train.inputs import TrainingInputs, example_rows, load_training_inputs, read_raw_rows
 from loopline.train.outcome import TrainOutcome
 from loopline.train.preemption import Preempted, PreemptionWatch
 from loopline.train.runkey import code_version, compute_run_key
+from loopline.train.topology import check_launcher, resolve_topology
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,12 @@ def run_training(
     fresh: bool = False,
     features_version: int | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    gpu_slot_held: bool = False,
 ) -> dict[str, Any]:
     """Train, log and register. Returns the CLI JSON (see module docstring). Raises Preempted when
-    stopped by SIGTERM or a spot notice (after a checkpoint): call again to resume."""
+    stopped by SIGTERM or a spot notice (after a checkpoint): call again to resume.
+    `gpu_slot_held`: the caller holds the run's GPU slot meanwhile (exported with the run's progress
+    gauges, loopline.train.telemetry)."""
     import mlflow
 
     from loopline.packaging.registry import (
@@ -58,6 +63,12 @@ def run_training(
     tcfg = cfg.training
     model_name = model_name or cfg.model_name or dataset
 
+    check_launcher(tcfg)
+    if tcfg.nodes > 1 and features_version is None:
+        raise ConfigError(
+            f"training.nodes is {tcfg.nodes}: pass --features-version V (the same on every node), so that all "
+            "nodes read the same rows and meet under one run key"
+        )
     # Inputs: one features version for the whole run, its retries and all its workers
     inputs = load_training_inputs(lake, dataset, features_version)
     code = code_version()
@@ -65,6 +76,28 @@ def run_training(
         tcfg, dataset=dataset, model_name=model_name, features_version=inputs.features_version, code=code
     )
     store = CheckpointStore(lake, lake.uri("checkpoints", model_name, run_key), tcfg.keep_last_checkpoints)
+    checkpoint_meta = {
+        "config": tcfg.model_dump(mode="json"),
+        "data_versions": inputs.data_versions,
+        "run_key": run_key,
+        "code_version": code,
+        "dataset": dataset,
+        "model_name": model_name,
+    }
+    topology = resolve_topology(tcfg, run_key)  # nodes > 1: node 0 tracks and registers, the others follow
+    if topology.node_rank > 0:
+        from loopline.train.node import follow_run
+
+        return follow_run(
+            cfg,
+            inputs.data,
+            lake=lake,
+            store=store,
+            topology=topology,
+            meta=checkpoint_meta,
+            fresh=fresh,
+            on_progress=on_progress,
+        )
     if fresh:
         removed = store.clear()
         log.info("--fresh: deleted %d checkpoint(s) of run key %s", removed, run_key)
@@ -95,14 +128,6 @@ def run_training(
     device = resolve_device(tcfg.device)
     hardware = describe_device() if device.type == "cuda" else {"kind": "cpu"}
 
-    checkpoint_meta = {
-        "config": tcfg.model_dump(mode="json"),
-        "data_versions": inputs.data_versions,
-        "run_key": run_key,
-        "code_version": code,
-        "dataset": dataset,
-        "model_name": model_name,
-    }
     active = mlflow.active_run()
     run_ctx = mlflow.start_run(
         run_id=resume_run.info.run_id if resume_run else None,
@@ -132,6 +157,7 @@ def run_training(
                 "code.version": code,
                 "training.device": device.type,
                 "training.devices": str(tcfg.devices),
+                "training.nodes": str(tcfg.nodes),
                 "gpu.name": hardware.get("gpu_name", "none"),
             }
         )
@@ -139,13 +165,33 @@ def run_training(
 
         sampler = GpuSampler(tcfg.gpu_sample_seconds).start()
         metric_logger = MlflowMetricLogger(tracking_uri, run_id)
+        from loopline.train.telemetry import TrainingTelemetry
+
+        telemetry = TrainingTelemetry(
+            cfg.home,
+            model_name,
+            run_id,
+            sampler=sampler,
+            price_per_gpu_hour=tcfg.gpu_price_per_hour,
+            gpu_slot_held=gpu_slot_held,
+            nodes=tcfg.nodes,  # node 0 publishes for the run; each node holds as many GPUs as this one
+        ).start()
+
+        def progress(payload: dict[str, Any]) -> None:
+            telemetry.progress(payload)  # stores numbers; a thread of its own publishes them
+            if on_progress:
+                on_progress(payload)
+
         try:
             with PreemptionWatch(
                 spot_notice_url=tcfg.spot_notice_url,
                 spot_notice_file=tcfg.spot_notice_file,
                 poll_seconds=tcfg.spot_poll_seconds,
             ) as watch:
-                if tcfg.devices > 1:
+                from loopline.train.node import run_is_finished
+
+                # a finished run key is read back in this process: no rendezvous for nothing to train
+                if topology.world_size > 1 and not (topology.multi_node and run_is_finished(store)):
                     from loopline.train.ddp import launch_ddp
 
                     spec = {
@@ -157,9 +203,9 @@ def run_training(
                         spec,
                         inputs.data,
                         lake=lake,
-                        nproc=tcfg.devices,
+                        topology=topology,
                         watch=watch,
-                        on_progress=on_progress,
+                        on_progress=progress,
                         on_metrics=metric_logger.log,
                     )
                 else:
@@ -173,7 +219,7 @@ def run_training(
                         meta=checkpoint_meta,
                         watch=watch,
                         on_metrics=metric_logger.log,
-                        on_progress=on_progress,
+                        on_progress=progress,
                     )
                     outcome = TrainOutcome.from_loop(result)
                     outcome.state_dict = result.state_dict
@@ -186,6 +232,7 @@ def run_training(
         finally:
             metric_logger.close()
             sampler.stop()
+            telemetry.close()
 
         gpu = sampler.summary(tcfg.gpu_price_per_hour)
         _log_summary(outcome, gpu)

@@ -4,7 +4,10 @@ run_key = hash(dataset, model name, features version, training config, code vers
 the same key (a Prefect task retry, a flow retry, a rerun of the deployment, `loopline train` after a
 crash) finds the same checkpoint folder and resumes. Settings that change how a run is operated but not
 what it computes (checkpoint cadence, logging, spot notice, prices) are left out of the key, so changing
-them does not throw work away.
+them does not throw work away. Where a run executes is left out too (`nodes`, `devices`, the rendezvous
+settings, the launcher): the same key on another world size finds the run's checkpoints and is refused with a
+clear error (loopline.train.topology.WorldSizeChanged) instead of silently starting over, and the nodes of
+one run, which differ in rank and environment, agree on the key.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ OPERATIONAL_FIELDS = frozenset(
         "gpu_slot",
         "gpu_slot_on_cpu",
         "gpu_slot_timeout_seconds",
+        # where the run executes (see the module docstring)
+        "devices",
+        "nodes",
+        "node_rank",
+        "rdzv_endpoint",
+        "rdzv_timeout_seconds",
+        "rdzv_join_timeout_seconds",
+        "launcher",
     }
 )
 

@@ -215,6 +215,7 @@ def test_ddp_workers_checkpoint_into_the_blocks_lake(only_block, home, tmp_path,
     from loopline.train.ddp import launch_ddp
     from loopline.train.loop import TrainingData
     from loopline.train.preemption import PreemptionWatch
+    from loopline.train.topology import Topology
     from tasks.common import lake_for
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the spec and torchrun.log land here
@@ -228,7 +229,9 @@ def test_ddp_workers_checkpoint_into_the_blocks_lake(only_block, home, tmp_path,
     spec = {"config": cfg.model_dump(mode="json"), "checkpoint_prefix": prefix, "checkpoint_meta": {}}
     with ChildWatch(f"{tmp_path}/loopline-ddp-*/*.json", f"{tmp_path}/loopline-ddp-*/*.log") as watch:
         with PreemptionWatch() as preemption:
-            outcome = launch_ddp(spec, data, lake=lake, nproc=1, watch=preemption)
+            outcome = launch_ddp(
+                spec, data, lake=lake, topology=Topology(nodes=1, devices=1), watch=preemption
+            )
     assert outcome.steps == 6
     assert [step for step, _ in CheckpointStore(lake, prefix).list_steps()][-1] == 6
     assert any("loopline.train.worker" in argv for argv in watch.argv.values())

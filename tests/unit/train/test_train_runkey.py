@@ -26,7 +26,9 @@ def test_run_key_changes_with_what_changes_the_numbers():
     assert base != key(TrainingConfig(), features_version=4)
     assert base != key(TrainingConfig(), code="def")
     assert base != key(TrainingConfig(), model_name="other")
-    assert base != key(TrainingConfig(devices=2))
+    # where it runs is not in the key: another world size finds the run's checkpoints and is refused
+    # (loopline.train.topology.WorldSizeChanged) instead of silently starting over
+    assert base == key(TrainingConfig(devices=2, nodes=4, node_rank=1, rdzv_endpoint="n0:29400"))
 
 
 def test_run_key_ignores_operational_settings():

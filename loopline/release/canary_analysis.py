@@ -1,0 +1,245 @@
+"""Canary analysis: challenger against champion on the live traffic of one rollout step. No Prefect here.
+
+Inputs, all measured, none assumed:
+- the servers' `/metrics` (loopline/serving/metrics.py), summed over every replica: per (version, role)
+  answered requests, model failures, and the latency histogram. Counters are cumulative, so a window is the
+  difference of two scrapes (a replica that restarted in between counts from zero: its negative difference is
+  clamped, a lost window rather than a wrong one);
+- `predictions/M` (the inference log): the prediction distributions of both, compared with a drift method of
+  loopline.monitoring.methods, as drift monitoring compares a window with its reference.
+
+The champion's side is everything since the rollout started (at 100% it gets no new traffic); the
+challenger's is the current step. Latency quantiles interpolate inside histogram buckets as Prometheus'
+histogram_quantile does, so the latency check allows `latency_slack_ms` besides the ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from loopline.config import RolloutConfig
+from loopline.release.gate import check
+
+REQUESTS = "loopline_serving_version_requests_total"
+ERRORS = "loopline_serving_version_errors_total"
+LATENCY = "loopline_serving_request_latency_seconds"
+SCRAPE_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass
+class Counts:
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
+
+    def minus(self, other: Counts) -> Counts:
+        return Counts(
+            max(0.0, self.requests - other.requests),
+            max(0.0, self.errors - other.errors),
+            {le: max(0.0, n - other.buckets.get(le, 0.0)) for le, n in self.buckets.items()},
+        )
+
+    def plus(self, other: Counts) -> Counts:
+        keys = set(self.buckets) | set(other.buckets)
+        merged = {le: self.buckets.get(le, 0.0) + other.buckets.get(le, 0.0) for le in keys}
+        return Counts(self.requests + other.requests, self.errors + other.errors, merged)
+
+
+Snapshot = dict[tuple[str, str], Counts]  # (version, role) -> counts
+
+
+def scrape(urls: list[str]) -> Snapshot:
+    """Every replica's counters summed. A replica that does not answer raises: a verdict on part of the
+    fleet would be a guess."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total: Snapshot = {}
+    for url in urls:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=SCRAPE_TIMEOUT_SECONDS) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.labels.get("version"), sample.labels.get("role"))
+                if key[0] is None or key[1] is None:
+                    continue
+                counts = total.setdefault(key, Counts())
+                if sample.name == REQUESTS:
+                    counts.requests += sample.value
+                elif sample.name == ERRORS:
+                    counts.errors += sample.value
+                elif sample.name == f"{LATENCY}_bucket":
+                    le = float(sample.labels["le"])
+                    counts.buckets[le] = counts.buckets.get(le, 0.0) + sample.value
+    return total
+
+
+def side(now: Snapshot, before: Snapshot, version: str, roles: tuple[str, ...]) -> Counts:
+    """One model's counts between two scrapes, over the roles it served in."""
+    out = Counts()
+    for role in roles:
+        out = out.plus(now.get((version, role), Counts()).minus(before.get((version, role), Counts())))
+    return out
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Prometheus' histogram_quantile: linear inside the bucket holding the q-th observation (seconds)."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return lower  # beyond the last finite bound: its bound is the best estimate
+            return lower + (le - lower) * ((rank - below) / max(count - below, 1e-12))
+        lower, below = le, count
+    return lower
+
+
+def error_rate(c: Counts) -> float | None:
+    n = c.requests + c.errors
+    return c.errors / n if n else None
+
+
+def summary(c: Counts) -> dict[str, Any]:
+    p50, p99 = quantile(c.buckets, 0.5), quantile(c.buckets, 0.99)
+    return {
+        "requests": int(c.requests),
+        "errors": int(c.errors),
+        "error_rate": error_rate(c),
+        "p50_ms": None if p50 is None else round(p50 * 1000, 3),
+        "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+    }
+
+
+def prediction_shift(champion: np.ndarray, challenger: np.ndarray, method: str, bins: int = 10) -> float:
+    """How far the challenger's prediction distribution is from the champion's (the champion is the
+    reference, binned at its quantiles as drift monitoring bins a reference)."""
+    from scipy import stats
+
+    from loopline.monitoring.methods import jensen_shannon, psi
+
+    ref, cur = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
+    if method == "ks":
+        return float(stats.ks_2samp(ref, cur).pvalue)
+    if method == "wasserstein":
+        return float(stats.wasserstein_distance(ref, cur) / max(float(np.std(ref)), 0.001))
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
+    cur_counts = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1)
+    return psi(ref_counts, cur_counts) if method == "psi" else jensen_shannon(ref_counts, cur_counts)
+
+
+def read_predictions(lake, model: str, version: str, roles: tuple[str, ...], since: datetime) -> np.ndarray:
+    """The `_prediction` values `version` logged in `roles` since `since` (an aware UTC time), from
+    predictions/M."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from loopline.storage.delta import dataset, open_table
+
+    table = open_table(lake, lake.table_uri("predictions", model))
+    if table is None:
+        return np.array([])
+    ds = dataset(table)
+    scored_type = ds.schema.field("_scored_at").type
+    where = (
+        (pc.field("_model_version") == version)
+        & pc.field("_role").isin(list(roles))
+        & (pc.field("_scored_at") >= pa.scalar(since, type=scored_type))
+    )
+    values = ds.to_table(columns=["_prediction"], filter=where).column("_prediction")
+    try:
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=float)
+    except (TypeError, ValueError):  # multi-output predictions: compare the first output
+        return np.asarray([v[0] for v in values.to_pylist()], dtype=float)
+
+
+def analyse(
+    rcfg: RolloutConfig,
+    *,
+    champion: Counts,
+    challenger: Counts,
+    champion_predictions: np.ndarray | None = None,
+    challenger_predictions: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every check of one step: passed True/False, or None when there is not enough data for it."""
+    a, b = summary(champion), summary(challenger)
+    checks = []
+    if a["error_rate"] is None or b["error_rate"] is None:
+        checks.append(check("error rate", None, "no requests on one side yet"))
+    else:
+        ok = b["error_rate"] <= a["error_rate"] + rcfg.max_error_rate_increase
+        checks.append(
+            check(
+                "error rate",
+                ok,
+                f"challenger {b['error_rate']:.4f} ({b['errors']}/{b['requests'] + b['errors']}) vs champion "
+                f"{a['error_rate']:.4f}, allowed increase {rcfg.max_error_rate_increase}",
+            )
+        )
+    for q in ("p50_ms", "p99_ms"):
+        if a[q] is None or b[q] is None:
+            checks.append(check(f"{q[:3]} latency", None, "no answered requests on one side yet"))
+            continue
+        bar = max(a[q] * rcfg.max_latency_ratio, a[q] + rcfg.latency_slack_ms)
+        checks.append(
+            check(
+                f"{q[:3]} latency",
+                b[q] <= bar,
+                f"challenger {b[q]:.2f} ms vs champion {a[q]:.2f} ms, allowed {bar:.2f} ms "
+                f"(x{rcfg.max_latency_ratio} or +{rcfg.latency_slack_ms} ms)",
+            )
+        )
+    checks.append(_shift_check(rcfg, champion_predictions, challenger_predictions))
+    return {"champion": a, "challenger": b, "checks": checks}
+
+
+def fleet(urls: list[str]) -> list[dict[str, Any]]:
+    """Each replica's /version: which champion and challenger (and weight) it serves right now."""
+    import json
+
+    out = []
+    for url in urls:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/version", timeout=SCRAPE_TIMEOUT_SECONDS) as resp:
+            info = json.loads(resp.read())
+        challenger = info.get("challenger") or {}
+        out.append(
+            {
+                "url": url,
+                "champion": str(info.get("version")),
+                "challenger": None if not challenger else str(challenger.get("version")),
+                "weight": info.get("challenger_weight"),
+            }
+        )
+    return out
+
+
+MIN_SHIFT_ROWS = 50  # fewer logged predictions on a side: the shift is noise
+
+
+def _shift_check(rcfg: RolloutConfig, ref: np.ndarray | None, cur: np.ndarray | None) -> dict[str, Any]:
+    method, bar = rcfg.prediction_shift_method, rcfg.prediction_shift_threshold
+    if bar is None:
+        return check("prediction shift", None, "not set")
+    if ref is None or cur is None or min(len(ref), len(cur)) < MIN_SHIFT_ROWS:
+        n = (0 if ref is None else len(ref), 0 if cur is None else len(cur))
+        return check("prediction shift", None, f"{n[0]} / {n[1]} logged predictions, {MIN_SHIFT_ROWS} needed")
+    score = prediction_shift(ref, cur, method)
+    ok = score >= bar if method == "ks" else score < bar
+    rule = f"p-value >= {bar}" if method == "ks" else f"< {bar}"
+    return check(
+        "prediction shift",
+        ok,
+        f"{method} {score:.4f} between champion ({len(ref)} rows) and challenger ({len(cur)} rows), {rule}",
+    )
