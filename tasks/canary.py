@@ -99,12 +99,16 @@ def measure_step(
         lake = lake_for(cfg)
         preds_a = ca.read_predictions(lake, model, str(champion), ("champion",), rollout_since)
         preds_b = ca.read_predictions(lake, model, str(version), role, step_since)
+    live = None
+    if cfg.serving.inference_log:  # labels join the inference log: without it there is nothing to judge
+        live = _live_metric(cfg, model, str(champion), str(version), role, rollout_since, step_since)
     analysis = ca.analyse(
         cfg.rollout,
         champion=champ,
         challenger=chall,
         champion_predictions=preds_a,
         challenger_predictions=preds_b,
+        live_metric=live,
     )
     steps = rollout.weights(cfg.rollout, mode)
     elapsed = time.time() - step_started
@@ -119,6 +123,30 @@ def measure_step(
         "reason": verdict.reason,
         **analysis,
     }
+
+
+def _live_metric(cfg: LifecycleConfig, model: str, champion: str, version: str, roles, since, step_since):
+    """The labels check (canary_analysis.live_metric_check) on the primary metric, or None before any label
+    arrived; a model whose contract the lake does not know is reported, not guessed."""
+    from loopline.errors import LooplineError
+    from loopline.release.metrics import primary_metric_for
+    from tasks.feedback import model_contract
+
+    lake = lake_for(cfg)
+    champ_rows, chall_rows = ca.read_labelled(lake, model, champion, version, roles, since, step_since)
+    if champ_rows.empty and chall_rows.empty:
+        return None
+    try:
+        contract = model_contract(cfg, model)
+    except LooplineError as exc:
+        return ca.check("live metric", None, f"labels but no contract to read them with: {exc}")
+    metric = primary_metric_for(contract.task, cfg.evaluation.primary_metric)
+    if contract.task == "multiclass":
+        metric = "accuracy"  # the log keeps the predicted class, not the probabilities (monitoring.live)
+    ev = cfg.evaluation
+    return ca.live_metric_check(
+        metric, contract, champ_rows, chall_rows, samples=ev.bootstrap_samples, seed=ev.seed
+    )
 
 
 @task(name="canary-ramp", task_run_name="canary ramp {model} v{version} to step {step}", cache_policy=NONE)

@@ -97,8 +97,9 @@ class DaskFutures:
 
         with self._changed:
             status, state = self._taken.pop(handle.wrapped_future.key)
-        if status != "finished":  # EXPERIMENT: a raised future is the file's failure
-            return Outcome(error=f"{type(state).__name__}: {state}")
+        if status != "finished":
+            why = f"{type(state).__name__}: {state}" if isinstance(state, BaseException) else status
+            return self._lost(handle, why)
         if not isinstance(state, State):
             return self._lost(handle, f"no task state came back ({type(state).__name__})")
         if state.is_completed():
@@ -165,3 +166,19 @@ def map_on_cluster(runner: DaskFutures, task, items: list, *args: Any, what: Cal
     finally:
         runner.cancel(list(pending))
     return results
+
+
+PARTITIONS_PER_WORKER = 4  # a few tasks per worker: slack for uneven partitions, not a task per small file
+
+
+def group_for_cluster(items: list) -> list[list]:
+    """`items` in contiguous groups, PARTITIONS_PER_WORKER groups per worker of the flow's Dask cluster."""
+    from prefect.context import FlowRunContext
+
+    workers = 1
+    context = FlowRunContext.get()
+    client = getattr(getattr(context, "task_runner", None), "client", None)
+    if client is not None:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+    size = max(1, -(-len(items) // (workers * PARTITIONS_PER_WORKER)))
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -9,6 +9,7 @@ prefect#21638, prefect#15442).
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
@@ -43,10 +44,10 @@ class IngestFailedError(LooplineError):
         self.results = results
 
 
-@task(name="scan-file", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_io)
-def scan_file(uri: str, contract: Contract, cfg: LifecycleConfig) -> parallel.FileScan:
-    """Fingerprint a file and read its ids (on a Dask worker)."""
-    return parallel.scan_file(uri, contract, lake_for(cfg), cfg)
+@task(name="scan-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_io)
+def scan_files(uris: list[str], contract: Contract, cfg: LifecycleConfig) -> list[parallel.FileScan]:
+    """Fingerprint files and read their ids (on a Dask worker)."""
+    return parallel.scan_files(uris, contract, lake_for(cfg), cfg)
 
 
 @task(
@@ -91,10 +92,28 @@ def validate_file(
     retry_condition_fn=lambda t, r, s: _not_staged_or_user_error(s),
 )
 def commit_batch(staged: parallel.StagedBatch, contract: Contract, cfg: LifecycleConfig):
-    """Commit one staged batch in the flow process, holding the dataset's lake slot."""
-    lake = lake_for(cfg)
-    with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
-        return commit_staged(lake, contract, cfg, staged)
+    """Commit one staged batch in the flow process (its caller holds the dataset's lake slot)."""
+    return commit_staged(lake_for(cfg), contract, cfg, staged)
+
+
+class _LakeSlot:
+    """The dataset's lake slot, taken for a burst of commits and let go whenever the committer waits for the
+    cluster: one writer at a time as before, without a slot round trip per batch (~0.5 s each, measured)."""
+
+    def __init__(self, dataset: str, timeout_s: float):
+        self.dataset, self.timeout_s = dataset, timeout_s
+        self._held: ExitStack | None = None
+
+    def hold(self) -> None:
+        if self._held is None:
+            held = ExitStack()
+            held.enter_context(lake_slot(self.dataset, self.timeout_s))
+            self._held = held
+
+    def release(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.close()
 
 
 def _not_staged_or_user_error(state) -> bool:
@@ -114,8 +133,8 @@ class IngestRunner(DaskFutures):
         super().__init__()
         self.contract, self.cfg = contract, cfg
 
-    def scan(self, uri: str):
-        return self.submit(scan_file, uri, self.contract, self.cfg)
+    def scan(self, uris: list[str]):
+        return self.submit(scan_files, uris, self.contract, self.cfg)
 
     def gate(self, uri: str, **kwargs: Any):
         return self.submit(validate_file, uri, self.contract, self.cfg, **kwargs)
@@ -133,7 +152,10 @@ def ingest_files_on_dask(files: list[str], cfg: LifecycleConfig) -> list[dict]:
     registered = register_contract(lake, contract, allow_incompatible=cfg.data.allow_incompatible_contract)
     out: list[dict] = []
 
+    slot = _LakeSlot(contract.dataset, cfg.data.lake_slot_timeout_seconds)
+
     def commit(staged: parallel.StagedBatch):
+        slot.hold()
         return commit_batch(staged, contract, cfg)
 
     def report(result: BatchResult, failed: bool) -> None:
@@ -157,8 +179,10 @@ def ingest_files_on_dask(files: list[str], cfg: LifecycleConfig) -> list[dict]:
             stage_root=root,
             commit=commit,
             report=report,
+            idle=slot.release,
         )
     finally:
+        slot.release()
         publish_ingest_metrics(lake, cfg, contract)  # the ledger's counts for Prometheus; never fails
     if failures:
         raise IngestFailedError(_failure_message(failures, len(files)), out)

@@ -17,7 +17,7 @@ from loopline.monitoring import partitioned
 from loopline.storage import delta
 from loopline.storage.partitions import snapshot_files
 from tasks.common import lake_for, run_logger
-from tasks.dask_runner import DaskFutures, map_on_cluster, retry_io
+from tasks.dask_runner import DaskFutures, group_for_cluster, map_on_cluster, retry_io
 
 
 @task(
@@ -35,32 +35,42 @@ def profile_partition(
 
 
 def profile_table_on_dask(
-    cfg: LifecycleConfig, kind: str, name: str, numeric: list[str], categorical: list[str], **opts: Any
+    cfg: LifecycleConfig,
+    kind: str,
+    name: str,
+    numeric: list[str],
+    categorical: list[str],
+    files_per_partition: int | None = None,
+    **opts: Any,
 ) -> dict:
-    """The reference profile of table `kind`/`name` (its latest snapshot), per partition on the flow's Dask
-    cluster. `opts`: bins, cdf_bins, raw_max_rows."""
+    """The reference profile of table `kind`/`name` (its latest snapshot), per partition of
+    `files_per_partition` data files (default: a few partitions per worker) on the flow's Dask cluster.
+    `opts`: bins, cdf_bins, raw_max_rows."""
     lake = lake_for(cfg)
     uri = lake.table_uri(kind, name)
     table = delta.open_table(lake, uri)
     if table is None:
         raise NotReadyError(f"there is no {kind}/{name} table to profile yet")
     root = f"{lake.root.rstrip('/')}/_staging/profile/{uuid.uuid4().hex[:16]}"
+    files = snapshot_files(delta.dataset(table))
+    if files_per_partition is None:
+        files_per_partition = len(group_for_cluster(files)[0]) if files else 1
     parts = [
         partitioned.ProfilePartition(
             index=i,
             table_uri=uri,
             version=table.version(),
-            file=path,
+            files=tuple(files[i : i + files_per_partition]),
             numeric=tuple(numeric),
             categorical=tuple(categorical),
             stage_root=root,
         )
-        for i, path in enumerate(snapshot_files(delta.dataset(table)))
+        for i in range(0, len(files), max(1, files_per_partition))
     ]
     run_logger().info("profile of %s/%s v%d: %d partition(s)", kind, name, table.version(), len(parts))
     try:
         summaries = map_on_cluster(
-            DaskFutures(), profile_partition, parts, cfg, what=lambda p: f"profile partition {p.file}"
+            DaskFutures(), profile_partition, parts, cfg, what=lambda p: f"profile partition {p.files[0]}..."
         )
         return partitioned.merge_profile(lake, summaries, numeric, categorical, **opts)
     finally:

@@ -56,6 +56,7 @@ class FileScan:
     batch_id: str = ""
     ids: np.ndarray | None = None  # the file's distinct ids, typed as the gate types them (nulls left out)
     unreadable: str | None = None  # the SourceError that makes the file unreadable as a whole
+    error: str | None = None  # anything else that went wrong scanning it: the file fails, named
 
 
 @dataclass
@@ -103,6 +104,18 @@ def scan_file(uri: str, contract: Contract, lake: Lake, cfg: LifecycleConfig) ->
         return FileScan(uri=uri, unreadable=str(exc))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def scan_files(uris: list[str], contract: Contract, lake: Lake, cfg: LifecycleConfig) -> list[FileScan]:
+    """`scan_file` for each of `uris`; an unexpected error fails that file only (`error`)."""
+    out = []
+    for uri in uris:
+        try:
+            fail_point("ingest.scan", uri)
+            out.append(scan_file(uri, contract, lake, cfg))
+        except Exception as exc:  # reported with the file's name by the committer
+            out.append(FileScan(uri=uri, error=f"{type(exc).__name__}: {exc}"))
+    return out
 
 
 def _read_ids(src: sources.SourceFile, contract: Contract, cfg: LifecycleConfig) -> np.ndarray:

@@ -38,6 +38,7 @@ from loopline.storage import delta
 from loopline.storage.lake import Lake
 
 ATTEMPTS = 3  # runs of one file's task the infrastructure may lose (a worker killed, a result gone)
+SCAN_FILES = 8  # files scanned by one task
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Outcome:
 
 
 class Runner(Protocol):
-    def scan(self, uri: str) -> Any: ...
+    def scan(self, uris: list[str]) -> Any: ...
     def gate(self, uri: str, **kwargs: Any) -> Any: ...
     def wait(self, handles: list[Any]) -> list[Any]:  # at least one of `handles` done; returns the done ones
         ...
@@ -97,10 +98,13 @@ def ingest_in_parallel(
     stage_root: str,
     commit: Callable[[StagedBatch], tuple[BatchResult, np.ndarray | None]],
     report: Callable[[BatchResult, bool], None] = lambda result, failed: None,
+    idle: Callable[[], None] = lambda: None,
 ) -> tuple[list[BatchResult], list[FileFailure]]:
     """Ingest `files` (one batch each) with validation on `runner` and `commit` (loopline.data.staged_commit.
     commit_staged, inside the dataset's lake slot where Prefect runs it) here, in file order; `report(result,
-    failed)` after each. Returns every file's result (failed files as rejected results naming the error) and
+    failed)` after each; `idle()` before each wait for a worker (the commits are done in bursts between
+    them: where Prefect runs this, the dataset's lake slot is held for a burst, not taken per batch). Returns
+    every file's result (failed files as rejected results naming the error) and
     the failures."""
     snapshot = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
     failures: dict[int, str] = {}
@@ -128,6 +132,7 @@ def ingest_in_parallel(
                     continue  # judged again (below, with the ids earlier files really committed)
                 results.append(result)
             else:
+                idle()  # nothing to commit until a worker delivers: what the committer holds, it may let go
                 _collect(gates, runner.wait(list(gates.pending)), staged, failures, snapshot)
                 continue
             report(results[-1], k in failures)
@@ -195,24 +200,28 @@ def _lost_again(gates: _Gates, k: int, why: str, failures: dict[int, str]) -> bo
 
 
 def _scan_all(runner: Runner, files: list[str], failures: dict[int, str]) -> list[FileScan]:
+    """Every file's scan, SCAN_FILES files to a task (a scan is cheap; a task run is not)."""
     scans: list[FileScan | None] = [None] * len(files)
-    lost = [0] * len(files)
-    pending = {runner.scan(uri): k for k, uri in enumerate(files)}
+    chunks = [list(range(i, min(i + SCAN_FILES, len(files)))) for i in range(0, len(files), SCAN_FILES)]
+    lost = [0] * len(chunks)
+    pending = {runner.scan([files[k] for k in chunk]): c for c, chunk in enumerate(chunks)}
     try:
         while pending:
             for handle in runner.wait(list(pending)):
-                k = pending.pop(handle)
+                c = pending.pop(handle)
                 outcome = runner.outcome(handle)
                 if outcome.value is not None:
-                    scans[k] = outcome.value
-                elif outcome.error is not None or lost[k] + 1 >= ATTEMPTS:
-                    failures[k] = (
-                        outcome.error or f"lost {lost[k] + 1} times on the cluster (last: {outcome.lost})"
-                    )
-                    scans[k] = FileScan(uri=files[k])
+                    for k, scan in zip(chunks[c], outcome.value, strict=True):
+                        scans[k] = scan
+                        if scan.error is not None:
+                            failures[k] = scan.error
+                elif outcome.error is not None or lost[c] + 1 >= ATTEMPTS:
+                    why = outcome.error or f"lost {lost[c] + 1} times on the cluster (last: {outcome.lost})"
+                    for k in chunks[c]:
+                        failures[k] = f"scan failed: {why}"
                 else:
-                    lost[k] += 1
-                    pending[runner.scan(files[k])] = k
+                    lost[c] += 1
+                    pending[runner.scan([files[k] for k in chunks[c]])] = c
     finally:
         runner.cancel(list(pending))
     return [s if s is not None else FileScan(uri=f) for s, f in zip(scans, files, strict=True)]

@@ -1,9 +1,9 @@
 """The drift reference profile of a large Delta table, built per partition on a cluster, equal to the
 single-process profile (`build_reference_profile` / `ProfileBuilder`) bit for bit.
 
-Per data file of the table's snapshot (`profile_partition`, on a worker): each numeric column's finite values,
-sorted, staged as a .npy file, with the count of NaN/inf dropped; each categorical column's value counts.
-Then `merge_profile` (the committer) adds the counts, merges the sorted runs (a stable sort of concatenated
+Per partition (data files of the table's snapshot; `profile_partition`, on a worker): each numeric column's
+finite values, sorted, staged as a .npy file, with the count of NaN/inf dropped; each categorical column's
+value counts. Then `merge_profile` (the committer) adds the counts, merges the sorted runs (a stable sort of concatenated
 sorted runs: timsort merges them in O(n log P)) and hands every column's whole sorted array to the same
 `profile_numeric` a single process uses. The statistics are then computed from the identical array in the
 identical order, so every number is the single-process one: no partial sums or sketches whose rounding would
@@ -45,7 +45,7 @@ class ProfilePartition:
     index: int
     table_uri: str
     version: int
-    file: str
+    files: tuple[str, ...]  # data files of the snapshot (a few small files make one partition)
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     stage_root: str
@@ -60,14 +60,19 @@ class PartitionSummary:
 
 
 def profile_partition(lake: Lake, part: ProfilePartition) -> PartitionSummary:
-    """Sort and count one data file's columns; stage each numeric column's sorted finite values."""
+    """Sort and count the columns of one partition's data files; stage each numeric column's sorted finite values."""
     columns = list(part.numeric) + list(part.categorical)
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in part.numeric}
     counts: dict[str, tuple[dict[str, int], int]] = {name: ({}, 0) for name in part.categorical}
     rows = 0
-    for rb in read_file(
-        lake, part.table_uri, part.version, part.file, columns=columns, batch_rows=part.batch_rows
-    ):
+    batches = (
+        rb
+        for path in part.files
+        for rb in read_file(
+            lake, part.table_uri, part.version, path, columns=columns, batch_rows=part.batch_rows
+        )
+    )
+    for rb in batches:
         frame = rb.to_pandas()
         rows += len(frame)
         for name in part.numeric:

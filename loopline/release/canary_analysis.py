@@ -8,6 +8,13 @@ Inputs, all measured, none assumed:
 - `predictions/M` (the inference log): the prediction distributions of both, compared with a drift method of
   loopline.monitoring.methods, as drift monitoring compares a window with its reference.
 
+- when labels have arrived (feedback/M, joined by loopline.monitoring.live): the primary metric of each
+  side on its labelled rows, and the bootstrap interval of challenger - champion the offline gate uses
+  (loopline.release.metrics: Poisson(1) row weights, percentile interval, evaluation.bootstrap_samples and
+  seed). Rows both scored (shadow mode) are paired, exactly as the gate pairs them; a canary splits
+  requests, so no row has both answers and each side is resampled on its own. A challenger whose whole
+  interval of improvement is below zero (significantly worse) fails the check.
+
 The champion's side is everything since the rollout started (at 100% it gets no new traffic); the
 challenger's is the current step. Latency quantiles interpolate inside histogram buckets as Prometheus'
 histogram_quantile does, so the latency check allows `latency_slack_ms` besides the ratio.
@@ -172,8 +179,9 @@ def analyse(
     challenger: Counts,
     champion_predictions: np.ndarray | None = None,
     challenger_predictions: np.ndarray | None = None,
+    live_metric: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every check of one step: passed True/False, or None when there is not enough data for it."""
+    """Every check of one step (`live_metric`: the labels check, `live_metric_check`): passed True/False, or None when there is not enough data for it."""
     a, b = summary(champion), summary(challenger)
     checks = []
     if a["error_rate"] is None or b["error_rate"] is None:
@@ -202,6 +210,8 @@ def analyse(
             )
         )
     checks.append(_shift_check(rcfg, champion_predictions, challenger_predictions))
+    if live_metric is not None:
+        checks.append(live_metric)
     return {"champion": a, "challenger": b, "checks": checks}
 
 
@@ -243,3 +253,87 @@ def _shift_check(rcfg: RolloutConfig, ref: np.ndarray | None, cur: np.ndarray | 
         ok,
         f"{method} {score:.4f} between champion ({len(ref)} rows) and challenger ({len(cur)} rows), {rule}",
     )
+
+
+MIN_LABEL_ROWS = 50  # fewer labelled rows on a side: the live metric is noise
+
+
+def read_labelled(
+    lake, model: str, champion: str, challenger: str, roles: tuple[str, ...], since, step_since
+):
+    """The labelled rows (loopline.monitoring.live.labelled_predictions) of each side: the champion's since
+    the rollout started, the challenger's (in `roles`) since the step started."""
+    import pandas as pd
+
+    from loopline.monitoring.live import labelled_predictions
+
+    rows = labelled_predictions(lake, model, since=since, versions=[champion, challenger])
+    if rows.empty:
+        return rows, rows
+    version, role = rows["_model_version"], rows["_role"]
+    stamp = pd.to_datetime(rows["_scored_at"], utc=True)
+    mine = (version == challenger) & role.isin(list(roles)) & (stamp >= pd.Timestamp(step_since))
+    return rows[(version == champion) & (role == "champion")], rows[mine]
+
+
+def live_metric_check(
+    metric: str, contract, champion_rows, challenger_rows, *, samples: int, seed: int
+) -> dict[str, Any]:
+    """The primary metric on labelled live rows, challenger against champion, with the gate's bootstrap
+    interval of the difference; fails when the challenger is significantly worse (interval below zero)."""
+    from loopline.monitoring.live import KEY, label_values, prediction_values
+    from loopline.release.metrics import (
+        BLB_SUBSET_ROWS,
+        bootstrap_difference,
+        improvement_bounds,
+        prepare_metric,
+    )
+
+    name, task = f"live {metric}", contract.task
+    n_a, n_b = len(champion_rows), len(challenger_rows)
+    if min(n_a, n_b) < MIN_LABEL_ROWS:
+        return check(name, None, f"{n_a} / {n_b} labelled rows, {MIN_LABEL_ROWS} needed on each side")
+    paired = champion_rows.merge(challenger_rows, on=KEY, suffixes=("_a", "_b"))
+    if len(paired) >= MIN_LABEL_ROWS:  # shadow: both answered the same rows, paired as the gate pairs
+        y = label_values(paired["label_a"], contract)
+        p_a, p_b = (prediction_values(paired[f"_prediction_{s}"], contract) for s in "ab")
+        ci = bootstrap_difference(metric, task, y, p_b, p_a, samples=samples, seed=seed)
+        value_a, value_b = (prepare_metric(metric, task, y, p)(None) for p in (p_a, p_b))
+    else:  # the newest BLB_SUBSET_ROWS of each side: the cost of a replicate stays bounded
+        sides = [
+            (label_values(r["label"], contract), prediction_values(r["_prediction"], contract))
+            for r in (champion_rows.tail(BLB_SUBSET_ROWS), challenger_rows.tail(BLB_SUBSET_ROWS))
+        ]
+        ci, value_a, value_b = _unpaired_bootstrap(metric, task, *sides, samples=samples, seed=seed)
+    low, high = improvement_bounds(ci)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return check(name, None, f"no interval on {n_a} / {n_b} labelled rows (one class on a side?)")
+    detail = (
+        f"challenger {value_b:.4f} ({n_b} labelled rows) vs champion {value_a:.4f} ({n_a}): "
+        f"{int(ci['level'] * 100)}% CI of the improvement [{low:.4f}, {high:.4f}] ({ci['method']}), "
+        "significantly worse (the whole interval below 0) aborts"
+    )
+    return check(name, high >= 0, detail)
+
+
+def _unpaired_bootstrap(metric, task, champion, challenger, *, samples: int, seed: int, level=0.95):
+    """metric(challenger) - metric(champion) on disjoint rows: the gate's Poisson(1) bootstrap and percentile
+    interval (loopline.release.metrics), each side's rows resampled on their own."""
+    from loopline.release.metrics import _interval, prepare_metric
+
+    (y_a, p_a), (y_b, p_b) = champion, challenger
+    f_a, f_b = prepare_metric(metric, task, y_a, p_a), prepare_metric(metric, task, y_b, p_b)
+    value_a, value_b = f_a(None), f_b(None)
+    rng = np.random.default_rng(seed)
+    reps = np.empty(samples)
+    for r in range(samples):
+        w_a, w_b = (
+            rng.poisson(1.0, len(y_a)).astype(np.float64),
+            rng.poisson(1.0, len(y_b)).astype(np.float64),
+        )
+        reps[r] = f_b(w_b) - f_a(w_a) - (value_b - value_a)
+    n = len(y_a) + len(y_b)
+    ci = _interval(
+        metric, value_b - value_a, [reps[np.isfinite(reps)]], level, samples, "unpaired bootstrap", n, n
+    )
+    return ci, value_a, value_b

@@ -24,7 +24,7 @@ from tests import dask_support as dk
 from tests import data_support as ds
 from tests.reliability.conftest import rounds
 
-FILES = 8
+FILES = 6
 
 
 @pytest.fixture(scope="module")

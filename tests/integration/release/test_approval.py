@@ -9,9 +9,11 @@ champion, so they run first; approve promotes v2.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,59 @@ def test_the_approver_decides_through_the_prefect_api(registry, prefect_api, app
     else:
         assert not result["promoted"] and champion(registry) == before
         assert entry["approval"]["decision"] == "reject" and result["approval"]["model_card_uri"]
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+
+
+@pytest.mark.e2e
+def test_the_approver_decides_in_the_prefect_ui(registry, prefect_api):
+    """In a real browser (Debian's Chromium driven by Playwright): open the paused run in the Prefect UI,
+    press Resume, fill the ApprovalInput form (approve, approver, comment), submit; the run resumes, runs
+    the gate again and promotes; the decision and its approver are in the registry history. Rolls out
+    whichever version is not the champion, so it holds after the API tests or alone."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is needed for the Prefect UI test: apt-get install -y chromium")
+        pytest.skip("no Chromium here (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_loop import CHROMIUM_ARGS
+
+    model, before = registry["model"], champion(registry)
+    other = next(int(v) for v in registry["versions"] if int(v) != before)
+    run_id, thread, box = run_paused(config(registry), model, other)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{prefect_api.removesuffix('/api')}/runs/flow-run/{run_id}", wait_until="networkidle")
+            page.get_by_role("button", name="Resume").click()
+            form = page.get_by_role("dialog")
+
+            def field(label: str):  # one property of the form, by its exact label
+                return form.locator(".schema-form-property").filter(has=page.get_by_text(label, exact=True))
+
+            field("Approve (Optional)").get_by_role("switch").click()
+            field("Approver").locator("textarea").fill("ana in the ui")
+            field("Comment (Optional)").locator("textarea").fill("canary metrics look fine")
+            assert form.get_by_role("switch").get_attribute("aria-checked") == "true"
+            DOCS.mkdir(exist_ok=True)
+            page.screenshot(path=str(DOCS / "approval-form.png"))
+            form.get_by_role("button", name="Submit").click()
+            thread.join(120)
+        finally:
+            browser.close()
+    result = box.get("result")
+    assert result is not None, box.get("error")
+    assert result["promoted"] and champion(registry) == other, result["reason"]
+    entry = approvals(registry)[-1]["approval"]
+    assert (entry["decision"], entry["approver"], entry["comment"], entry["version"]) == (
+        "approve",
+        "ana in the ui",
+        "canary metrics look fine",
+        other,
+    )

@@ -1,8 +1,9 @@
 """Canary rollouts on real components: a real model server process following the MLflow registry (SQLite),
 the `canary-analysis` flow on the session's Prefect API, continuous load from client threads.
 
-One registered model holds three versions of the same weights: v1 the champion, v2 the same model made worse
-by the test (every call 150 ms slower, every third call fails), v3 the same model as it is. Each test rolls a
+One registered model holds four versions of the same weights: v1 the champion, v2 the same model made worse
+by the test (every call 150 ms slower, every third call fails), v3 the same model as it is, v4 the same model
+with its answers inverted (as fast and reliable, worse only on labels). Each test rolls a
 version out against whatever is champion at its start, so the tests hold in either order.
 """
 
@@ -14,6 +15,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -47,6 +49,23 @@ def worse_mlp(input_dim: int, output_dim: int, cfg):
     return Worse()
 
 
+def inverted_mlp(input_dim: int, output_dim: int, cfg):
+    """The built-in MLP with its logit negated: as fast and as reliable, P(positive) turned into 1 - P."""
+    import torch
+
+    from loopline.train.models import mlp
+
+    class Inverted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = mlp(input_dim, output_dim, cfg)
+
+        def forward(self, x):
+            return -self.inner(x)
+
+    return Inverted()
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     home = tmp_path_factory.mktemp("canary-home")
@@ -58,6 +77,7 @@ def fleet(tmp_path_factory):
             make_bundle(home / "b" / "v1", seed=0),
             make_bundle(home / "b" / "v2", seed=0, factory=f"{__name__}:worse_mlp"),
             make_bundle(home / "b" / "v3", seed=0),
+            make_bundle(home / "b" / "v4", seed=0, factory=f"{__name__}:inverted_mlp"),
         ]
         reg = register_bundles(home, bundles, model="canary")
         server = ServerProcess(
@@ -186,3 +206,92 @@ def test_a_better_challenger_ramps_through_every_step_and_becomes_champion(fleet
     statuses = [s for _, s, _ in load.answers]
     assert len(statuses) > 500 and set(statuses) == {200}  # zero failed requests under continuous load
     assert {v for t, _, v in load.answers if t > done} == {"3"}
+
+
+def test_a_challenger_worse_on_labels_is_aborted(fleet, prefect_api):
+    """Labels come back through POST /feedback while the canary runs: they agree with the champion, and the
+    challenger (v4: its probabilities inverted, as fast and as reliable) is significantly worse on them. The
+    live-metric check (the gate's bootstrap CI on the labelled rows) aborts it; no other check fails."""
+    from mlflow import MlflowClient
+
+    from flows.canary import canary_analysis_flow
+    from loopline.data.contract_registry import register_contract
+    from loopline.data.contracts import load_contract
+    from loopline.storage.lake import Lake
+    from tests.serving_support import DEMO_CONTRACT
+
+    # the analysis reads labels with the model's contract: the lake's, of the dataset v4 was trained on
+    register_contract(Lake(root=str(fleet["home"] / "lake")), load_contract(DEMO_CONTRACT))
+    client = MlflowClient(fleet["tracking_uri"])
+    client.set_tag(client.get_model_version("canary", "4").run_id, "loopline.dataset", "demo")
+
+    url, champion = fleet["server"].url, aliases(fleet)["champion"]
+    rows = demo_rows(200, seed=9).to_dict("records")
+    bodies = [orjson.dumps({"dataframe_records": rows[i : i + 4]}) for i in range(0, len(rows), 4)]
+    with httpx.Client(base_url=url, timeout=30) as http:  # before the rollout: the champion answers all
+        scores = [
+            http.post("/invocations", content=b, headers={"content-type": "application/json"}).json()
+            for b in bodies
+        ]
+    p = np.array([v for s in scores for v in s["predictions"]])
+    # labels that follow the champion's ranking, one in five flipped: it is good on them, v4 bad, neither perfect
+    noise = np.random.default_rng(3).random(len(p)) < 0.2
+    truth = ((p > np.median(p)) ^ noise).astype(int).reshape(len(bodies), 4)
+
+    answered, feedback, stop = [], [], threading.Event()
+
+    def load(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                i = rng.randrange(len(bodies))
+                r = http.post(
+                    "/invocations",
+                    content=bodies[i],
+                    headers={"content-type": "application/json", "x-request-key": str(rng.random())},
+                )
+                answered.append(
+                    (r.headers.get("x-request-id"), i, r.status_code, r.headers.get("x-model-version"))
+                )
+
+    def label() -> None:  # every 0.2 s, the labels of what was answered since
+        done = 0
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.wait(0.2):
+                new, done = answered[done:], len(answered)
+                items = [
+                    {"request_id": rid, "row": k, "label": int(truth[i][k])}
+                    for rid, i, status, _ in new
+                    if status == 200
+                    for k in range(4)
+                ]
+                if items:
+                    feedback.append(http.post("/feedback", json={"items": items}).status_code)
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(3)]
+    threads.append(threading.Thread(target=label, daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        cfg = config(fleet, steps=[50, 100], min_step_seconds=3.0, min_step_requests=20)
+        cfg.rollout.prediction_shift_threshold = None  # 1 - P is a shifted distribution: judge on labels only
+        result = canary_analysis_flow("canary", 4, config=cfg)
+        done = time.monotonic()
+        time.sleep(0.5)
+        after = len(answered)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+    assert result["action"] == "abort", result["reason"]
+    assert [m["action"] for m in result["steps"]] == ["abort"]  # judged at the first step, never ramped
+    failed = [c for c in result["evidence"]["checks"] if c["passed"] is False]
+    assert [c["name"] for c in failed] == ["live roc_auc"], result["evidence"]["checks"]
+    assert "CI of the improvement" in failed[0]["detail"] and "unpaired bootstrap" in failed[0]["detail"]
+    assert result["event_emitted"] and result["fleet"]["converged"]
+    assert aliases(fleet)["champion"] == champion and aliases(fleet)["challenger"] is None
+    assert {s for _, _, s, _ in answered} == {200} and set(feedback) == {200}
+    assert {v for _, _, _, v in answered[after:]} == {str(champion)}, done
