@@ -242,11 +242,16 @@ def _peak_rss_mb() -> float:
 def _print(result: dict) -> None:
     p = result["params"]
     print(f"bench scale: {p['rows']:,} rows in {p['files']} files ({result['machine']})")
-    print(f"{'contender':<10} {'wall s':>8} {'speedup':>8} {'eff.':>6} {'flow RSS MB':>12}  worker RSS MB")
+    print(
+        f"{'contender':<10} {'wall s':>8} {'speedup':>8} {'eff.':>6} {'eff. vs dask-1':>15} "
+        f"{'flow RSS MB':>12}  worker RSS MB"
+    )
     for name, run in result["details"].items():
+        vs1 = run.get("efficiency_vs_dask1")
         print(
             f"{name:<10} {run['wall_s']:>8.1f} {run['speedup_vs_local']:>8.2f} {run['efficiency_vs_local']:>6.2f} "
-            f"{run['flow_process_peak_rss_mb']:>12.0f}  {run['worker_peak_rss_mb']}"
+            f"{'' if vs1 is None else f'{vs1:.2f}':>15} {run['flow_process_peak_rss_mb']:>12.0f}  "
+            f"{run['worker_peak_rss_mb']}"
             + (f"  (cluster start {run['cluster_start_s']:.1f} s)" if run["cluster_start_s"] else "")
         )
 

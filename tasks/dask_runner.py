@@ -5,8 +5,8 @@ from the task run's state: when a worker dies the future raises (KilledWorker, a
 the Prefect task run may stay Running for ever (prefect#21638), so a lost run is marked Crashed here and the
 caller runs it again as a new task run; and every future is released as soon as its result is taken, so a
 worker that dies later holds nothing the run still needs and Dask has nothing to recompute (prefect#15442:
-a completed task run again). Used by the parallel ingest (tasks/ingest_dask.py) and the per-partition
-features build (tasks/features_dask.py).
+a completed task run again). Used by the parallel ingest (tasks/ingest_dask.py), the per-partition features
+build (tasks/features_dask.py) and drift profile (tasks/profile_dask.py).
 """
 
 from __future__ import annotations

@@ -168,6 +168,8 @@ def ingest_files_on_dask(files: list[str], cfg: LifecycleConfig) -> list[dict]:
         report_progress("ingest.batch", source=result.source, state="done", rows_in=result.rows_in)
         out.append({**result.as_dict(), "event_emitted": emitted})
 
+    for stale in parallel.remove_stale_stages(lake):
+        run_logger().info("removed the staging folder of an earlier run that did not finish: %s", stale)
     root = parallel.stage_root(lake, uuid.uuid4().hex[:16])
     try:
         _, failures = ingest_in_parallel(

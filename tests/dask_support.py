@@ -128,3 +128,23 @@ def doubled_and_lost(lake, expected: dict[str, list[dict]]) -> tuple[int, int]:
 
 def _key(row: dict) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in row.items()))
+
+
+def unfinished_task_runs(name: str) -> list:
+    """Task runs named like `name` that the API still shows Running or Pending."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    unfinished = TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(like_=name), state=TaskRunFilterState(type=unfinished)
+            )
+        )

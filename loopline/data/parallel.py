@@ -43,6 +43,7 @@ from loopline.data.schemas import raw_schema
 from loopline.data.validation.coerce import coerce_column
 from loopline.data.validation.ids import TableIds, ValueSet
 from loopline.errors import DataQualityError, SourceError
+from loopline.faults import kill_point
 from loopline.storage import delta, sources
 from loopline.storage.lake import Lake, is_s3_uri, split_s3_uri
 
@@ -233,6 +234,7 @@ def gate_file(
         with pq.ParquetWriter(stage / "raw" / "000000.parquet", raw_schema(contract), compression="lz4") as w:
             for rb in stream:
                 w.write_batch(rb)
+        kill_point("ingest.validate.staged")  # a worker killed mid-task: its attempt's folder half written
         staged = StagedBatch(
             uri=uri,
             source=src.uri,
@@ -302,6 +304,23 @@ def localize(lake: Lake, stage: str, workdir: str) -> Path:
 def stage_root(lake: Lake, run_key: str) -> str:
     """The run's staging folder in the lake (`_staging/ingest/<run>`), reachable from workers and committer."""
     return f"{lake.root.rstrip('/')}/_staging/ingest/{run_key}"
+
+
+def remove_stale_stages(lake: Lake, max_age_s: float = 86_400.0) -> list[str]:
+    """Remove the staging folders of runs that died (a killed committer leaves its run's folder): local lakes,
+    folders older than `max_age_s`. On S3, a lifecycle rule on the `_staging/` prefix does this job."""
+    import time
+
+    if lake.is_s3:
+        return []
+    parent = Path(stage_root(lake, "x")).parent
+    if not parent.is_dir():
+        return []
+    cutoff = time.time() - max_age_s
+    stale = [p for p in parent.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [str(p) for p in stale]
 
 
 def remove_stage(lake: Lake, root: str) -> None:

@@ -104,8 +104,7 @@ def ingest_in_parallel(
     commit_staged, inside the dataset's lake slot where Prefect runs it) here, in file order; `report(result,
     failed)` after each; `idle()` before each wait for a worker (the commits are done in bursts between
     them: where Prefect runs this, the dataset's lake slot is held for a burst, not taken per batch). Returns
-    every file's result (failed files as rejected results naming the error) and
-    the failures."""
+    every file's result (failed files as rejected results naming the error) and the failures."""
     snapshot = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
     failures: dict[int, str] = {}
     scans = _scan_all(runner, files, failures)
@@ -125,7 +124,7 @@ def ingest_in_parallel(
             k = len(results)
             if plan.skip[k] or k in failures:
                 results.append(_skipped(lake, contract, files[k], scans[k], failures.get(k)))
-                plan.committed(k, plan.run_ids(k, "committed") if k in failures else np.empty(0), None)
+                plan.committed(k, plan.run_ids(k, "committed"), None)
             elif k in staged:
                 result = _commit_next(k, staged.pop(k), plan, gates, snapshot, commit, failures, lake)
                 if result is None:

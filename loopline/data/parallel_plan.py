@@ -55,10 +55,10 @@ class GatePlan:
         if any(h is None for h in held):
             raise RuntimeError(f"file {k}: a file it depends on has no {which} outcome yet")
         ids = self.ids[k]
+        held = [h for h in held if len(h)]  # an empty array may be float64: never mix it into int64 ids
         if not held or not len(ids):
             return ids[:0]
-        pool = np.concatenate(held)
-        return ids[np.isin(ids, pool)] if len(pool) else ids[:0]
+        return ids[np.isin(ids, np.concatenate(held))]
 
     def judged(self, k: int, run_ids: np.ndarray, clean_ids: np.ndarray | None) -> None:
         """k's gate ran with `run_ids` and staged `clean_ids` (None or empty: nothing goes to clean/D)."""

@@ -1,11 +1,12 @@
 """A Dask worker SIGKILLed in the middle of a parallel ingest (data.executor: dask): nothing is lost or doubled,
 and the result is exactly the local executor's.
 
-Each round kills the worker process that is running a `validate-file` task once the committer has committed
-at least one batch (so earlier results are done, later files are in flight). Rounds alternate how Dask treats
-the task that was running: rescheduled on the surviving worker by Dask itself (its default), or failed at once
-with KilledWorker (`allowed_failures` 0), which leaves the Prefect task run Running (prefect#21638) and makes
-the committer run it again as a new task run. Completed results are taken and released at once, so nothing
+Each round one worker process SIGKILLs itself in the middle of its second `validate-file` task (the kill point
+ingest.validate.staged: its first result is done, its attempt's staging folder half written, other files in
+flight on the other worker). Rounds alternate how Dask treats the task that was running: rescheduled on the
+surviving worker by Dask itself (its default), or failed at once with KilledWorker (`allowed_failures` 0), which
+leaves the Prefect task run Running (prefect#21638) until the committer marks it Crashed and runs the file
+again as a new task run. Completed results are taken and released at once, so nothing
 is recomputed from the dead worker (prefect#15442); if it were, the attempt would stage into a folder of its
 own and commit nothing. A few rounds in `make test`, more under `make reliability`.
 """
@@ -13,9 +14,6 @@ own and commit nothing. A few rounds in `make test`, more under `make reliabilit
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 
 import pytest
 
@@ -24,7 +22,7 @@ from tests import dask_support as dk
 from tests import data_support as ds
 from tests.reliability.conftest import rounds
 
-FILES = 6
+FILES = 8
 
 
 @pytest.fixture(scope="module")
@@ -33,35 +31,6 @@ def cluster(prefect_api):
     yield cluster, client
     client.close()
     cluster.close()
-
-
-class Killer(threading.Thread):
-    """SIGKILLs the worker running a validate-file task once `after` other files' validations were seen
-    running: mid-ingest, with results done and more in flight."""
-
-    def __init__(self, client, after: int):
-        super().__init__(daemon=True)
-        self.client, self.after = client, after
-        self.killed: str | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        pids = self.client.run(os.getpid)
-        seen: set[str] = set()
-        while not self.stop.is_set():
-            busy = {
-                w: k for w, keys in self.client.processing().items() for k in keys if "validate" in str(k)
-            }
-            fresh = {w: k for w, k in busy.items() if str(k) not in seen}
-            if len(seen) >= self.after and fresh:
-                worker = next(iter(fresh))
-                if worker not in pids:
-                    continue
-                os.kill(pids[worker], signal.SIGKILL)
-                self.killed = worker
-                return
-            seen |= {str(k) for k in busy.values()}
-            time.sleep(0.02)
 
 
 def test_a_dask_worker_killed_mid_ingest_loses_and_doubles_nothing(cluster, reliability_report, tmp_path):
@@ -92,20 +61,24 @@ def test_a_dask_worker_killed_mid_ingest_loses_and_doubles_nothing(cluster, reli
                 "dask_address": scheduler.scheduler_address,
             },
         )
-        killer = Killer(client, after=3)
-        killer.start()
+        # one worker SIGKILLs itself in the middle of its second validation (loopline.faults kill point);
+        # the nanny restarts it without the setting, so it dies once
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[r % 2]
+        client.run(dk.set_worker_env, "LOOPLINE_KILL_AT", "ingest.validate.staged:2", workers=[victim])
         try:
             got = ingest_on_dask([str(f) for f in files], cfg)
         finally:
-            killer.stop.set()
-            killer.join()
-        kills += killer.killed is not None
+            if victim in client.run(os.getpid):  # still alive: it was never killed; clear the setting
+                client.run(dk.set_worker_env, "LOOPLINE_KILL_AT", None, workers=[victim])
+        kills += pids[victim] not in client.run(os.getpid).values()
         lake = ds.setup(home, contract_path)[1]
         d, lo = dk.doubled_and_lost(lake, expected_rows)
         doubled, lost = doubled + d, lost + lo
         assert [dk.comparable(x) for x in got] == expected, f"round {r}"
         assert (d, lo) == (0, 0), f"round {r}: {d} rows doubled, {lo} lost"
     client.run_on_scheduler(_set_allowed_failures, 3)
+    assert not dk.unfinished_task_runs("validate-file")  # a killed run is Crashed, never left Running
     reliability_report.add(
         "dask worker SIGKILLed mid-ingest (data.executor dask)",
         tries,

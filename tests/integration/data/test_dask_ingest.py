@@ -116,28 +116,9 @@ def test_a_file_whose_validation_raises_fails_by_name_and_the_rest_lands(cluster
     assert all(by_file[f"f00{k}.csv"]["accepted"] for k in (0, 1, 2, 4))
     lake = ds.setup(home, contract_path)[1]
     assert set(ds.per_batch(lake, "raw")) == {by_file[f"f00{k}.csv"]["batch_id"] for k in (0, 1, 2, 4)}
-    assert not _unfinished_task_runs()  # no task run left Running (prefect#21638)
+    assert not dk.unfinished_task_runs("validate-file")  # no task run left Running (prefect#21638)
 
     # ingested again, the failed file lands and the rest is a no-op
     again = ingest_on_dask([str(f) for f in files], cfg)
     assert [r["duplicate_batch"] for r in again] == [True, True, True, False, True]
     assert again[3]["accepted"] and again[3]["rows_in"] == 61
-
-
-def _unfinished_task_runs() -> list:
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        TaskRunFilter,
-        TaskRunFilterName,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    unfinished = TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            task_run_filter=TaskRunFilter(
-                name=TaskRunFilterName(like_="validate-file"), state=TaskRunFilterState(type=unfinished)
-            )
-        )
