@@ -39,6 +39,7 @@ def lifecycle_flow(
     from flows.ingest import ingest_flow
     from flows.promotion import promotion_flow
     from flows.training import train_flow
+    from tasks.approval import hand_off_promotion
 
     cfg = resolve_config(config).with_inputs(contract=contract, source=source, dataset=dataset, model=model)
     result: dict = {}
@@ -57,12 +58,13 @@ def lifecycle_flow(
     result["train"] = trained = train_flow(
         cfg, dataset=features["dataset"], features_version=features["features_version"]
     )
-    # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place
-    result["promote"] = promoted = promotion_flow(
-        cfg, model=trained["model_name"], version=int(trained["model_version"])
-    )
+    # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place.
+    # With approval required, the promotion deployment's own run waits for the person, not this run
+    version = int(trained["model_version"])
+    handed = hand_off_promotion(cfg, trained["model_name"], version) if cfg.rollout.require_approval else None
+    result["promote"] = promoted = handed or promotion_flow(cfg, model=trained["model_name"], version=version)
     # Deploy: the model server serves @champion (started if none runs); an unhealthy swap rolls back
-    if cfg.serving.deploy:
+    if cfg.serving.deploy and not promoted.get("awaiting_approval"):
         result["deploy"] = deployment_flow(cfg, model=trained["model_name"], start_if_missing=True)
     result["champion_version"] = promoted.get("champion_version")
     return result

@@ -96,3 +96,39 @@ def record_decision(
     )
     run_logger().info("%s v%s: %s by %s", model, version, approval["decision"], approval["approver"])
     return approval
+
+
+PROMOTION_DEPLOYMENT = "promotion/promotion"
+
+
+@task(name="hand-off-promotion", task_run_name="hand off promotion {model} v{version}", cache_policy=NONE)
+def hand_off_promotion(cfg: LifecycleConfig, model: str, version: int) -> dict[str, Any] | None:
+    """With approval required, the lifecycle does not wait for a person: it starts the `promotion` deployment
+    (its own flow run, where the pause lives) and finishes. None when there is no such deployment (a run without
+    `loopline up`): then the caller promotes inline and the pause is in this run."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(PROMOTION_DEPLOYMENT)
+        except ObjectNotFound:
+            return None
+    params = {"config": cfg.model_dump(mode="json"), "model": model, "version": version}
+    child = run_deployment(PROMOTION_DEPLOYMENT, parameters=params, timeout=0, as_subflow=False)
+    run_logger().info(
+        "%s v%s waits for approval in the promotion run %s (%s): approve or reject it there",
+        model,
+        version,
+        child.name,
+        child.id,
+    )
+    return {
+        "model": model,
+        "candidate_version": version,
+        "promoted": False,
+        "awaiting_approval": True,
+        "promotion_flow_run_id": str(child.id),
+        "promotion_flow_run_name": child.name,
+    }

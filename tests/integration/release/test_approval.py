@@ -179,3 +179,35 @@ def test_the_approver_decides_in_the_prefect_ui(registry, prefect_api):
         "canary metrics look fine",
         other,
     )
+
+
+def test_the_lifecycle_hands_an_approval_to_the_promotion_deployment(registry, prefect_api):
+    """With approval required the lifecycle does not wait for a person: the `promotion` deployment's own run
+    (where the pause lives) is started with the model and version, and the lifecycle goes on."""
+    from prefect import flow, get_client
+
+    from flows.project import deploy_project
+    from flows.stack import create_work_pools
+    from tasks.approval import hand_off_promotion
+    from tests.cli_support import deploy_env
+
+    create_work_pools(prefect_api)
+    assert deploy_project(deploy_env(prefect_api), only=["promotion"]) == ["promotion/promotion"]
+    cfg = config(registry)
+    try:
+
+        @flow(name="lifecycle-hand-off")
+        def lifecycle_step() -> dict:
+            return hand_off_promotion(cfg, registry["model"], 2)
+
+        handed = lifecycle_step()
+        assert handed["awaiting_approval"] and not handed["promoted"]
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(handed["promotion_flow_run_id"])
+            assert run.parameters["model"] == registry["model"] and run.parameters["version"] == 2
+            assert run.parameters["config"]["rollout"]["require_approval"] is True
+            assert run.parent_task_run_id is None  # its own flow run, not a subflow of the lifecycle
+    finally:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("promotion/promotion")
+            client.delete_deployment(deployment.id)  # its scheduled run goes with it; no worker picks it up
