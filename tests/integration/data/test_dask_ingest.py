@@ -78,7 +78,7 @@ def test_dask_ingest_and_features_equal_the_local_executor_and_reingest_is_a_no_
     assert not list((Path(lake.root) / "_staging" / "features").glob("*/*"))
 
     # the drift profile of clean/D per partition (a few data files each) equals the single-process one
-    from flows.profile import profile_on_dask
+    from flows.reference_profile import profile_on_dask
     from loopline.monitoring.profile import build_reference_profile
 
     cols = (["age", "income"], ["segment"])
