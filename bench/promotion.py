@@ -13,8 +13,16 @@ Measured, cold caches each repeat:
   roc_auc_score twice), timed on 10 replicates and extrapolated to 1000.
 - promotion latency: time from the decision to the moved alias (check-and-set + history record) over
   `--promotions` promotions, against a bare `set_registered_model_alias` (the limit).
+- full promote() vs the limit, at every size of `--sizes` (the issue's goal: within 2x): v1 is champion, v2
+  is promoted over it with everything on: loader gate, infra validation (the model server's loader in a fork
+  of the warm template, loopline.release.infra_template), evaluation with a 1000-replicate CI, the gate, the
+  alias move, the model card run. Caches are cleared before each promote (test rows, scores, passed
+  validations); the template is closed first, so the first promote of the process pays its start
+  (`first_s`), and the best of the next `--repeat` is `ours_s`: the steady state of a process that promotes
+  more than once. Written as details.promote_vs_limit; the top-level ours/peer/ratio are those of the largest
+  size.
 
-    python -m bench promotion [--test-rows 1000000] [--repeat 2] [--promotions 10] [--home DIR]
+    python -m bench promotion [--sizes 20000,1000000] [--repeat 2] [--promotions 10] [--home DIR]
 """
 
 from __future__ import annotations
@@ -216,50 +224,131 @@ def run_latency(env: dict, promotions: int) -> dict:
     }
 
 
+def run_full_promote(env: dict, repeat: int) -> dict:
+    """promote(v2 over champion v1) with infra validation, cold caches; the first with a cold template."""
+    import loopline.release.promotion as promotion
+    from loopline.packaging.registry import registry_client
+    from loopline.release.infra_template import template_for
+    from loopline.release.scoring import clear_caches
+
+    client = registry_client(env["tracking"])
+    template_for().close()
+    runs = []
+    for _ in range(repeat + 1):
+        client.set_registered_model_alias("bench", "champion", "1")
+        try:
+            client.delete_registered_model_alias("bench", "previous")
+        except Exception:
+            pass
+        clear_caches()
+        promotion._infra_passed.clear()
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        result = promotion.promote(env["cfg"], "bench", 2, lake=env["lake"], tracking_uri=env["tracking"])
+        wall = time.perf_counter() - t0
+        assert result["promoted"] and result["infra_validation"]["ok"], result["reason"]
+        runs.append(
+            {
+                "s": wall,
+                "cpu_s": cpu_seconds() - c0,
+                "parts_s": result["timings_s"],
+                "infra": {k: v for k, v in result["infra_validation"].items() if k != "reason"},
+                "ci_method": result["ci"]["method"],
+            }
+        )
+    best = min(runs[1:], key=lambda r: r["s"])
+    return {**best, "first_s": runs[0]["s"], "first": runs[0], "all_s": [round(r["s"], 3) for r in runs]}
+
+
+def run_size(test_rows: int, args) -> dict:
+    home = Path(args.home or "/tmp/loopline-bench-promotion") / f"t{test_rows}"
+    env = prepare(home, test_rows)
+    load_before = os.getloadavg()[0]
+    ours = run_ours(env, args.repeat)
+    limit = run_limit(env, args.repeat)
+    full = run_full_promote(env, args.repeat)
+    reference = run_sklearn(limit.pop("y"), *[o.astype(np.float64) for o in limit.pop("outputs")])
+    latency = run_latency(env, args.promotions)
+    return {
+        "env": env,
+        "ours": ours,
+        "limit": limit,
+        "full": full,
+        "sklearn": reference,
+        "latency": latency,
+        "promote_vs_limit": {
+            "test_rows": ours["rows"],
+            "ours_s": round(full["s"], 3),
+            "limit_s": round(limit["s"], 3),
+            "ratio": round(full["s"] / limit["s"], 3),
+            "first_promote_s": round(full["first_s"], 3),
+            "first_ratio": round(full["first_s"] / limit["s"], 3),
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench promotion", description=__doc__.split("\n")[0])
-    parser.add_argument("--test-rows", type=int, default=1_000_000, help="rows in the test split")
+    parser.add_argument(
+        "--sizes", default="20000,1000000", help="test-split sizes, comma-separated (the goal: 20k and 1M)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="cold evaluations; the best is reported")
     parser.add_argument("--promotions", type=int, default=10, help="promotions timed for latency")
     parser.add_argument(
-        "--home", default=None, help="LOOPLINE_HOME for the bench (default: a temp dir, reused)"
+        "--home", default=None, help="parent of the per-size LOOPLINE_HOMEs (default: a temp dir, reused)"
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    home = Path(args.home or f"/tmp/loopline-bench-promotion/t{args.test_rows}")
-    env = prepare(home, args.test_rows)
-    ours = run_ours(env, args.repeat)
-    limit = run_limit(env, args.repeat)
-    reference = run_sklearn(limit.pop("y"), *[o.astype(np.float64) for o in limit.pop("outputs")])
-    latency = run_latency(env, args.promotions)
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    per_size = {size: run_size(size, args) for size in sizes}
+    largest = per_size[max(sizes)]
+    env, ours, limit, full = largest["env"], largest["ours"], largest["limit"], largest["full"]
     result = {
         "name": "promotion",
         "machine": machine(),
         "params": {
             "test_rows": ours["rows"],
             "dataset_rows": env["rows"],
+            "sizes": sizes,
             "bootstrap_samples": env["cfg"].evaluation.bootstrap_samples,
             "slices": ours["slices"],
             "repeat": args.repeat,
-            "metric": "seconds to evaluate candidate and champion on the test split (read, score both, metrics, slices, bootstrap CI)",
+            "metric": "seconds of a full promote() (gate, infra validation, evaluation with CI, alias move, "
+            "model card) against the limit: read the test rows + pyfunc predict of both models",
         },
-        "ours": ours["s"],
+        "ours": full["s"],
         "peer": limit["s"],
-        "ratio": ours["s"] / limit["s"],
+        "ratio": full["s"] / limit["s"],
         "unit": "s",
         "peer_name": PEER_NAME,
         "details": {
-            "ours": ours,
-            "limit": limit,
-            "sklearn": reference,
-            "latency": latency,
-            "setup_s": env.get("setup_s"),
+            "promote_vs_limit": {str(size): r["promote_vs_limit"] for size, r in per_size.items()},
+            "per_size": {
+                str(size): {
+                    "evaluate": r["ours"],
+                    "limit": r["limit"],
+                    "full_promote": r["full"],
+                    "sklearn": r["sklearn"],
+                    "latency": r["latency"],
+                    "setup_s": r["env"].get("setup_s"),
+                }
+                for size, r in per_size.items()
+            },
         },
     }
-    print_table(result)
+    for size, r in per_size.items():
+        print_table(size, r)
+    print("\nfull promote() vs the limit (read + predict both models):")
+    print(f"{'test rows':>10} {'ours s':>8} {'limit s':>8} {'ratio':>6} {'first s':>8} {'load 1m':>12}")
+    for r in per_size.values():
+        p = r["promote_vs_limit"]
+        print(
+            f"{p['test_rows']:>10,} {p['ours_s']:8.2f} {p['limit_s']:8.2f} {p['ratio']:5.2f}x "
+            f"{p['first_promote_s']:8.2f} {str(p['load_avg_1m']):>12}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "promotion.json"
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -267,13 +356,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def print_table(result: dict) -> None:
-    d = result["details"]
-    ours, limit, sk, lat = d["ours"], d["limit"], d["sklearn"], d["latency"]
+def print_table(size: int, r: dict) -> None:
+    ours, limit, sk, lat, full = r["ours"], r["limit"], r["sklearn"], r["latency"], r["full"]
     parts = ours["parts_s"]
-    print(
-        f"\nbench/promotion  {result['params']['test_rows']:,} test rows, 2 models  on {result['machine']}\n"
-    )
+    print(f"\nbench/promotion  {ours['rows']:,} test rows, 2 models  on {machine()}\n")
     print(f"{'':44} {'wall s':>8} {'cpu s':>8}")
     print(f"{'ours: evaluate_versions (all included)':44} {ours['s']:8.2f} {ours['cpu_s']:8.2f}")
     print(f"{'  read raw test rows':44} {parts['read']:8.2f}")
@@ -282,7 +368,11 @@ def print_table(result: dict) -> None:
     print(f"{'limit: read + pyfunc predict both':44} {limit['s']:8.2f} {limit['cpu_s']:8.2f}")
     print(f"{'sklearn metrics, both models':44} {sk['metrics_s']:8.2f}")
     print(f"{'naive bootstrap x1000 (extrapolated)':44} {sk['bootstrap_1000_s_extrapolated']:8.1f}")
-    print(f"\nours / limit = {result['ratio']:.2f}x")
+    print(f"{'full promote() (warm template, best)':44} {full['s']:8.2f} {full['cpu_s']:8.2f}")
+    print(f"{'full promote() (first: template starts)':44} {full['first_s']:8.2f}")
+    print(
+        f"\nevaluate / limit = {ours['s'] / limit['s']:.2f}x, full promote / limit = {full['s'] / limit['s']:.2f}x"
+    )
     ci = ours["ci"]
     print(
         f"CI of roc_auc candidate - champion: {ci['estimate']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['method']})"
@@ -293,7 +383,8 @@ def print_table(result: dict) -> None:
         f"{lat['bare_set_alias_ms_median']:.0f} ms"
     )
     print(
-        f"promote() with infra validation: {lat['promote_with_infra_validation_s']:.1f} s (infra validation {lat['infra_validation_s']} s)"
+        f"promote() with infra validation (warm caches): {lat['promote_with_infra_validation_s']:.1f} s "
+        f"(infra validation {lat['infra_validation_s']} s)"
     )
 
 

@@ -239,6 +239,11 @@ class EvaluationConfig(_Section):
     infra_timeout_seconds: float = Field(
         600.0, gt=0, description="limit for loading and scoring in a fresh process"
     )
+    infra_pyfunc_check: bool = Field(
+        False,
+        description="infra validation also loads with mlflow.pyfunc.load_model (the loader of `mlflow models "
+        "serve`) and holds it to the model server's predictions; costs an mlflow import per validation",
+    )
     lock_timeout_seconds: float = Field(
         900.0, gt=0, description="wait for another promotion of the same model"
     )

@@ -132,7 +132,8 @@ def render_model_card(result: dict[str, Any]) -> str:
             lines += [
                 "## Infra validation",
                 "",
-                f"Fresh process, `{loader}` + `predict` on {infra.get('rows')} contract rows: {status} "
+                f"Own process (a fork of the validation template), `{loader}` + a `dataframe_split` request "
+                f"of {infra.get('rows')} contract rows: {status} "
                 f"(load {_fmt(infra.get('load_s'), 2)} s, predict {_fmt(infra.get('predict_s'), 3)} s, "
                 f"total {_fmt(infra.get('seconds'), 2)} s).",
                 "",

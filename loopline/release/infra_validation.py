@@ -1,29 +1,29 @@
 """Infra validation: can this model version be loaded and called the way serving will call it?
 
-Like TFX's InfraValidator: a FRESH Python process (nothing cached, nothing already imported) loads
-`models:/M/V` and scores sample rows built from the contract: real held-out rows plus edge rows (every
-category value, numeric bounds, nulls where the contract allows them). Any exception, a crash, a timeout,
-or outputs of the wrong length, type or range fail validation, with the error as the reason.
+Like TFX's InfraValidator, in a process of its own: a fork of a warm template (loopline.release.infra_template)
+that has imported the serving stack but never a model, so each validation starts from the same clean state
+and a crash, a hang or a model's import side effects stay out of the caller and out of the next validation.
+The child loads the version with the model server's own loader (`loopline.serving.model.load_bundle_model`,
+what `loopline serve` runs) and sends it the sample rows as a real request body would arrive: a
+`dataframe_split` JSON body through `parse_body`, the server's contract checks (`InputChecker`), `score` and
+`encode_predictions`. The rows come from the contract: real held-out rows plus edge rows (every category
+value, numeric bounds, nulls where the contract allows them). Any exception, a crash, a timeout, a row the
+server would refuse, or outputs of the wrong length, type or range fail validation, with the error as the
+reason. With `evaluation.infra_pyfunc_check` the child also loads the model with `mlflow.pyfunc.load_model`
+(the loader of `mlflow models serve`; it imports mlflow, ~2 s or more) and holds its predictions to the
+server's.
 
 Nothing is loaded before the loader gate (loopline.packaging.safe_load) has read the version's MLmodel: the
-parent refuses a model that needs unpickling or code from the artifact without starting a process, and the
-child gates its own downloaded copy again before loading it. A loopline model is then loaded with
-`mlflow.pyfunc.load_model` on that copy (the loader of `mlflow models serve`, which imports only the
-installed `loopline.packaging.pyfunc`); a model logged before that format has its bundle loaded directly
-(its pickle is never read). The result names the loader.
-
-    python -m loopline.release.infra_validation MODEL_URI ROWS.parquet TASK [CLASSES_JSON]
-
-prints one JSON line: {"ok": true, "rows": n, "loader": ..., "load_s": ..., "predict_s": ...} or
-{"ok": false, "error": ...}.
+caller refuses a model that needs unpickling or code from the artifact and downloads only the bundle
+(weights for `torch.load(weights_only=True)`, JSON, YAML; the whole model directory, gated again on disk, for
+the pyfunc check). A model logged before the loader-module format has its bundle loaded the same way (its
+pickle is never read, and the pyfunc check is skipped for it: that loader would unpickle).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,49 +106,138 @@ def validate_infra(
     tracking_uri: str,
     timeout_s: float = 600.0,
     python: str | None = None,
+    pyfunc: bool = False,
 ) -> dict[str, Any]:
-    """Load and score in a fresh process. Returns {"ok", "reason", "rows", "seconds", "loader", ...}; never
-    raises. A version the loader gate refuses fails at once, with the refusal as the reason."""
+    """Load and score in a fork of the warm template. Returns {"ok", "reason", "rows", "seconds", "loader",
+    ...}; never raises. A version the loader gate refuses fails at once, with the refusal as the reason."""
     from loopline.errors import ModelError
     from loopline.packaging.registry import registry_client
-    from loopline.packaging.safe_load import check_version
+    from loopline.packaging.safe_load import FORMAT_LEGACY, check_version
 
     started = time.perf_counter()
     try:
         model, version = parse_version_uri(model_uri)
-        check_version(registry_client(tracking_uri), model, version, tracking_uri=tracking_uri)
+        plan, root = check_version(registry_client(tracking_uri), model, version, tracking_uri=tracking_uri)
     except ModelError as exc:
         return _result(False, str(exc), started, rows, {"loader": None, "refused": True})
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
+    with tempfile.TemporaryDirectory(prefix="loopline-infra-") as tmp:
+        try:
+            bundle, pyfunc_dir = _download(plan, root, tmp, tracking_uri, pyfunc)
+        except ModelError as exc:
+            return _result(False, str(exc), started, rows, {"loader": plan.loader})
+        return validate_bundle(
+            bundle,
+            rows,
+            contract,
+            model=model,
+            version=version,
+            timeout_s=timeout_s,
+            python=python,
+            pyfunc_dir=pyfunc_dir,
+            legacy_loader=plan.loader if plan.format == FORMAT_LEGACY else None,
+            started=started,
+        )
+
+
+def validate_bundle(
+    bundle: str | os.PathLike,
+    rows: pd.DataFrame,
+    contract: Contract,
+    *,
+    model: str,
+    version: str,
+    timeout_s: float = 600.0,
+    python: str | None = None,
+    pyfunc_dir: str | None = None,
+    legacy_loader: str | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """The validation of a bundle already downloaded and gated (`validate_infra`'s second half): a fork of
+    the warm template loads it with the model server's loader and answers `rows` as a request. Never raises."""
+    started = time.perf_counter() if started is None else started
+    with tempfile.TemporaryDirectory(prefix="loopline-infra-run-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "request.json").write_bytes(request_body(rows))
+        if pyfunc_dir:
+            rows.to_parquet(workdir / "rows.parquet", index=False)
+        request = {
+            "workdir": tmp,
+            "bundle": str(bundle),
+            "pyfunc_dir": pyfunc_dir,
+            "model": model,
+            "version": str(version),
+            "task": contract.task,
+            "classes": [str(c) for c in contract.classes or []],
+            "legacy_loader": legacy_loader,
+            "timeout_s": timeout_s,
+            "env": _child_env(),
+            "cwd": os.getcwd(),
+        }
+        return _run(request, python, timeout_s, started, rows, f"models:/{model}/{version}")
+
+
+def _download(plan, root: str, tmp: str, tracking_uri: str, pyfunc: bool) -> tuple[Path, str | None]:
+    """(the bundle directory, the whole model directory for the pyfunc check or None), both gated."""
+    import mlflow.artifacts
+
+    from loopline.errors import ModelError
+    from loopline.packaging.safe_load import FORMAT_LEGACY, check_local, download_bundle
+
+    if not pyfunc or plan.format == FORMAT_LEGACY:  # the legacy loader would unpickle: bundle only
+        return download_bundle(root, plan, Path(tmp) / "model", tracking_uri=tracking_uri), None
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=root, dst_path=str(Path(tmp) / "model"), tracking_uri=tracking_uri
+        )
+    except Exception as exc:
+        raise ModelError(f"model {plan.model!r} version {plan.version}: cannot download: {exc}") from exc
+    # the copy about to be loaded, not the one checked a moment ago: still the loader-module format
+    if check_local(local, plan.model, plan.version).format != plan.format:
+        raise ModelError(f"model {plan.model!r} version {plan.version} changed while it was being validated")
+    return Path(local) / plan.bundle_path, local
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
     env.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # a second lock behind the gate
-    with tempfile.TemporaryDirectory(prefix="loopline-infra-") as tmp:
-        path = Path(tmp) / "rows.parquet"
-        rows.to_parquet(path, index=False)
-        cmd = [
-            python or sys.executable,
-            "-m",
-            "loopline.release.infra_validation",
-            model_uri,
-            str(path),
-            contract.task,
-        ]
-        cmd.append(json.dumps([str(c) for c in contract.classes or []]))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-        except subprocess.TimeoutExpired:
+    return env
+
+
+def _run(request: dict, python: str | None, timeout_s: float, started: float, rows, model_uri: str) -> dict:
+    from loopline.release.infra_template import TemplateError, template_for
+
+    workdir = Path(request["workdir"])
+    try:
+        reply = template_for(python).validate(request, timeout_s)
+    except TemplateError as exc:
+        if "timed out" in str(exc):
             return _result(
                 False, f"loading and scoring {model_uri} took longer than {timeout_s:.0f} s", started, rows
             )
-    report = _last_json(proc.stdout)
+        return _result(False, str(exc), started, rows)
+    try:
+        report = json.loads((workdir / "report.json").read_text())
+    except (OSError, ValueError):
+        report = None
     if report is None:
-        tail = (proc.stderr or proc.stdout or "").strip()[-ERROR_CHARS:]
+        try:
+            tail = (workdir / "child.log").read_text(errors="replace").strip()[-ERROR_CHARS:]
+        except OSError:
+            tail = ""
         return _result(
-            False, f"the validation process exited with code {proc.returncode}: {tail}", started, rows
+            False, f"the validation process exited with code {reply.get('exit')}: {tail}", started, rows
         )
+    report["template_wait_s"] = reply.get("template_wait_s")
     if not report.get("ok"):
         return _result(False, report.get("error", "unknown error"), started, rows, report)
     return _result(True, None, started, rows, report)
+
+
+def request_body(rows: pd.DataFrame) -> bytes:
+    """The rows as a client sends them: MLflow's `dataframe_split` JSON (nulls as null, ISO timestamps)."""
+    split = rows.to_json(orient="split", index=False, date_format="iso", date_unit="us")
+    return b'{"dataframe_split": ' + split.encode() + b"}"
 
 
 def _result(
@@ -156,21 +245,10 @@ def _result(
 ) -> dict[str, Any]:
     out = {"ok": ok, "reason": None if reason is None else reason[:ERROR_CHARS], "rows": int(len(rows))}
     out["seconds"] = round(time.perf_counter() - started, 3)
-    for key in ("loader", "refused", "load_s", "predict_s", "output_dtype"):
+    for key in ("loader", "refused", "load_s", "predict_s", "output_dtype", "template_wait_s"):
         if report and key in report:
             out[key] = report[key]
     return out
-
-
-def _last_json(text: str) -> dict | None:
-    for line in reversed((text or "").strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and "ok" in value:
-            return value
-    return None
 
 
 def check_outputs(predictions: Any, n_rows: int, task: str, classes: list[str]) -> None:
@@ -205,64 +283,86 @@ def parse_version_uri(model_uri: str) -> tuple[str, str]:
     return name, version
 
 
-def load_for_validation(model_uri: str, tracking_uri: str | None, workdir: str) -> tuple[Any, str]:
-    """Gate, download and load as serving will: (a model with `predict`, the loader's name)."""
-    import mlflow.artifacts
+SERVING_LOADER = "loopline.serving.model.load_bundle_model"
+PYFUNC_LOADER = "mlflow.pyfunc.load_model -> loopline.packaging.pyfunc"
 
-    from loopline.errors import ModelError
-    from loopline.packaging.bundle import load_predictor
-    from loopline.packaging.registry import registry_client, tracking_uri_for
-    from loopline.packaging.safe_load import FORMAT_LEGACY, check_local, check_version, download_bundle
 
-    tracking_uri = tracking_uri_for(None, tracking_uri)
-    client = registry_client(tracking_uri)
-    model, version = parse_version_uri(model_uri)
-    plan, root = check_version(client, model, version, tracking_uri=tracking_uri)
-    if plan.format == FORMAT_LEGACY:
-        bundle = download_bundle(root, plan, workdir, tracking_uri=tracking_uri)
-        return load_predictor(bundle, device="cpu"), plan.loader
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=root, dst_path=workdir, tracking_uri=tracking_uri
+def check_serving(
+    bundle_dir: str | os.PathLike, body: bytes, *, model: str, version: str, task: str, classes: list[str]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """What `loopline serve` does with this version and this request body: load, parse, check, score,
+    encode. Returns (predictions, timings); raises on anything serving would fail or answer wrongly."""
+    from loopline.serving.model import load_bundle_model
+    from loopline.serving.protocol import RequestError, encode_predictions, parse_body
+
+    t0 = time.perf_counter()
+    loaded = load_bundle_model(
+        bundle_dir, name=model, version=version, alias="infra-validation", device="cpu"
     )
-    # the copy about to be loaded, not the one checked a moment ago: still the loader-module format
-    if check_local(local, model, version).format != plan.format:
-        raise ModelError(f"model {model!r} version {version} changed while it was being validated")
+    t1 = time.perf_counter()
+    try:
+        cols = parse_body(body)
+        predictions = loaded.score(loaded.checker.check(cols))
+    except RequestError as exc:
+        raise ValueError(
+            f"the server would answer {exc.status} to the sample rows: {exc.message} {exc.fields[:5]}"
+        ) from exc
+    encode_predictions(predictions)
+    t2 = time.perf_counter()
+    check_outputs(predictions, cols.n_rows, task, classes)
+    return predictions, {"load_s": round(t1 - t0, 3), "predict_s": round(t2 - t1, 3)}
+
+
+def check_pyfunc(
+    model_dir: str, rows: pd.DataFrame, served: np.ndarray, task: str, classes: list[str]
+) -> None:
+    """`mlflow.pyfunc.load_model` (the loader of `mlflow models serve`) must agree with the model server."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(local), f"mlflow.pyfunc.load_model -> {plan.loader}"
-
-
-def main(argv: list[str]) -> int:
-    """The fresh process: gate, load, score, check, print one JSON line."""
-    model_uri, rows_path, task = argv[0], argv[1], argv[2]
-    classes = json.loads(argv[3]) if len(argv) > 3 else []
-    try:
-        rows = pd.read_parquet(rows_path)
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="loopline-infra-model-") as workdir:
-            model, loader = load_for_validation(model_uri, os.environ.get("MLFLOW_TRACKING_URI"), workdir)
-            t1 = time.perf_counter()
-            predictions = model.predict(rows)
-            t2 = time.perf_counter()
-        check_outputs(predictions, len(rows), task, classes)
-    except BaseException as exc:  # everything, SystemExit included: the reason must reach the parent
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}), flush=True)
-        return 1
-    dtype = str(getattr(predictions, "dtype", type(predictions).__name__))
-    print(
-        json.dumps(
-            {
-                "ok": True,
-                "rows": len(rows),
-                "loader": loader,
-                "load_s": round(t1 - t0, 3),
-                "predict_s": round(t2 - t1, 3),
-                "output_dtype": dtype,
-            }
-        )
+    predictions = mlflow.pyfunc.load_model(model_dir).predict(rows)
+    check_outputs(predictions, len(rows), task, classes)
+    values = np.asarray(predictions)
+    same = (
+        np.array_equal(values.astype(str), served.astype(str))
+        if task == "multiclass"
+        else np.allclose(values.astype(np.float64), served.astype(np.float64), rtol=1e-5, atol=1e-6)
     )
-    return 0
+    if not same:
+        raise ValueError(
+            "mlflow.pyfunc.load_model predicts differently from the model server on the same rows"
+        )
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def run_child(request: dict[str, Any]) -> int:
+    """In the forked child (loopline.release.infra_template): gate the local copy, validate, write
+    report.json. Returns the exit code."""
+    workdir = Path(request["workdir"])
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # a few dozen rows: a thread pool would cost more to start than it saves
+        body = (workdir / "request.json").read_bytes()
+        predictions, timings = check_serving(
+            request["bundle"],
+            body,
+            model=request["model"],
+            version=str(request["version"]),
+            task=request["task"],
+            classes=request["classes"],
+        )
+        loader = SERVING_LOADER
+        if request.get("legacy_loader"):
+            loader += " (legacy pickle not loaded)"
+        if request.get("pyfunc_dir"):
+            t0 = time.perf_counter()
+            rows = pd.read_parquet(workdir / "rows.parquet")
+            check_pyfunc(request["pyfunc_dir"], rows, predictions, request["task"], request["classes"])
+            timings["pyfunc_s"] = round(time.perf_counter() - t0, 3)
+            loader += f" + {PYFUNC_LOADER}"
+        report = {"ok": True, "rows": int(len(predictions)), "loader": loader, **timings}
+        report["output_dtype"] = str(getattr(predictions, "dtype", type(predictions).__name__))
+    except BaseException as exc:  # everything, SystemExit included: the reason must reach the caller
+        report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}
+    (workdir / "report.json.tmp").write_text(json.dumps(report))
+    os.replace(workdir / "report.json.tmp", workdir / "report.json")
+    return 0 if report["ok"] else 1

@@ -3,7 +3,8 @@ Prefect here (tasks/promotion.py adds the concurrency limit, events, artifacts).
 
     promote(cfg, model, version)  ->  the loader gate (loopline.packaging.safe_load: a model that needs
                                       unpickling or code from the artifact is refused, nothing loaded)
-                                  ->  infra validation (fresh process; a failure refuses with the error)
+                                  ->  infra validation (the model server's loader in a fork of a warm
+                                      template process; a failure refuses with the error)
                                   ->  under the model's lock: read @champion, evaluate both on the same rows,
                                       decide (loopline.release.gate), check-and-set the alias, record the move
                                   ->  model card + metrics as an MLflow run; tags on the version
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -25,6 +27,7 @@ from loopline.errors import LooplineError
 from loopline.faults import kill_point
 from loopline.packaging.model_card import render_model_card
 from loopline.packaging.registry import (
+    alias_version,
     model_name_for,
     newest_version,
     registry_client,
@@ -45,7 +48,7 @@ from loopline.release.champion import (
 )
 from loopline.release.decisions import log_decision_run, record_decision, summarize
 from loopline.release.gate import Decision, check, decide
-from loopline.release.scoring import evaluate_versions
+from loopline.release.scoring import evaluate_versions, score_version
 from loopline.release.testset import read_test_set
 from loopline.storage.lake import Lake
 
@@ -63,7 +66,8 @@ _infra_passed = ComputeCache(
 def run_infra_validation(
     cfg: LifecycleConfig, model: str, version: int, *, lake: Lake, tracking_uri: str
 ) -> dict[str, Any]:
-    """Load + score the version in a fresh process on contract rows (real test rows plus edge rows)."""
+    """Load + score the version as the model server does, in a fork of the warm validation template
+    (loopline.release.infra_template), on contract rows (real test rows plus edge rows)."""
     from loopline.data.contract_registry import resolve_contract
     from loopline.release.infra_validation import sample_rows, validate_infra
 
@@ -79,7 +83,7 @@ def run_infra_validation(
     # no test rows: the contract of the model's dataset, as the lake keeps it
     contract = contract or resolve_contract(lake, cfg.for_dataset(info["dataset"]).data)
     rows = sample_rows(contract, real, cfg.evaluation.infra_sample_rows)
-    key = (tracking_uri, info["source"], sys.executable, len(rows))
+    key = (tracking_uri, info["source"], sys.executable, len(rows), cfg.evaluation.infra_pyfunc_check)
 
     def validate() -> dict[str, Any]:
         result = validate_infra(
@@ -88,6 +92,7 @@ def run_infra_validation(
             contract,
             tracking_uri=tracking_uri,
             timeout_s=cfg.evaluation.infra_timeout_seconds,
+            pyfunc=cfg.evaluation.infra_pyfunc_check,
         )
         if not result["ok"]:
             raise _InfraFailed(result)
@@ -109,6 +114,29 @@ def _refusal(client, model: str, version: int, tracking_uri: str) -> str | None:
     except ModelRefused as exc:
         return str(exc)
     return None
+
+
+def _prefetch_champion(cfg, client, model, version, info, lake, tracking_uri) -> threading.Thread | None:
+    """Score the current champion while the candidate is being validated (in its own process, so this
+    thread has the caller's CPU to itself). Only a warm-up of loopline.release.scoring's cache, keyed by
+    version and test split: if @champion moves before the lock is taken, the evaluation scores the new one;
+    a failure here is left for the evaluation to meet and report. The candidate is never loaded here."""
+    if info["features_version"] is None:
+        return None
+
+    def run() -> None:
+        try:
+            champion = alias_version(client, model, CHAMPION)
+            if champion is None or int(champion) == int(version):
+                return
+            test = read_test_set(lake, info["dataset"] or model_name_for(cfg), info["features_version"])
+            score_version(model, int(champion), test, tracking_uri=tracking_uri)
+        except Exception as exc:  # the evaluation under the lock meets it again and decides
+            log.debug("prefetching the champion's scores of %s failed: %s", model, exc)
+
+    thread = threading.Thread(target=run, name=f"prefetch-champion-{model}", daemon=True)
+    thread.start()
+    return thread
 
 
 class _InfraFailed(Exception):
@@ -135,21 +163,29 @@ def promote(
     reason, metrics, champion_metrics, ci, checks, slices, data, infra_validation, timings_s, and the
     MLflow run holding the model card."""
     started = time.perf_counter()
+    if infra_validate:  # its imports run while the gate and the test rows are read
+        from loopline.release.infra_template import prestart
+
+        prestart()
     tracking_uri = tracking_uri_for(cfg, tracking_uri)
     client = registry_client(tracking_uri)
     model = model or model_name_for(cfg)
     version = int(version) if version is not None else newest_version(client, model)
-    version_info(client, model, version)  # ModelError now when the version does not exist
+    info = version_info(client, model, version)  # ModelError now when the version does not exist
 
     # The loader gate, then infra validation, outside the lock: they depend on the candidate alone
     refusal = _refusal(client, model, version, tracking_uri)
+    prefetch = None
     if refusal is not None:
         infra = {"ok": False, "refused": True, "reason": refusal, "loader": None, "rows": 0}
     elif infra_validate:
+        prefetch = _prefetch_champion(cfg, client, model, version, info, lake, tracking_uri)
         infra = run_infra_validation(cfg, model, version, lake=lake, tracking_uri=tracking_uri)
     else:
         infra = {"ok": True, "skipped": True}
     t_infra = time.perf_counter()
+    if prefetch is not None:
+        prefetch.join()
 
     evaluation: dict[str, Any] = {}
     entry = None

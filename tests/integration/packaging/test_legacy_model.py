@@ -58,22 +58,25 @@ def test_the_fixture_names_the_old_paths():
 
 
 def test_every_loopline_path_loads_the_bundle_and_never_unpickles(registered, tmp_path):
-    from loopline.packaging.safe_load import FORMAT_LEGACY, check_version, load_version
-    from loopline.release.infra_validation import load_for_validation
+    from loopline.packaging.safe_load import FORMAT_LEGACY, check_version, download_bundle, load_version
+    from loopline.release.infra_validation import check_serving, request_body
     from loopline.serving.model import load_bundle_model
     from loopline.serving.registry_source import RegistrySource
 
     uri, version = registered["tracking_uri"], registered["version"]
     _unpickled.clear()
-    plan, _ = check_version(registered["client"], "legacy", version, tracking_uri=uri)
+    plan, root = check_version(registered["client"], "legacy", version, tracking_uri=uri)
     assert plan.format == FORMAT_LEGACY and plan.bundle_path == "artifacts/bundle"
     assert "legacy pickle not loaded" in plan.loader
 
     predictor, _ = load_version("legacy", version, tracking_uri=uri)  # evaluation and promotion
     np.testing.assert_allclose(predictor.predict(_rows()), _expected(), rtol=1e-6)
-    model, loader = load_for_validation(f"models:/legacy/{version}", uri, str(tmp_path))  # infra validation
-    np.testing.assert_allclose(model.predict(_rows()), _expected(), rtol=1e-6)
-    assert loader == plan.loader
+    # infra validation: the caller downloads the gated bundle, its child runs check_serving on it
+    bundle = download_bundle(root, plan, tmp_path / "infra", tracking_uri=uri)
+    served, _timings = check_serving(
+        bundle, request_body(_rows()), model="legacy", version=version, task="binary", classes=["0", "1"]
+    )
+    np.testing.assert_allclose(served, _expected(), rtol=1e-6)
     source = RegistrySource(uri, registered["home"] / "serving-cache")  # the model server
     loaded = load_bundle_model(
         source.download("legacy", version), name="legacy", version=version, alias="champion", device="cpu"
@@ -93,7 +96,7 @@ def test_every_loopline_path_loads_the_bundle_and_never_unpickles(registered, tm
     assert ("loopline.pyfunc", "LooplineModel") in _unpickled
 
 
-def test_infra_validation_of_the_legacy_model_passes_in_a_fresh_process(registered):
+def test_infra_validation_of_the_legacy_model_passes_in_its_own_process(registered):
     from loopline.packaging.bundle import load_predictor
     from loopline.release.infra_validation import sample_rows, validate_infra
 
@@ -103,4 +106,4 @@ def test_infra_validation_of_the_legacy_model_passes_in_a_fresh_process(register
         f"models:/legacy/{registered['version']}", rows, contract, tracking_uri=registered["tracking_uri"]
     )
     assert result["ok"], result["reason"]
-    assert result["loader"].startswith("loopline.packaging.bundle.load_predictor")
+    assert result["loader"] == "loopline.serving.model.load_bundle_model (legacy pickle not loaded)"

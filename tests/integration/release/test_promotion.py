@@ -1,5 +1,5 @@
 """Promotion end to end on real components: a Delta lake built by ingest + features, models trained by
-run_training and registered in a real MLflow (SQLite), infra validation in a fresh process.
+run_training and registered in a real MLflow (SQLite), infra validation in a fork of the warm template.
 
 Two models are trained once per module (a good one and a crippled one: lr=0, one step). Each test copies
 the versions it needs into a registered model of its own, so aliases and history never leak between tests.
@@ -184,8 +184,8 @@ def test_first_model_is_promoted_when_it_clears_min_score(setup):
     assert (
         result["infra_validation"]["ok"] and result["infra_validation"]["rows"] > 64
     )  # real rows + edge rows
-    # loaded the way `mlflow models serve` loads it: the installed loopline's loader module, no pickle
-    assert result["infra_validation"]["loader"] == "mlflow.pyfunc.load_model -> loopline.packaging.pyfunc"
+    # loaded the way `loopline serve` loads it (the bundle, no pickle), in a process of its own
+    assert result["infra_validation"]["loader"] == "loopline.serving.model.load_bundle_model"
     assert result["data"]["candidate_loader"] == "loopline.packaging.pyfunc"
     assert set(result["metrics"]) == {"roc_auc", "accuracy", "log_loss", "f1", "ece"}
     assert result["metrics"]["roc_auc"] > 0.75
@@ -197,7 +197,7 @@ def test_first_model_is_promoted_when_it_clears_min_score(setup):
     # the model card is an MLflow artifact of the decision run
     card = mlflow.artifacts.load_text(result["model_card_uri"])
     assert "PROMOTED" in card and "## Slices" in card and "features version" in card
-    assert "`mlflow.pyfunc.load_model -> loopline.packaging.pyfunc` + `predict`" in card
+    assert "`loopline.serving.model.load_bundle_model` + a `dataframe_split` request" in card
 
 
 def test_min_score_keeps_a_weak_first_model_out(setup):

@@ -9,7 +9,7 @@ import pytest
 from loopline.config import SyntheticConfig
 from loopline.data.contracts import load_contract
 from loopline.data.synthetic import generate_frame
-from loopline.release.infra_validation import _last_json, check_outputs, sample_rows
+from loopline.release.infra_validation import check_outputs, request_body, sample_rows
 
 REPO_CONTRACT = "contracts/demo.yaml"
 
@@ -56,6 +56,19 @@ def test_output_checks():
         check_outputs(np.array(["x", "y"]), 2, "binary", [])
 
 
-def test_the_report_is_the_last_json_line():
-    assert _last_json('noise\n{"ok": true, "rows": 3}\n') == {"ok": True, "rows": 3}
-    assert _last_json("Traceback ...\nValueError: x") is None
+def test_the_sample_rows_travel_as_a_request_the_server_accepts():
+    # edge rows (bounds, every category, nulls) and real rows, as a client's dataframe_split JSON body
+    from loopline.serving.inputs import InputChecker
+    from loopline.serving.protocol import parse_body
+
+    contract = load_contract(REPO_CONTRACT)
+    rows = sample_rows(contract, generate_frame(SyntheticConfig(rows=30, seed=2)), 20)
+    cols = parse_body(request_body(rows))
+    typed = InputChecker(contract).check(cols)  # raises RequestError(422) on any row the server refuses
+    assert cols.format == "dataframe_split" and typed.n_rows == len(rows)
+    for name in contract.feature_columns:
+        assert typed.columns[name].mask is None or typed.columns[name].mask.sum() == rows[name].isna().sum()
+    np.testing.assert_array_equal(
+        typed.columns["signup_at"].values.astype("datetime64[us]"),
+        rows["signup_at"].to_numpy().astype("datetime64[us]"),
+    )
