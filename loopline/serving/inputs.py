@@ -323,8 +323,20 @@ def _timestamps(raw: list[Any]) -> tuple[Column, list[dict]]:
     return Column(values, nat if nat.any() else None), problems
 
 
+# the spelling clients send most (naive, to the second, 'T'): numpy parses it in ~0.5 us a value where
+# Arrow's cast costs ~25 us a call; anything else (offsets, fractions, nulls, a bad date) takes Arrow's path
+_PLAIN_TIMESTAMPS = re.compile(
+    r"(?:\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\n)+"
+)
+
+
 def parse_timestamps(raw: list[str | None]) -> np.ndarray:
     """ISO 8601 text -> datetime64[us] naive UTC (NaT for null or unparseable), the ingest grammar."""
+    if raw and all(type(v) is str for v in raw) and _PLAIN_TIMESTAMPS.fullmatch("\n".join(raw) + "\n"):
+        try:
+            return np.array(raw, dtype="datetime64[us]")
+        except ValueError:  # a day the month lacks (02-30): Arrow's path decides, as before
+            pass
     import pyarrow as pa
 
     try:
