@@ -470,6 +470,12 @@ def up(
         typer.Option("--compose", help="the whole platform in containers (infra/compose.yaml; needs Docker)"),
     ] = False,
     env_file: Annotated[str | None, typer.Option(help="with --compose: the env file of its secrets")] = None,
+    prefect_port: Annotated[
+        int | None, typer.Option(help="the Prefect server's port (default 4200, else a free one)")
+    ] = None,
+    mlflow_port: Annotated[
+        int | None, typer.Option(help="the MLflow server's port (default 5000, else a free one)")
+    ] = None,
     pool_type: Annotated[
         str,
         typer.Option(
@@ -510,6 +516,8 @@ def up(
             cfg.home,
             postgres_url=postgres_url,
             with_workers=not no_workers,
+            prefect_port=prefect_port,
+            mlflow_port=mlflow_port,
             config=cfg,  # with the --set overrides: the workers' runs use the same config
         )
         _emit(info, as_json, "up")

@@ -8,17 +8,25 @@ GPU, at least 1), registers the block types, deploys prefect.yaml and starts one
 pool. Every process is started in its own session, and $LOOPLINE_HOME/stack.json records each pid with
 its start time, so `down` signals exactly those process groups (and never a process that reused a pid).
 
+The idle platform is three processes, ~600 MB RSS (it was 12 and ~2.9 GB): MLflow's job runner is off and
+its uvicorn replaces the `mlflow server` process, the two pool workers share one process (recorded as
+worker-cpu and worker-gpu, same pid), and neither Prefect process imports the kubernetes/docker/dask
+collections (launch.py). Start-up overlaps: the servers start together, the workers start while the
+deploy runs; `python -m bench footprint` measures both (memory, and the time until `up` returns).
+
 Every later `loopline` command reads stack.json and talks to this Prefect API and MLflow server.
 
     state.py      stack.json (read/write), PROJECT_DIR, StackError
     urls.py       ports, the Prefect/MLflow URLs, database URLs (redacted, asyncpg)
     commands.py   each process's command line and environment
+    launch.py     the Prefect/MLflow CLIs without what an idle local platform never uses; the workers process
     processes.py  start, recognise (pid + start time), stop, wait until healthy
     bootstrap.py  work pools, the `gpu` concurrency limit, block types, deployments
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,12 +41,12 @@ from flows.stack.bootstrap import (
 )
 from flows.stack.commands import (
     DEFAULT_WORKER_POLL_SECONDS,
-    base_env,
     client_env,
+    mlflow_env,
     mlflow_server_cmd,
     prefect_server_cmd,
     server_env,
-    worker_cmd,
+    workers_cmd,
 )
 from flows.stack.processes import (
     STOP_GRACE_SECONDS,
@@ -143,19 +151,32 @@ def up(
             prefect_server_cmd(prefect_port),
             server_env(root, postgres_url, prefect_port),
         )
-        start(state, "mlflow-server", mlflow_server_cmd(root, mlflow_port), base_env(root))
+        start(state, "mlflow-server", mlflow_server_cmd(root, mlflow_port), mlflow_env(root))
         write_stack(root, state)  # from here on, `down` can clean up whatever follows
+        # The steps overlap where they can (start-up is mostly CPU-bound imports, in separate processes):
+        # this process imports Prefect's client while the servers start; the workers start as soon as their
+        # pools exist (before, `prefect worker start` would create them without loopline's job template)
+        # and come up while the deploy runs; nothing before the end needs the MLflow server.
+        preload = _preload(_import_prefect_client)
         wait_http(f"{api_url}/health", startup_timeout_seconds, state, "prefect-server")
-        wait_http(f"{mlflow_uri}/health", startup_timeout_seconds, state, "mlflow-server")
+        preload.join()
 
         env = client_env(root, state, config_path, worker_poll_seconds)
         state["work_pools"] = create_work_pools(api_url)
+        if with_workers:  # one process runs a worker per pool (stack.json: worker-cpu, worker-gpu)
+            start(
+                state,
+                "workers",
+                workers_cmd(WORK_POOLS),
+                env,
+                record_as=tuple(f"worker-{p}" for p in WORK_POOLS),
+            )
+            write_stack(root, state)
         state["concurrency_limits"] = create_concurrency_limits(api_url)
         state["blocks"] = register_blocks(api_url)
         state["deployments"] = deploy_all(env, config_path) if deploy else []
+        wait_http(f"{mlflow_uri}/health", startup_timeout_seconds, state, "mlflow-server")
         if with_workers:
-            for pool in WORK_POOLS:
-                start(state, f"worker-{pool}", worker_cmd(pool), env)
             wait_workers(api_url, state, startup_timeout_seconds)
         write_stack(root, state)
     except BaseException:
@@ -176,16 +197,41 @@ def down(home: str, *, grace_seconds: float = STOP_GRACE_SECONDS) -> dict[str, A
             "already_gone": [],
             "message": f"no {root / STACK_FILE}: nothing to stop",
         }
-    stopped, gone = [], []
+    stopped, gone, stopped_pids = [], [], set()
     # workers first: they hand SIGTERM to their flow runs while the API can still record it
     for proc in sorted(state.get("processes", []), key=lambda p: not p["name"].startswith("worker-")):
-        if is_ours(proc):
+        if proc["pid"] in stopped_pids:  # one process recorded under several names (the workers)
+            stopped.append(proc["name"])
+        elif is_ours(proc):
             stop_group(proc["pid"], grace_seconds)
             stopped.append(proc["name"])
+            stopped_pids.add(proc["pid"])
         else:
             gone.append(proc["name"])
     (root / STACK_FILE).unlink(missing_ok=True)
     return {"home": str(root), "stopped": stopped, "already_gone": gone}
+
+
+def _import_prefect_client() -> None:
+    """What the bootstrap steps import (about 3 s), done while the servers start."""
+    import prefect.client.orchestration  # noqa: F401
+    import prefect.client.schemas.actions  # noqa: F401
+
+    import blocks  # noqa: F401
+
+
+def _preload(target) -> threading.Thread:
+    """Run `target` in a daemon thread; an import error there resurfaces when the step itself imports."""
+
+    def quietly() -> None:
+        try:
+            target()
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=quietly, name="loopline-up-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _resolve_config(root: Path, config_path: str | None, config: Any) -> str | None:

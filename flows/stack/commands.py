@@ -17,13 +17,19 @@ from flows.stack.urls import HOST, asyncpg_url, mlflow_artifact_root, mlflow_bac
 DEFAULT_WORKER_POLL_SECONDS = 5.0
 
 
+# Prefect's and MLflow's own CLIs, without the integration collections and MLflow's waiting parent process
+# (flows/stack/launch.py says why and what is kept)
+LAUNCH = [sys.executable, "-m", "flows.stack.launch"]
+
+
 def prefect_server_cmd(port: int) -> list[str]:
-    return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
+    return [*LAUNCH, "prefect", "server", "start", "--host", HOST, "--port", str(port)]
 
 
 def mlflow_server_cmd(root: Path, port: int) -> list[str]:
+    # one uvicorn worker: a local platform's few clients do not need MLflow's default of four processes
     return [
-        sys.executable, "-m", "mlflow", "server",
+        *LAUNCH, "mlflow", "server",
         "--backend-store-uri", mlflow_backend_store_uri(root),
         "--default-artifact-root", mlflow_artifact_root(root),
         "--host", HOST, "--port", str(port), "--workers", "1",
@@ -31,10 +37,9 @@ def mlflow_server_cmd(root: Path, port: int) -> list[str]:
 
 
 def worker_cmd(pool: str) -> list[str]:
-    name = f"loopline-{pool}-{socket.gethostname()}"
+    """`prefect worker start` for one pool (what a user runs by hand; `up` runs `workers_cmd`)."""
     return [
-        sys.executable,
-        "-m",
+        *LAUNCH,
         "prefect",
         "worker",
         "start",
@@ -43,8 +48,17 @@ def worker_cmd(pool: str) -> list[str]:
         "--type",
         "process",
         "--name",
-        name,
+        worker_name(pool),
     ]
+
+
+def workers_cmd(pools: tuple[str, ...] | list[str]) -> list[str]:
+    """One process with a Prefect process worker per pool (flows/stack/launch.py `workers`)."""
+    return [*LAUNCH, "workers", *(f"{pool}={worker_name(pool)}" for pool in pools)]
+
+
+def worker_name(pool: str) -> str:
+    return f"loopline-{pool}-{socket.gethostname()}"
 
 
 def base_env(root: Path) -> dict[str, str]:
@@ -57,6 +71,14 @@ def base_env(root: Path) -> dict[str, str]:
         MLFLOW_ENABLE_TELEMETRY="false",
         GX_ANALYTICS_ENABLED="false",
     )
+    return env
+
+
+def mlflow_env(root: Path) -> dict[str, str]:
+    env = base_env(root)
+    # MLflow's job runner (about ten huey consumer processes, ~2.7 GB RSS) serves features loopline does not
+    # use (GenAI judges and scorers, prompt optimisation, trace rollups); off unless the user turned it on
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return env
 
 

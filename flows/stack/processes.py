@@ -23,8 +23,16 @@ STOP_GRACE_SECONDS = 30.0
 # -- start, recognise, stop ----------------------------------------------------------------------------
 
 
-def start(state: dict[str, Any], name: str, cmd: list[str], env: dict[str, str]) -> None:
-    """Start `cmd` in its own session, output to $LOOPLINE_HOME/logs/NAME.log, and record it in `state`."""
+def start(
+    state: dict[str, Any],
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    *,
+    record_as: tuple[str, ...] = (),
+) -> None:
+    """Start `cmd` in its own session, output to $LOOPLINE_HOME/logs/NAME.log, and record it in `state`
+    (under each of `record_as` instead of NAME when given: one process serving several roles)."""
     root = Path(state["home"])
     log = root / "logs" / f"{name}.log"
     with open(log, "ab") as fh:
@@ -37,11 +45,11 @@ def start(state: dict[str, Any], name: str, cmd: list[str], env: dict[str, str])
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: `down` signals it and its children only
         )
-    state["processes"].append(
-        {"name": name, "pid": proc.pid, "start_time": start_time(proc.pid), "log": str(log)}
-    )
-    state["pids"][name] = proc.pid
-    state["logs"][name] = str(log)
+    started = start_time(proc.pid)
+    for role in record_as or (name,):
+        state["processes"].append({"name": role, "pid": proc.pid, "start_time": started, "log": str(log)})
+        state["pids"][role] = proc.pid
+        state["logs"][role] = str(log)
 
 
 def is_ours(proc: dict[str, Any]) -> bool:

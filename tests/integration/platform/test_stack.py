@@ -98,3 +98,38 @@ def test_postgres_urls_are_checked_and_never_stored_with_their_password():
     with pytest.raises(ConfigError) as err:
         asyncpg_url("mysql://u:secret@db/x")
     assert "secret" not in str(err.value)
+
+
+def test_the_idle_platform_is_three_lean_processes(tmp_path):
+    """`up`'s footprint (issue 15): the MLflow server is one process (no job runner with its ~10 huey
+    consumers, no `mlflow server` parent waiting on uvicorn), both pools' workers share one process, and
+    neither the Prefect server nor the workers import Prefect's kubernetes/docker/dask collections. Was 12
+    processes and ~2.9 GB RSS."""
+    import psutil
+
+    from flows.stack import down
+
+    home = tmp_path / "home"
+    stack = up(str(home), deploy=False, startup_timeout_seconds=150, **free_ports())
+    try:
+        pids = stack["pids"]
+        assert set(pids) == {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"}
+        assert pids["worker-cpu"] == pids["worker-gpu"]
+        trees = {}
+        for name, pid in pids.items():
+            root = psutil.Process(pid)
+            trees[name] = [root, *root.children(recursive=True)]
+        assert len(trees["mlflow-server"]) == 1, [p.cmdline()[:4] for p in trees["mlflow-server"]]
+        assert "uvicorn" in " ".join(trees["mlflow-server"][0].cmdline())  # exec'd: the recorded pid serves
+        procs = {p.pid: p for tree in trees.values() for p in tree}
+        assert len(procs) == 3
+        # ~600 MB here; with Prefect's integration collections imported (server and worker) it was ~820 MB
+        rss_mb = sum(p.memory_info().rss for p in procs.values()) / 2**20
+        assert rss_mb < 750, f"{rss_mb:.0f} MB: " + ", ".join(
+            f"{p.cmdline()[2:5]} {p.memory_info().rss / 2**20:.0f}" for p in procs.values()
+        )
+        assert httpx.get(stack["mlflow_tracking_uri"] + "/health", timeout=10).status_code == 200
+    finally:
+        stopped = down(str(home))
+    assert sorted(stopped["stopped"]) == sorted(pids) and stopped["already_gone"] == []
+    assert not any(alive(pid) for pid in pids.values())

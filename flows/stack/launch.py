@@ -1,0 +1,125 @@
+"""`python -m flows.stack.launch prefect|mlflow ARGS...`: Prefect's and MLflow's own CLIs, minus what an idle
+local platform pays for and never uses. Everything else (options, signals, logs) is the tools' own.
+`... workers POOL=NAME...`: the process workers of `loopline up`, one per pool, in one process (`run_workers`).
+
+- `prefect ...` (the server and the process workers): without Prefect's integration collections. This venv has
+  prefect-kubernetes, prefect-docker and prefect-dask for the other pool types (`loopline up --pool-type`), and
+  Prefect imports every installed collection in each server and worker (the worker to report them in its
+  heartbeat, the server to register their block types): about 120 MB and 1-3 CPU seconds per process, for
+  kubernetes and docker clients a process worker never calls. The local server still registers Prefect's
+  core block types; `prefect block register -m prefect_kubernetes` adds a collection's types when wanted.
+- `mlflow server ...`: the uvicorn server *replaces* the `mlflow server` process (exec) instead of running as its
+  child, so the platform does not keep a second ~250 MB Python process whose only job is to wait for it. The
+  pid stays the one `loopline up` recorded, and SIGTERM reaches uvicorn directly. The job runner must be off
+  (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false, as `commands.server_env` sets): with it on, `mlflow server`
+  launches huey consumers after the server starts, so it falls back to MLflow's own parent process.
+
+Both hooks are private names of the pinned versions (prefect 3.8.8, mlflow 3.17.x); when a later version
+renames them, the hook is skipped and the tool runs exactly as its own CLI does (heavier, still correct).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def skip_prefect_collections() -> bool:
+    """Mark Prefect's collection registry as loaded (and empty). False when this Prefect has no such cache."""
+    try:
+        import prefect._internal.plugins.collections as collections
+    except ImportError:
+        return False
+    if not hasattr(collections, "_collections"):
+        return False
+    collections._collections = {}
+    return True
+
+
+def exec_mlflow_server() -> bool:
+    """Make `mlflow server` exec its uvicorn command instead of starting it as a child and waiting."""
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+
+    if MLFLOW_SERVER_ENABLE_JOB_EXECUTION.get():
+        return False  # the job runner is launched after the server starts: keep MLflow's parent process
+    try:
+        import mlflow.server as server
+    except ImportError:
+        return False
+    spawn = getattr(server, "_exec_cmd", None)
+    if spawn is None:
+        return False
+
+    def exec_server(cmd, *args, extra_env=None, synchronous=True, **kwargs):
+        if synchronous or args or kwargs.get("env") is not None:
+            return spawn(cmd, *args, extra_env=extra_env, synchronous=synchronous, **kwargs)
+        argv = [str(c) for c in cmd]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(argv[0], argv, {**os.environ, **(extra_env or {})})
+
+    server._exec_cmd = exec_server
+    return True
+
+
+def run_workers(specs: list[str]) -> None:
+    """A Prefect process worker per `POOL=NAME`, all in this one process and event loop: what
+    `prefect worker start --type process --pool POOL --name NAME` runs, once per pool (the same settings:
+    PREFECT_WORKER_QUERY_SECONDS, _PREFETCH_SECONDS, _HEARTBEAT_SECONDS; the same signal handling: the first
+    SIGTERM or SIGINT stops polling, a second one kills). Each worker still polls, heartbeats and starts its
+    flow runs as its own subprocesses; one Python process instead of two saves ~100 MB and a Prefect import."""
+    import asyncio
+
+    skip_prefect_collections()
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+    from prefect.workers.process import ProcessWorker
+
+    pools = [spec.split("=", 1) for spec in specs]
+    setup_signal_handlers_worker(os.getpid(), "the process workers", print)
+
+    async def serve() -> None:
+        workers = [
+            ProcessWorker(
+                name=name,
+                work_pool_name=pool,
+                prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
+                heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
+            )
+            for pool, name in pools
+        ]
+        await asyncio.gather(*(worker.start(printer=_print) for worker in workers))
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:  # the signal handler's SIGINT: the workers have stopped polling
+        _print(f"Workers {', '.join(name for _, name in pools)} stopped!")
+
+
+def _print(*args, **kwargs) -> None:
+    print(*args, **kwargs, flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in ("prefect", "mlflow", "workers"):
+        sys.exit("usage: python -m flows.stack.launch prefect|mlflow ARGS... | workers POOL=NAME...")
+    if argv[0] == "workers":
+        run_workers(argv[1:])
+        return
+    tool, args = argv[0], argv[1:]
+    sys.argv = [tool, *args]
+    if tool == "prefect":
+        skip_prefect_collections()
+        from prefect.cli import app
+
+        app()
+    else:
+        if args[:1] == ["server"]:
+            exec_mlflow_server()
+        from mlflow.cli import cli
+
+        cli.main(args=args, prog_name="mlflow")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
