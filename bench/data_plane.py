@@ -14,13 +14,20 @@ Timed side by side in one process, interleaved, best of --repeat (wall and CPU s
   COMPLETE with unexpected_index_column_names=[id] (what per-row quarantining needs).
 - limit: the same checks as one vectorised numpy pass over the typed frame (+ write_deltalake of the clean
   and quarantine rows for the data-plane limit).
-- ingest + features: `loopline.data.ingest.ingest_source` (read, gate, raw/clean/quarantine Delta commits, ledger)
-  and `loopline.features.build_features` on a fresh lake, against the limit above.
+- the data stage (ingest + validate + features): `loopline.data.ingest.ingest_source` (read, gate,
+  raw/clean/quarantine Delta commits, ledger) then `loopline.features.build_features`, on a fresh lake, each
+  run in a child process of its own (so its peak RSS is its own), best of --stage-repeat. `details.stage_vs_limit`
+  = its wall over the data-plane limit's, both from this run (goal <= 3).
+- scaling: with several --rows, the stage runs once per size (a source above 1M rows repeats the 1M-row
+  file's rows with fresh ids, one batch); `details.scaling` has wall, CPU, peak RSS and seconds per million
+  rows for each (time should grow linearly; peak RSS at 10M must stay under 6 GB). The comparisons above
+  run at 1M rows when 1M is among the sizes, else at the smallest.
 Verdicts: the peer's failing ids per expectation must equal the numpy pass's on the same frame, and the
 gate's counts must equal the peer's for every per-value expectation (uniqueness differs by design: GX fails
 every member of a duplicate group, the gate quarantines later arrivals only).
 
-    python -m bench data_plane [--rows 1000000] [--bad-fraction 0.01] [--repeat 3] [--big-rows 0]
+    python -m bench data_plane [--rows 1000000 ...] [--bad-fraction 0.01] [--repeat 5] [--stage-repeat 2]
+    python -m bench data_plane --rows 100000 1000000 10000000      # + details.scaling
 """
 
 from __future__ import annotations
@@ -67,12 +74,44 @@ def timed_interleaved(contenders: dict, repeat: int) -> tuple[dict, dict]:
     return times, results
 
 
+BASE_ROWS = (
+    1_000_000  # sources above this repeat the rows of this one (generating 10M rows at once needs ~10 GB)
+)
+
+
 def load_source(rows: int, bad_fraction: float, data_dir: Path):
     from loopline.config import SyntheticConfig
     from loopline.data.synthetic import generate_source
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    if rows > BASE_ROWS:
+        return repeat_source(rows, bad_fraction, data_dir)
     return generate_source(SyntheticConfig(rows=rows, bad_fraction=bad_fraction, format="parquet"), data_dir)
+
+
+def repeat_source(rows: int, bad_fraction: float, data_dir: Path) -> Path:
+    """One Parquet file of `rows` rows: the 1M-row source's rows again and again, ids shifted by 1M each
+    time (so they stay unique and the same share of rows is bad), written one row group at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = data_dir / f"demo-repeat-rows{rows}-bad{bad_fraction:g}.parquet"
+    if path.exists():
+        return path
+    base_dir = data_dir.parent / f"r{BASE_ROWS}-b{bad_fraction:g}"
+    base = pq.read_table(load_source(BASE_ROWS, bad_fraction, base_dir))
+    id_at = base.schema.get_field_index("customer_id")
+    ids = base.column(id_at)
+    assert pa.types.is_integer(ids.type), "the synthetic source writes its ids as integers"
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, base.schema) as writer:
+        for start in range(0, rows, BASE_ROWS):
+            part = base.slice(0, min(BASE_ROWS, rows - start))
+            shifted = pc.add(ids.slice(0, part.num_rows), start)
+            writer.write_table(part.set_column(id_at, base.schema.field(id_at), shifted))
+    tmp.rename(path)
+    return path
 
 
 def read_text_chunks(path: Path, contract) -> list[pd.DataFrame]:
@@ -246,6 +285,80 @@ def big_child(rows: int, bad_fraction: float) -> dict:
     }
 
 
+# -- the data stage, one child process per run ---------------------------------------------------------------
+def run_stage(rows: int, bad_fraction: float, data_dir: Path) -> dict:
+    """ingest_source + build_features over the `rows`-row source in a fresh child process: wall, CPU, peak RSS."""
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(REPO)!r}); from bench.data_plane import stage_child; "
+        f"print(json.dumps(stage_child({rows}, {bad_fraction!r}, {str(data_dir)!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the stage at {rows} rows failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stage_child(rows: int, bad_fraction: float, data_dir: str) -> dict:
+    from loopline.data.contracts import load_contract
+    from loopline.data.validation.gx import import_gx
+
+    import_gx()  # the ~6 s import is paid once per process, outside the timing (as in a warm worker)
+    contract = load_contract(REPO / "contracts" / "demo.yaml")
+    source = load_source(rows, bad_fraction, Path(data_dir))
+    work = Path(tempfile.mkdtemp(prefix="loopline-bench-stage-"))
+    try:
+        rss_start = peak_rss_mib()
+        run = run_ingest(contract, source, work / "home")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (result,) = run["results"]
+    return {
+        "rows": rows,
+        "s": round(run["ingest"][0] + run["features"][0], 3),
+        "cpu_s": round(run["ingest"][1] + run["features"][1], 3),
+        "ingest_s": round(run["ingest"][0], 3),
+        "ingest_cpu_s": round(run["ingest"][1], 3),
+        "features_s": round(run["features"][0], 3),
+        "features_cpu_s": round(run["features"][1], 3),
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib_before": rss_start,
+        "result": {k: result[k] for k in ("rows_in", "rows_clean", "rows_quarantined", "accepted")},
+        "features_rows": run["features_result"]["rows_added"],
+    }
+
+
+def scaling(runs: dict[int, dict]) -> dict:
+    """Per size: wall, CPU, peak RSS, seconds per million rows; `linearity`: the largest s/M over the smallest
+    (1.0 = time grows exactly linearly)."""
+    sizes = [
+        {
+            "rows": rows,
+            "s": run["s"],
+            "cpu_s": run["cpu_s"],
+            "peak_rss_mib": run["peak_rss_mib"],
+            "s_per_million_rows": round(run["s"] / rows * 1e6, 3),
+        }
+        for rows, run in sorted(runs.items())
+    ]
+    out: dict = {"sizes": sizes}
+    if len(sizes) >= 2:  # s = fixed + per_row * rows, least squares: linear when the fit is close everywhere
+        rows = np.array([x["rows"] for x in sizes], dtype=float)
+        secs = np.array([x["s"] for x in sizes], dtype=float)
+        per_row, fixed = np.polyfit(rows, secs, 1)
+        fit = fixed + per_row * rows
+        out["fit"] = {
+            "fixed_s": round(float(fixed), 3),
+            "s_per_million_rows": round(float(per_row) * 1e6, 3),
+            "max_relative_deviation": round(float(np.max(np.abs(secs - fit) / secs)), 3),
+        }
+        big = [x for x in sizes if x["rows"] >= BASE_ROWS]
+        if len(big) >= 2:  # past the fixed costs: s per row at the largest size over at 1M
+            out["s_per_row_largest_vs_1m"] = round(
+                big[-1]["s_per_million_rows"] / big[0]["s_per_million_rows"], 3
+            )
+    return out
+
+
 # -- report ------------------------------------------------------------------------------------------------
 def print_table(result: dict) -> None:
     d = result["details"]
@@ -261,6 +374,7 @@ def print_table(result: dict) -> None:
         rows += [
             ("ingest_source (ours, from the file)", d["ingest"]),
             ("build_features (ours)", d["features"]),
+            ("data stage: ingest + validate + features (ours)", d["stage"]),
         ]
     print(
         f"\nbench/data_plane  {result['params']['rows']:,} rows x 38 columns, {result['params']['bad_fraction']:.0%} bad"
@@ -271,6 +385,24 @@ def print_table(result: dict) -> None:
         print(f"{label:56s} {t['s']:8.3f} {t['cpu_s']:8.3f}")
     print(f"\nratio peer/ours: {result['ratio']:.2f}x wall, {d['ratio_cpu']:.2f}x cpu (goal >= 2x)")
     print(f"verdicts identical: {d['verdicts']['identical']} {d['verdicts']['mismatches'][:3]}")
+    if "stage_vs_limit" in d:
+        print(
+            f"data stage / data-plane limit: {d['stage_vs_limit']:.2f}x wall (goal <= 3), "
+            f"peak RSS {d['stage']['peak_rss_mib']} MiB"
+        )
+    if "scaling" in d:
+        print(f"\n{'rows':>12s} {'wall s':>8s} {'cpu s':>8s} {'s per 1M':>9s} {'peak RSS MiB':>13s}")
+        for x in d["scaling"]["sizes"]:
+            print(
+                f"{x['rows']:12,d} {x['s']:8.2f} {x['cpu_s']:8.2f} {x['s_per_million_rows']:9.2f} "
+                f"{x['peak_rss_mib']:13d}"
+            )
+        if "fit" in d["scaling"]:
+            f = d["scaling"]["fit"]
+            print(
+                f"linear fit: {f['fixed_s']:.2f} s + {f['s_per_million_rows']:.2f} s per 1M rows, "
+                f"largest deviation {f['max_relative_deviation']:.0%}"
+            )
     if "big" in d:
         b = d["big"]
         print(f"{b['rows']:,} rows through the gate: {b['gate_s']} s, peak RSS {b['peak_rss_mib']} MiB")
@@ -278,12 +410,21 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench data_plane", description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the batch")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[1_000_000],
+        help="rows in the batch; several sizes add details.scaling (the comparisons run at 1M, else the smallest)",
+    )
     parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of rows with a violation")
     parser.add_argument(
         "--repeat", type=int, default=5, help="timed runs per contender, interleaved (best counts)"
     )
-    parser.add_argument("--skip-ingest", action="store_true", help="skip ingest_source + build_features")
+    parser.add_argument("--skip-ingest", action="store_true", help="skip the data stage (ingest + features)")
+    parser.add_argument(
+        "--stage-repeat", type=int, default=2, help="data stage runs at the compared size (best counts)"
+    )
     parser.add_argument(
         "--big-rows", type=int, default=0, help="also push this many rows through the gate (child)"
     )
@@ -296,8 +437,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import_gx()  # import cost (about 6 s) is paid once, outside every timing
     contract = load_contract(REPO / "contracts" / "demo.yaml")
-    data_dir = Path(args.data_dir or f"/tmp/loopline-bench-data-plane/r{args.rows}-b{args.bad_fraction:g}")
-    source = load_source(args.rows, args.bad_fraction, data_dir)
+    sizes = sorted(set(args.rows))
+    rows = BASE_ROWS if BASE_ROWS in sizes else sizes[0]  # the size the comparisons run at
+
+    def data_dir(n: int) -> Path:
+        return Path(args.data_dir or f"/tmp/loopline-bench-data-plane/r{n}-b{args.bad_fraction:g}")
+
+    source = load_source(rows, args.bad_fraction, data_dir(rows))
     text_chunks = read_text_chunks(source, contract)
     typed = pd.concat([coerce_chunk(c, contract).frame for c in text_chunks], ignore_index=True)
     frame = to_gx_frame(typed)  # the frame peer and limit see: GX's fast dtypes, RangeIndex
@@ -328,16 +474,28 @@ def main(argv: list[str] | None = None) -> dict:
             "gx_runs": len(verdict.gx_runs),
         }
         if not args.skip_ingest:
-            best = None
-            for _ in range(max(1, min(args.repeat, 2))):
-                run = run_ingest(contract, source, work / "home")
-                if best is None or run["ingest"][0] < best["ingest"][0]:
-                    best = run
-            details["ingest"] = {"s": best["ingest"][0], "cpu_s": best["ingest"][1]}
-            details["features"] = {"s": best["features"][0], "cpu_s": best["features"][1]}
-            details["ingest_result"] = {
-                k: best["results"][0][k] for k in ("rows_in", "rows_clean", "rows_quarantined", "accepted")
+            stages: dict[int, dict] = {}
+            for n in sizes:
+                load_source(n, args.bad_fraction, data_dir(n))  # generated outside every timing
+                runs = [
+                    run_stage(n, args.bad_fraction, data_dir(n))
+                    for _ in range(max(1, args.stage_repeat) if n == rows else 1)
+                ]
+                stages[n] = min(runs, key=lambda r: r["s"]) | {"all_s": [r["s"] for r in runs]}
+            best = stages[rows]
+            details["ingest"] = {"s": best["ingest_s"], "cpu_s": best["ingest_cpu_s"]}
+            details["features"] = {"s": best["features_s"], "cpu_s": best["features_cpu_s"]}
+            details["stage"] = {
+                "s": best["s"],
+                "cpu_s": best["cpu_s"],
+                "all_s": best["all_s"],
+                "peak_rss_mib": best["peak_rss_mib"],
             }
+            details["stage_vs_limit"] = best["s"] / details["limit_write"]["s"]
+            details["stage_vs_limit_cpu"] = best["cpu_s"] / details["limit_write"]["cpu_s"]
+            details["ingest_result"] = best["result"]
+            if len(sizes) > 1:
+                details["scaling"] = scaling(stages)
         if args.big_rows:
             details["big"] = run_big(args.big_rows, args.bad_fraction)
     finally:
@@ -347,7 +505,8 @@ def main(argv: list[str] | None = None) -> dict:
         "name": "data_plane",
         "machine": machine(),
         "params": {
-            "rows": args.rows,
+            "rows": rows,
+            "sizes": sizes,
             "bad_fraction": args.bad_fraction,
             "columns": len(contract.columns),
             "gx_expectations": details["verdicts"]["expectations"],

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from loopline.data.contracts import Contract
+from loopline.data.encoding import clean_properties
 from loopline.data.raw_writer import staged_ids, staged_reader
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
 from loopline.data.validation.ids import TableIds
@@ -94,6 +95,7 @@ def commit_clean(
             mode="overwrite" if retyped else "append",
             table=table,
             writer=WRITER,
+            writer_properties=clean_properties(contract, clean_schema(contract)),
         )
         kill_point("ingest.after_clean")
         return CleanCommit(version, written, moved)

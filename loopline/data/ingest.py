@@ -26,7 +26,9 @@ that cannot take the new type refuse the batch before any commit.
 Here: the orchestration of one batch (`ingest_file`), of a source (`ingest_source`, one `ingest_file` per
 file; the ingest flow runs the same step once per file as its own task) and the CLI's summary. The table
 schemas are in `schemas`, the ledger in `ledger`, the pipelined raw commit and the staging in `raw_writer`,
-the clean commit (its re-check, the moved rows, the retype) in `clean_commit`. Kill points (loopline.faults):
+the commit sequence raw -> clean -> quarantine -> ledger (shared with the parallel path's committer) in
+`batch_commit`, the clean commit (its re-check, the moved rows, the retype) in `clean_commit`, how the files
+are encoded in `encoding`. Kill points (loopline.faults):
 ingest.before_raw, .raw_writing, .after_raw, .before_clean, .clean_writing, .after_clean, .after_quarantine,
 .after_ledger.
 """
@@ -41,15 +43,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loopline.config import LifecycleConfig
-from loopline.data import ledger
-from loopline.data.clean_commit import check_retype, commit_clean, quarantine_rows
+from loopline.data.batch_commit import Judged, app_id_for, commit_batch, duplicate_result
+from loopline.data.clean_commit import check_retype
 from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
+from loopline.data.encoding import raw_properties
 from loopline.data.raw_writer import ChunkStream, new_stage, write_pipelined
 from loopline.data.schemas import raw_schema
 from loopline.data.validation.ids import TableIds
 from loopline.errors import DataQualityError, SourceError
-from loopline.faults import kill_point
 from loopline.storage import delta, sources
 from loopline.storage.lake import Lake
 
@@ -146,16 +148,10 @@ def _ingest_batch(
 ) -> BatchResult:
     src = sources.fetch(uri, lake, workdir)
     batch_id = batch_id_for(sources.fingerprint(src.local_path), contract)
+    duplicate = duplicate_result(lake, contract, batch_id, src.uri)
+    if duplicate is not None:
+        return duplicate
     result = BatchResult(dataset=contract.dataset, batch_id=batch_id, source=src.uri)
-    ledger_uri = ledger.ledger_uri(lake, contract.dataset)
-    previous = ledger.find_entry(lake, ledger_uri, batch_id)
-    if previous is not None and previous["status"] == "accepted":
-        result.duplicate_batch = True
-        result.rows_in = int(previous["rows_in"])
-        result.rows_clean = int(previous["rows_clean"])
-        result.rows_quarantined = int(previous["rows_quarantined"])
-        ledger.fill_versions(result, lake, contract.dataset)
-        return result
 
     columns = sources.read_header(src)
     from loopline.data.validation.gate import Gate  # the gate imports great_expectations lazily
@@ -169,7 +165,6 @@ def _ingest_batch(
         data_docs_dir=str(Path(cfg.home) / "data_docs") if cfg.validation.data_docs else None,
         batch_id=batch_id,
     )
-    app_id = f"loopline-ingest-{batch_id}"
     stage = new_stage(workdir, batch_id)
     ingested_at = datetime.now(UTC)
     try:
@@ -182,83 +177,49 @@ def _ingest_batch(
     stream = ChunkStream(
         src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at
     )
-    kill_point("ingest.before_raw")
-    if delta.is_committed(delta.open_table(lake, raw_uri), app_id):
-        stream.drain()  # a retry whose raw commit already happened: validate the file, write nothing to raw
-    else:
-        write_pipelined(
-            lake, raw_uri, raw_schema(contract), stream, app_id, {"batch_id": batch_id, "source": src.uri}
+
+    def write_raw(committed: bool) -> None:
+        if committed:  # a retry whose raw commit already happened: validate the file, write nothing to raw
+            stream.drain()
+        else:
+            write_pipelined(
+                lake,
+                raw_uri,
+                raw_schema(contract),
+                stream,
+                app_id_for(batch_id),
+                {"batch_id": batch_id, "source": src.uri},
+                writer_properties=raw_properties(contract, raw_schema(contract)),
+            )
+
+    def judge() -> Judged:
+        if column_error is not None:
+            return Judged(rows_in=stream.rows, column_error=str(column_error))
+        verdict = gate.finish()
+        return Judged(
+            rows_in=verdict.rows_in,
+            rows_clean=verdict.rows_clean,
+            rows_quarantined=verdict.rows_quarantined,
+            accepted=verdict.accepted,
+            reason=verdict.reason,
+            per_expectation=verdict.per_expectation,
+            data_docs_path=verdict.data_docs_path,
+            quarantine_max_fraction=verdict.quarantine_max_fraction,
         )
-    kill_point("ingest.after_raw")
 
-    if column_error is not None:
-        result.accepted = False
-        result.reason = str(column_error)
-        result.rows_in = stream.rows
-        ledger.record(lake, ledger_uri, result, contract, "rejected", ingested_at)
-        ledger.fill_versions(result, lake, contract.dataset)
-        return result
-
-    verdict = gate.finish()
-    result.rows_in, result.rows_clean = verdict.rows_in, verdict.rows_clean
-    result.rows_quarantined = verdict.rows_quarantined
-    result.per_expectation = verdict.per_expectation
-    result.data_docs_path = verdict.data_docs_path
-    if (
-        result.rows_in != result.rows_clean + result.rows_quarantined
-    ):  # the gate's invariant, checked again here
-        raise AssertionError(f"batch {batch_id}: rows_in != rows_clean + rows_quarantined")
-    # a batch whose clean commit happened was judged then: a rerun finishes it (see the module docstring)
-    if not verdict.accepted and not delta.is_committed(checked.table, app_id):
-        result.accepted = False
-        result.reason = verdict.reason
-        ledger.record(lake, ledger_uri, result, contract, "rejected", ingested_at)
-        ledger.fill_versions(result, lake, contract.dataset)
-        return result
-
-    meta = {"batch_id": batch_id, "source": src.uri}
-    commit = commit_clean(
+    committed = commit_batch(
         lake,
         contract,
-        stage,
-        batch_id=batch_id,
-        app_id=app_id,
-        metadata=meta,
+        result,
+        stage=stage,
+        at=ingested_at,
         checked=checked,
-        rows_in=result.rows_in,
-        rows_quarantined=result.rows_quarantined,
-        max_fraction=verdict.quarantine_max_fraction,
+        write_raw=write_raw,
+        judge=judge,
     )
-    _count_moved(result, contract, len(commit.moved))
-    if commit.rejected is not None:
-        result.accepted, result.reason = False, commit.rejected
-        ledger.record(lake, ledger_uri, result, contract, "rejected", ingested_at)
-        ledger.fill_versions(result, lake, contract.dataset)
-        return result
-    delta.append_once(
-        lake,
-        lake.table_uri("quarantine", contract.dataset),
-        quarantine_rows(lake, contract, stage, batch_id, commit.moved),
-        app_id=app_id,
-        metadata=meta,
-    )
-    kill_point("ingest.after_quarantine")
-    ledger.record(lake, ledger_uri, result, contract, "accepted", ingested_at)
-    kill_point("ingest.after_ledger")
-    ledger.fill_versions(result, lake, contract.dataset)
-    shutil.rmtree(stage, ignore_errors=True)
+    if committed is not None:
+        shutil.rmtree(stage, ignore_errors=True)
     return result
-
-
-def _count_moved(result: BatchResult, contract: Contract, moved: int) -> None:
-    """Rows the clean commit moved to quarantine (another batch committed their id first) count as `new_id`."""
-    if not moved:
-        return
-    result.rows_clean -= moved
-    result.rows_quarantined += moved
-    for entry in result.per_expectation:
-        if entry.get("column") == contract.id and entry.get("check") == "new_id":
-            entry["unexpected_count"] = int(entry.get("unexpected_count") or 0) + moved
 
 
 def summarise(results: list[BatchResult]) -> dict:

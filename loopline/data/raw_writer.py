@@ -20,9 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake import WriterProperties
 
 from loopline.config import LifecycleConfig
 from loopline.data.contracts import Contract
+from loopline.data.encoding import staging_options
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
 from loopline.faults import kill_point
 from loopline.storage import delta, sources
@@ -32,7 +34,14 @@ _DONE = object()
 
 
 def write_pipelined(
-    lake: Lake, uri: str, schema: pa.Schema, stream: Iterable[pa.RecordBatch], app_id: str, metadata: dict
+    lake: Lake,
+    uri: str,
+    schema: pa.Schema,
+    stream: Iterable[pa.RecordBatch],
+    app_id: str,
+    metadata: dict,
+    *,
+    writer_properties: WriterProperties | None = None,
 ) -> None:
     """Stream `stream`'s record batches into one Delta commit, with the writer on its own thread.
 
@@ -57,6 +66,7 @@ def write_pipelined(
                 pa.RecordBatchReader.from_batches(schema, batches()),
                 app_id=app_id,
                 metadata=metadata,
+                writer_properties=writer_properties,
             )
         except BaseException as exc:  # reported to the reading side below
             failure.append(exc)
@@ -135,7 +145,8 @@ class ChunkStream:
     def _batches(self) -> Iterator[pa.RecordBatch]:
         contract, names = self.contract, self.contract.column_names
         qschema, cschema = quarantine_schema(contract), clean_schema(contract)
-        for i, table in enumerate(sources.read_tables(self.src, names, self.cfg.data.chunk_rows)):
+        chunks = read_ahead(sources.read_tables(self.src, names, self.cfg.data.chunk_rows))
+        for i, table in enumerate(chunks):
             offset = self.rows
             raw = _raw_table(table, contract, self.src.uri, self.batch_id, self.at, offset)
             if self.gate is not None:
@@ -153,6 +164,7 @@ class ChunkStream:
                     _write_stage(
                         staged.append_column("_row", pa.array(rows)),
                         self.stage / "clean" / f"{i:06d}.parquet",
+                        contract,
                     )
                 if len(verdict.quarantine):
                     q = verdict.quarantine
@@ -162,9 +174,49 @@ class ChunkStream:
                     _write_stage(
                         qraw.select(qschema.names).cast(qschema),
                         self.stage / "quarantine" / f"{i:06d}.parquet",
+                        contract,
                     )
             self.rows += table.num_rows
             yield from raw.to_batches()
+
+
+def read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """`chunks`, with the next one read on a thread while the caller works on this one.
+
+    Decoding a chunk of the file (Arrow, no GIL) then overlaps with validating the one before (mostly Python);
+    one chunk ahead at most, so memory grows by one chunk. An error while reading is raised here, in order.
+    """
+    pipe: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    reader = threading.Thread(target=read, name="loopline-source-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := pipe.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (an error, a rejected batch): the reader ends at its next put
+        reader.join()
 
 
 def _raw_table(
@@ -184,18 +236,18 @@ def _raw_table(
         arrays.append(pa.array([orjson.dumps(r).decode() for r in rows], pa.string()))
     else:
         arrays.append(pa.nulls(n, pa.string()))
-    arrays += [
-        pa.array(np.full(n, batch_id, dtype=object), pa.string()),
-        pa.array(np.full(n, source, dtype=object), pa.string()),
-        pa.array(np.full(n, np.datetime64(at.replace(tzinfo=None), "us")), pa.timestamp("us", tz="UTC")),
+    arrays += [  # the same value on every row: repeated in Arrow, not built from Python objects
+        pa.repeat(pa.scalar(batch_id, pa.string()), n),
+        pa.repeat(pa.scalar(source, pa.string()), n),
+        pa.repeat(pa.scalar(at, pa.timestamp("us", tz="UTC")), n),
         pa.array(np.arange(offset, offset + n, dtype=np.int64)),
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _write_stage(table: pa.Table, path: Path) -> None:
-    # lz4: staging files are read once, a moment later; speed over size
-    pq.write_table(table, path, compression="lz4")
+def _write_stage(table: pa.Table, path: Path, contract: Contract) -> None:
+    # read once, a moment later: speed over size (lz4, a dictionary only where values are few, no statistics)
+    pq.write_table(table, path, **staging_options(contract))
 
 
 def staged_reader(

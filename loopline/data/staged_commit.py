@@ -1,8 +1,8 @@
 """The committer of a parallel ingest: one staged batch (loopline.data.parallel) into raw/D, clean/D,
-quarantine/D and the ledger, with the same commits, app transactions, order and kill points as a local ingest
-(loopline.data.ingest `_ingest_batch`, from its raw commit on), so everything said there about exactly-once,
-concurrent ingests and reruns after a kill holds here too. The only difference: raw/D's rows come from the
-staged raw files instead of streaming from the gate.
+quarantine/D and the ledger through the same commit sequence as a local ingest (loopline.data.batch_commit:
+the same commits, app transactions, order and kill points), so everything said in loopline.data.ingest about
+exactly-once, concurrent ingests and reruns after a kill holds here too. The only difference: raw/D's rows come
+from the staged raw files instead of streaming from the gate, and the verdict from the worker.
 
 Before committing, `check_staged` holds the worker's output to what it claims (every staged file is there and
 holds the rows it said): the committer trusts files it can count, not a task state (prefect#21638).
@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from loopline.config import LifecycleConfig
-from loopline.data import ledger
-from loopline.data.clean_commit import commit_clean, quarantine_rows
+from loopline.data import batch_commit
+from loopline.data.batch_commit import Judged, app_id_for, commit_batch
 from loopline.data.contracts import Contract
-from loopline.data.ingest import BatchResult, _count_moved
+from loopline.data.encoding import raw_properties
+from loopline.data.ingest import BatchResult
 from loopline.data.parallel import KINDS, StagedBatch, localize, plain_ids
 from loopline.data.raw_writer import staged_reader
 from loopline.data.schemas import raw_schema
@@ -65,16 +66,7 @@ def check_staged(staged: StagedBatch, stage: Path) -> None:
 
 def duplicate_result(lake: Lake, contract: Contract, uri: str, batch_id: str) -> BatchResult | None:
     """The result of a batch the ledger holds as accepted (a re-ingest: nothing to do), else None."""
-    previous = ledger.find_entry(lake, ledger.ledger_uri(lake, contract.dataset), batch_id)
-    if previous is None or previous["status"] != "accepted":
-        return None
-    result = BatchResult(dataset=contract.dataset, batch_id=batch_id, source=_source(uri))
-    result.duplicate_batch = True
-    result.rows_in = int(previous["rows_in"])
-    result.rows_clean = int(previous["rows_clean"])
-    result.rows_quarantined = int(previous["rows_quarantined"])
-    ledger.fill_versions(result, lake, contract.dataset)
-    return result
+    return batch_commit.duplicate_result(lake, contract, batch_id, _source(uri))
 
 
 def _source(uri: str) -> str:
@@ -101,84 +93,60 @@ def commit_staged(
 def _commit(
     lake: Lake, contract: Contract, staged: StagedBatch, stage: Path
 ) -> tuple[BatchResult, np.ndarray | None]:
-    batch_id, at = staged.batch_id, staged.ingested_at
+    batch_id = staged.batch_id
     duplicate = duplicate_result(lake, contract, staged.uri, batch_id)
     if duplicate is not None:
         return duplicate, None
     result = BatchResult(dataset=contract.dataset, batch_id=batch_id, source=staged.source)
-    ledger_uri = ledger.ledger_uri(lake, contract.dataset)
-    app_id = f"loopline-ingest-{batch_id}"
-    meta = {"batch_id": batch_id, "source": staged.source}
-
     raw_uri = lake.table_uri("raw", contract.dataset)
-    kill_point("ingest.before_raw")
-    if not delta.is_committed(delta.open_table(lake, raw_uri), app_id):
+    schema = raw_schema(contract)
+
+    def write_raw(committed: bool) -> None:
+        if committed:
+            return
         delta.append_once(
             lake,
             raw_uri,
-            lambda: staged_reader(
-                stage / "raw", raw_schema(contract), on_batch=lambda: kill_point("ingest.raw_writing")
-            ),
-            app_id=app_id,
-            metadata=meta,
+            lambda: staged_reader(stage / "raw", schema, on_batch=lambda: kill_point("ingest.raw_writing")),
+            app_id=app_id_for(batch_id),
+            metadata={"batch_id": batch_id, "source": staged.source},
+            writer_properties=raw_properties(contract, schema),
         )
-    kill_point("ingest.after_raw")
 
-    result.rows_in = staged.rows_in
-    if staged.column_error is not None:
-        return _rejected(lake, contract, result, staged.column_error, ledger_uri, at), None
+    def judge() -> Judged:
+        return Judged(
+            rows_in=staged.rows_in,
+            rows_clean=staged.rows_clean,
+            rows_quarantined=staged.rows_quarantined,
+            accepted=staged.accepted,
+            reason=staged.reason,
+            per_expectation=staged.per_expectation,
+            data_docs_path=staged.data_docs_path,
+            quarantine_max_fraction=staged.quarantine_max_fraction,
+            column_error=staged.column_error,
+        )
 
-    result.rows_clean, result.rows_quarantined = staged.rows_clean, staged.rows_quarantined
-    result.per_expectation = [dict(e) for e in staged.per_expectation]
-    result.data_docs_path = staged.data_docs_path
-    clean_uri = lake.table_uri("clean", contract.dataset)
     snapshot = (
-        delta.open_table(lake, clean_uri, staged.snapshot_version)
+        delta.open_table(lake, lake.table_uri("clean", contract.dataset), staged.snapshot_version)
         if staged.snapshot_version is not None
         else None
     )
     # the ids the gate read: once an earlier file of the run committed, clean/D is past this snapshot and the
     # commit re-checks the batch's ids (a few lookups), as after a concurrent ingest
     checked = TableIds(snapshot, contract.id, exclude_batch=batch_id)
-    if not staged.accepted and not delta.is_committed(checked.table, app_id):
-        return _rejected(lake, contract, result, staged.reason, ledger_uri, at), None
-
-    commit = commit_clean(
+    commit = commit_batch(
         lake,
         contract,
-        stage,
-        batch_id=batch_id,
-        app_id=app_id,
-        metadata=meta,
+        result,
+        stage=stage,
+        at=staged.ingested_at,
         checked=checked,
-        rows_in=result.rows_in,
-        rows_quarantined=result.rows_quarantined,
-        max_fraction=staged.quarantine_max_fraction,
+        write_raw=write_raw,
+        judge=judge,
     )
-    _count_moved(result, contract, len(commit.moved))
-    if commit.rejected is not None:
-        return _rejected(lake, contract, result, commit.rejected, ledger_uri, at), None
-    delta.append_once(
-        lake,
-        lake.table_uri("quarantine", contract.dataset),
-        quarantine_rows(lake, contract, stage, batch_id, commit.moved),
-        app_id=app_id,
-        metadata=meta,
-    )
-    kill_point("ingest.after_quarantine")
-    ledger.record(lake, ledger_uri, result, contract, "accepted", at)
-    kill_point("ingest.after_ledger")
-    ledger.fill_versions(result, lake, contract.dataset)
+    if commit is None:
+        return result, None
     return result, _committed_ids(stage, contract, commit.moved)
-
-
-def _rejected(
-    lake: Lake, contract: Contract, result: BatchResult, reason: str | None, ledger_uri: str, at
-) -> BatchResult:
-    result.accepted, result.reason = False, reason
-    ledger.record(lake, ledger_uri, result, contract, "rejected", at)
-    ledger.fill_versions(result, lake, contract.dataset)
-    return result
 
 
 def _committed_ids(stage: Path, contract: Contract, moved: dict) -> np.ndarray:

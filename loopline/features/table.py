@@ -46,6 +46,8 @@ import pyarrow.compute as pc
 from loopline.config import FeaturesConfig
 from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
+from loopline.data.encoding import clean_properties
+from loopline.data.raw_writer import read_ahead
 from loopline.data.schemas import ARROW_TYPES
 from loopline.errors import NotReadyError
 from loopline.faults import kill_point
@@ -195,14 +197,21 @@ def _build(
     flt = pc.field("_batch_id").isin(new_batches)
     schema = features_schema(contract, transform, clean_ds.schema)
     counter = {"rows": 0}
+    # only what the transform and the table read: the new batches (row groups pruned by their `_batch_id`
+    # statistics) and the columns of the transform's steps, the id, the label and `_batch_id`
+    wanted = {step["column"] for step in transform.steps} | {contract.id, contract.label, "_batch_id"}
+    columns = [name for name in clean_ds.schema.names if name in wanted]
+
+    def transformed() -> Iterator[tuple[int, pa.RecordBatch]]:
+        for rb in clean_ds.to_batches(columns=columns, filter=flt, batch_size=batch_rows):
+            if rb.num_rows:
+                yield rb.num_rows, _features_batch(rb.to_pandas(), contract, transform, cfg, schema)
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for rb in clean_ds.to_batches(filter=flt, batch_size=batch_rows):
-            if rb.num_rows == 0:
-                continue
-            frame = rb.to_pandas()
-            counter["rows"] += len(frame)
-            yield _features_batch(frame, contract, transform, cfg, schema)
+        # the next batch is read and transformed on a thread while delta-rs encodes this one
+        for n, rb in read_ahead(transformed()):
+            counter["rows"] += n
+            yield rb
             kill_point("features.writing")  # files of the commit being written, the commit not made
 
     rows: pa.RecordBatchReader = pa.RecordBatchReader.from_batches(schema, batches())
@@ -237,6 +246,7 @@ def _build(
             mode="overwrite" if refit else "append",
             table=feats,
             writer=WRITER,
+            writer_properties=clean_properties(contract, schema),
         )
     finally:
         if staged is not None:

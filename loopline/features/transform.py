@@ -123,7 +123,7 @@ def fit_transform(clean_train: pd.DataFrame, contract: Contract, cfg: FeaturesCo
             steps.append({"column": col, "kind": "timestamp", "parts": list(cfg.timestamp_parts)})
             names += [f"{_safe(col)}__{p}" for p in cfg.timestamp_parts]
         elif spec.type == "string":
-            lengths = np.log1p(series.fillna("").astype(str).str.len().to_numpy(dtype=np.float64))
+            lengths = np.log1p(_text_lengths(series))
             mean, std = (float(lengths.mean()), float(lengths.std()) or 1.0) if len(lengths) else (0.0, 1.0)
             steps.append({"column": col, "kind": "string_length", "mean": mean, "std": std})
             names.append(f"{_safe(col)}__len")
@@ -151,8 +151,7 @@ def _apply_step(step: dict[str, Any], series: pd.Series) -> np.ndarray:
         return values[:, None]
     if kind == "category":
         vocab = step["vocab"]
-        codes = pd.Categorical(series.astype(object).where(series.notna(), None), categories=vocab).codes
-        codes = np.where(codes < 0, len(vocab), codes)  # unknown and null share the unknown bucket
+        codes = _category_codes(series, vocab)  # unknown and null share the unknown bucket, len(vocab)
         if step["op"] == "onehot":
             block = np.zeros((n, len(vocab) + 1), dtype=np.float32)
             block[np.arange(n), codes] = 1.0
@@ -173,9 +172,32 @@ def _apply_step(step: dict[str, Any], series: pd.Series) -> np.ndarray:
             cols.append(values / _TS_PARTS[part])
         return np.column_stack(cols) if cols else np.zeros((n, 0))
     if kind == "string_length":
-        lengths = np.log1p(series.fillna("").astype(str).str.len().to_numpy(dtype=np.float64))
+        lengths = np.log1p(_text_lengths(series))
         return ((lengths - step["mean"]) / step["std"])[:, None]
     raise ValueError(f"unknown feature step kind {kind!r}")
+
+
+def _category_codes(series: pd.Series, vocab: list[str]) -> np.ndarray:
+    """Each value's position in `vocab`; len(vocab) for a value not in it or a null."""
+    if isinstance(series.dtype, pd.StringDtype):  # text (clean/D's columns): looked up in Arrow, no objects
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        found = pc.index_in(pa.array(series.array), value_set=pa.array(vocab, pa.string()))
+        return np.asarray(pc.fill_null(found, len(vocab)).to_numpy(zero_copy_only=False), dtype=np.int64)
+    codes = pd.Categorical(series.astype(object).where(series.notna(), None), categories=vocab).codes
+    return np.where(codes < 0, len(vocab), codes)
+
+
+def _text_lengths(series: pd.Series) -> np.ndarray:
+    """Characters per value (0 for a null), as floats."""
+    if isinstance(series.dtype, pd.StringDtype):  # Arrow counts code points, as Python's len() does
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        lengths = pc.fill_null(pc.utf8_length(pa.array(series.array)), 0)
+        return np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return series.fillna("").astype(str).str.len().to_numpy(dtype=np.float64)
 
 
 # -- storage ---------------------------------------------------------------------------------------

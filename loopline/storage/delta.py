@@ -28,7 +28,7 @@ from urllib.request import url2pathname
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from loopline.storage.lake import Lake
@@ -84,6 +84,7 @@ def append_once(
     mode: str = "append",
     table: DeltaTable | None | object = LATEST,
     writer: str | None = None,
+    writer_properties: WriterProperties | None = None,
 ) -> tuple[int | None, bool]:
     """Commit `data` in one commit unless its app id(s) already committed. Returns (table version, written).
 
@@ -97,6 +98,7 @@ def append_once(
     reader), else raised.
     `writer`: an app id every writer of this table uses; the commit carries it with version previous + 1, so
     any two concurrent commits conflict (see the module docstring).
+    `writer_properties`: how the Parquet files are encoded (loopline.data.encoding); None: delta-rs's defaults.
     Either way, a conflict whose winner committed these very app ids is a skip, not an error."""
     ids = [app_id] if isinstance(app_id, str) else list(app_id)
     replayable = table is LATEST and (isinstance(data, pa.Table) or callable(data))
@@ -109,7 +111,15 @@ def append_once(
             return snapshot.version(), False
         try:
             return _commit(
-                lake, uri, data() if callable(data) else data, snapshot, ids, metadata, mode, writer
+                lake,
+                uri,
+                data() if callable(data) else data,
+                snapshot,
+                ids,
+                metadata,
+                mode,
+                writer,
+                writer_properties,
             )
         except CommitFailedError:
             latest = open_table(lake, uri)
@@ -129,6 +139,7 @@ def _commit(
     metadata: dict[str, Any] | None,
     mode: str,
     writer: str | None,
+    writer_properties: WriterProperties | None = None,
 ) -> tuple[int | None, bool]:
     txns = [Transaction(app_id=i, version=1) for i in ids]
     if writer is not None:
@@ -139,7 +150,12 @@ def _commit(
         props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
         try:
             write_deltalake(
-                uri, data, mode="error", storage_options=lake.storage_options, commit_properties=props
+                uri,
+                data,
+                mode="error",
+                storage_options=lake.storage_options,
+                commit_properties=props,
+                writer_properties=writer_properties,
             )
         except CommitFailedError:
             raise
@@ -156,6 +172,7 @@ def _commit(
         schema_mode="merge" if mode == "append" else "overwrite",
         storage_options=lake.storage_options,
         commit_properties=props,
+        writer_properties=writer_properties,
     )
     return table_version(lake, uri), True
 
