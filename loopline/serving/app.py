@@ -16,9 +16,11 @@ Every one of them is in /openapi.json.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,6 +35,7 @@ from loopline.serving.inference_log import InferenceLog
 from loopline.serving.inputs import TypedRows
 from loopline.serving.manager import ModelManager
 from loopline.serving.metrics import ServingMetrics
+from loopline.serving.model import LoadedModel
 from loopline.serving.protocol import Columns, RequestError, encode_predictions, parse_body
 from loopline.serving.router import SHADOW, Router, Slot
 
@@ -68,6 +71,10 @@ class ServingApp:
         self.startup_error: BaseException | None = None
         self._on_shutdown = on_shutdown
         self._shadow_tasks: set[asyncio.Task] = set()
+        self._per_slot: dict[tuple[str, str], _SlotMetrics] = {}
+        self._answered = metrics.requests.labels("invocations", "200")
+        # request ids: 64 random bits from a generator seeded by the OS (a syscall per request costs more)
+        self._new_request_id = functools.partial(_hex64, random.Random(os.urandom(32)).getrandbits)
         self._routes: dict[tuple[str, str], Callable] = {
             ("POST", "/invocations"): self._invocations,
             ("POST", "/feedback"): self._feedback,
@@ -80,6 +87,8 @@ class ServingApp:
         }
         self._paths = {path for _, path in self._routes}
         metrics.watch_queue(lambda: sum(s.batcher.queued_rows for s in router.slots()))
+        # scoring requests admitted and not yet answered: the backpressure count, read at scrape time
+        metrics.in_flight.set_function(lambda: self.backpressure.inflight)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -180,53 +189,39 @@ class ServingApp:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         self.parsing += 1
-        self.metrics.in_flight.inc()
         try:
             try:
                 body = await self._read_body(headers, receive)
                 cols = parse_body(body)
                 slot, shadow = self.router.pick(headers.get(b"x-request-key"))
-                # no rows: nothing to check a column against (records carry no names), nothing to score
-                rows = slot.model.checker.check(cols) if cols.n_rows else TypedRows({}, 0)
             finally:
                 self.parsing -= 1
-            request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:200] or os.urandom(8).hex()
-            if rows.n_rows == 0:
+            request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:200] or self._new_request_id()
+            n_rows = cols.n_rows
+            if n_rows == 0:  # no rows: nothing to check a column against (records carry no names)
                 predictions: Any = []
             else:
                 try:
-                    predictions = await slot.batcher.submit(rows)
-                except QueueFull:
+                    # checked against the contract with the rest of its micro-batch (422 raised here)
+                    predictions = await slot.batcher.submit(cols, (request_id, slot.role))
+                except (QueueFull, RequestError):
                     raise
                 except Exception as exc:
                     self.metrics.version_errors.labels(slot.model.version, slot.role).inc()
                     raise _ModelFailure(str(exc)) from exc
-            version = slot.model.version
+            per_slot = self._slot_metrics(slot)
             await _respond(
                 send,
                 200,
                 encode_predictions(predictions),
-                [
-                    *_JSON,
-                    (b"x-model-version", version.encode()),
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ],
+                [*per_slot.headers, (b"x-request-id", request_id.encode("latin-1"))],
             )
-            self.metrics.requests.labels("invocations", "200").inc()
-            self.metrics.version_requests.labels(version, slot.role).inc()
-            self.metrics.rows.labels(version, slot.role).inc(rows.n_rows)
-            self.metrics.latency.labels(version, slot.role).observe(time.perf_counter() - started)
-            if rows.n_rows and self.inference_log is not None:
-                self.inference_log.append(
-                    rows,
-                    predictions,
-                    version=version,
-                    role=slot.role,
-                    request_id=request_id,
-                    contract=slot.model.contract,
-                )
-            if shadow is not None and rows.n_rows:
-                self._start_shadow(shadow, cols_rows=rows, request_id=request_id)
+            self._answered.inc()
+            per_slot.requests.inc()
+            per_slot.rows.inc(n_rows)
+            per_slot.latency.observe(time.perf_counter() - started)
+            if shadow is not None and n_rows:
+                self._start_shadow(shadow, cols, request_id)
         except RequestError as exc:
             self.metrics.requests.labels("invocations", str(exc.status)).inc()
             self.metrics.errors.labels(_reason(exc)).inc()
@@ -251,8 +246,29 @@ class ServingApp:
                 orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"model call failed: {exc}"}),
                 _JSON,
             )
-        finally:
-            self.metrics.in_flight.dec()
+
+    def _slot_metrics(self, slot: Slot) -> _SlotMetrics:
+        """The metric series and response headers of a (version, role), looked up once, not per request."""
+        key = (slot.model.version, slot.role)
+        found = self._per_slot.get(key)
+        if found is None:
+            if len(self._per_slot) > 64:  # many swaps: stay bounded
+                self._per_slot.clear()
+            found = self._per_slot[key] = _SlotMetrics(self.metrics, *key)
+        return found
+
+    def log_scored(
+        self, model: LoadedModel, rows: TypedRows, predictions: Any, requests: list[tuple[Any, int]]
+    ) -> None:
+        """A model call's rows into the inference log, as one entry (the micro-batcher calls this)."""
+        if self.inference_log is not None:
+            self.inference_log.append_batch(
+                rows,
+                predictions,
+                version=model.version,
+                requests=[(request_id, role, n) for (request_id, role), n in requests],
+                contract=model.contract,
+            )
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Callable) -> bytes:
         content_type = headers.get(b"content-type", b"application/json").lower()
@@ -281,25 +297,28 @@ class ServingApp:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _start_shadow(self, slot: Slot, *, cols_rows: TypedRows, request_id: str) -> None:
+    def _start_shadow(self, slot: Slot, cols: Columns, request_id: str) -> None:
         """A shadow scoring, unless the shadow bound is reached (then skipped and counted)."""
         if not self.backpressure.admit_shadow():
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(slot, cols_rows, request_id))
+        task = asyncio.get_running_loop().create_task(self._shadow(slot, cols, request_id))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
         task.add_done_callback(self.backpressure.release_shadow)
 
-    async def _shadow(self, slot: Slot, rows: TypedRows, request_id: str) -> None:
-        """Score the challenger on the same rows; log, never return. Its failures only count."""
+    async def _shadow(self, slot: Slot, cols: Columns, request_id: str) -> None:
+        """Score the challenger on the same rows; logged (by its batcher), never returned. Its failures,
+        a contract check included, only count."""
         version = slot.model.version
         contract = slot.model.contract
+        if contract.hash != self.router.champion.model.contract.hash:
+            # another contract: the columns it names (one it dropped is no error), checked by its rules
+            cols = Columns(
+                {k: v for k, v in cols.data.items() if k in contract.columns}, cols.n_rows, "shadow"
+            )
+        started = time.perf_counter()
         try:
-            if contract.hash != self.router.champion.model.contract.hash:
-                # another contract: the columns it names (one it dropped is no error), checked by its rules
-                rows = slot.model.checker.check(_as_columns(rows, keep=contract.columns))
-            started = time.perf_counter()
-            predictions = await slot.batcher.submit(rows)
+            await slot.batcher.submit(cols, (request_id, SHADOW))
         except QueueFull:
             self.metrics.shadow_skipped.labels("queue").inc()
             return
@@ -307,12 +326,8 @@ class ServingApp:
             self.metrics.version_errors.labels(version, SHADOW).inc()
             return
         self.metrics.version_requests.labels(version, SHADOW).inc()
-        self.metrics.rows.labels(version, SHADOW).inc(rows.n_rows)
+        self.metrics.rows.labels(version, SHADOW).inc(cols.n_rows)
         self.metrics.latency.labels(version, SHADOW).observe(time.perf_counter() - started)
-        if self.inference_log is not None:
-            self.inference_log.append(
-                rows, predictions, version=version, role=SHADOW, request_id=request_id, contract=contract
-            )
 
     # -- label feedback (loopline.serving.feedback) -----------------------------------------------------
     async def _feedback(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -427,22 +442,20 @@ def _bearer(value: bytes | None) -> bytes | None:
     return None
 
 
-def _as_columns(rows: TypedRows, keep) -> Columns:
-    """Typed rows back to request columns, those `keep` names (a shadow model with another contract checks
-    them itself)."""
-    data = {}
-    for name, col in rows.columns.items():
-        if name not in keep:
-            continue
-        values = (
-            col.values.tolist()
-            if col.values.dtype.kind != "M"
-            else [None if v is None else v.isoformat() for v in col.values.astype(object)]
-        )
-        if col.mask is not None:
-            values = [None if m else v for v, m in zip(values, col.mask.tolist(), strict=True)]
-        data[name] = values
-    return Columns(data, rows.n_rows, "shadow")
+def _hex64(bits: Callable[[int], int]) -> str:
+    return f"{bits(64):016x}"
+
+
+class _SlotMetrics:
+    """One (version, role)'s metric series and response headers, bound once."""
+
+    __slots__ = ("headers", "latency", "requests", "rows")
+
+    def __init__(self, metrics: ServingMetrics, version: str, role: str):
+        self.requests = metrics.version_requests.labels(version, role)
+        self.rows = metrics.rows.labels(version, role)
+        self.latency = metrics.latency.labels(version, role)
+        self.headers = [*_JSON, (b"x-model-version", version.encode())]
 
 
 async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

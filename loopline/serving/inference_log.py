@@ -1,10 +1,11 @@
 """The inference log: every scored row appended to the Delta table predictions/M, in batches, never dying.
 
-Requests hand their rows to `append`, which never blocks: it puts a reference on a queue bounded in rows
-(rows waiting for a retry count too) and returns; when the queue is full the rows are dropped and counted
-(`dropped_rows`, and the Prometheus counter), because a slow lake must never slow scoring down. A background
-thread turns what is queued into Arrow batches every quarter second (so waiting rows are a few Arrow
-objects, not thousands of small Python objects for the garbage collector to rescan) and seals them every
+The micro-batcher hands each model call's rows to `append_batch` (one entry per batch, whatever its
+request count; `append` takes one request's), which never blocks: it puts a reference on a queue bounded
+in rows (rows waiting for a retry count too) and returns; when the queue is full the rows are dropped and
+counted (`dropped_rows`, and the Prometheus counter), because a slow lake must never slow scoring down.
+A background thread turns what is queued into Arrow batches every quarter second (so waiting rows are a few
+Arrow objects, not thousands of small Python objects for the garbage collector to rescan) and seals them every
 `flush_seconds` (or sooner once `flush_rows` are waiting) into numbered flushes, one Delta commit each.
 
 Every row is logged with the schema of the model that scored it (its contract's columns), so a shadow
@@ -42,7 +43,14 @@ from loopline.serving.log_delivery import (
     describe,
     retry_delay,
 )
-from loopline.serving.log_rows import PREDICTION, LogEntry, entry_records, log_schema, to_table
+from loopline.serving.log_rows import (
+    PREDICTION,
+    LogEntry,
+    entry_meta,
+    entry_records,
+    log_schema,
+    to_table,
+)
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -126,8 +134,24 @@ class InferenceLog:
         request_id: str,
         contract: Contract | None = None,
     ) -> bool:
-        """Queue rows scored by a model of `contract` (default: the start-up champion's); False (and
-        counted) when the queue is full."""
+        """Queue the rows of one request scored by a model of `contract` (default: the start-up champion's);
+        False (and counted) when the queue is full."""
+        return self.append_batch(
+            rows, predictions, version=version, requests=[(request_id, role, rows.n_rows)], contract=contract
+        )
+
+    def append_batch(
+        self,
+        rows: TypedRows,
+        predictions: np.ndarray,
+        *,
+        version: str,
+        requests: list[tuple[str, str, int]],
+        contract: Contract | None = None,
+    ) -> bool:
+        """Queue the rows of one model call: `requests` gives each request's (id, role, rows), in row order.
+        One entry for the whole batch, so the per-request cost of logging is a tuple. False (and counted)
+        when the queue is full."""
         n = rows.n_rows
         if self.queued_rows + n > self.max_queue_rows or self._stopping:
             self._drop(n)
@@ -136,8 +160,7 @@ class InferenceLog:
             rows,
             predictions,
             version,
-            role,
-            request_id,
+            requests,
             np.datetime64(time.time_ns() // 1000, "us"),
             self.schema_for(contract),
         )
@@ -243,8 +266,7 @@ class InferenceLog:
             try:
                 records = entry_records(entry)
             except Exception:  # not even plain values: keep who, when and the error
-                meta = {"_model_version": entry.version, "_role": entry.role, "_request_id": entry.request_id}
-                records = [meta] * entry.rows.n_rows
+                records = entry_meta(entry)
             self._flushes.append(Flush(self._seq, None, records, dead=True, error=describe(exc)))
 
     def seal(self) -> None:

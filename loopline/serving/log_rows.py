@@ -1,5 +1,6 @@
-"""Rows of the inference log: what a request hands over (`LogEntry`), the predictions/M schema of a
-contract, and the Arrow table (or, for the dead letter, plain records) built from many entries at once.
+"""Rows of the inference log: what a micro-batch hands over (`LogEntry`: its scored rows, predictions and
+each request's id, role and row count), the predictions/M schema of a contract, and the Arrow table (or, for
+the dead letter, plain records) built from many entries at once.
 
 Schema: the contract's feature columns and its id (typed as in clean/D; the id is null when the client did
 not send it), then `_prediction`, `_model_version`, `_role` (champion, challenger or shadow), `_request_id`,
@@ -28,10 +29,14 @@ class LogEntry:
     rows: TypedRows
     predictions: np.ndarray
     version: str
-    role: str
-    request_id: str
+    requests: list[tuple[str, str, int]]  # (request id, role, rows) of each request, in row order
     scored_at: np.datetime64
     schema: pa.Schema  # the log schema of the model that scored the rows
+
+    @property
+    def request_id(self) -> str:
+        """The request ids, for messages about the entry."""
+        return ",".join(dict.fromkeys(r for r, _, _ in self.requests))
 
 
 def log_schema(contract: Contract) -> pa.Schema:
@@ -63,12 +68,13 @@ def to_table(entries: list[LogEntry], schema: pa.Schema) -> pa.Table:
             stamps = np.concatenate([np.full(e.rows.n_rows, e.scored_at) for e in entries])
             arrays.append(pa.array(stamps, type=pa.timestamp("us")).cast(field.type))
         elif name == ROW_INDEX:
-            arrays.append(
-                pa.array(np.concatenate([np.arange(e.rows.n_rows, dtype=np.int64) for e in entries]))
-            )
-        elif name in META_COLUMNS:
-            attr = {"_model_version": "version", "_role": "role", "_request_id": "request_id"}[name]
-            arrays.append(_repeat_strings([(getattr(e, attr), e.rows.n_rows) for e in entries]))
+            counts = [n for e in entries for _, _, n in e.requests]
+            arrays.append(pa.array(_row_indexes(counts)))
+        elif name == "_model_version":
+            arrays.append(_repeat_strings([(e.version, e.rows.n_rows) for e in entries]))
+        elif name in ("_request_id", "_role"):
+            at = 0 if name == "_request_id" else 1
+            arrays.append(_repeat_strings([(r[at], r[2]) for e in entries for r in e.requests]))
         else:
             arrays.append(_column_array([e.rows.columns[name] for e in entries], field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -86,17 +92,39 @@ def entry_records(entry: LogEntry) -> list[dict]:
     predictions = np.asarray(entry.predictions).tolist()
     predictions += [None] * (entry.rows.n_rows - len(predictions))  # a model that answered too few
     stamp = entry.scored_at.astype("datetime64[us]").astype(object)
-    meta = {"_model_version": entry.version, "_role": entry.role, "_request_id": entry.request_id}
+    records = []
+    i = 0
+    for request_id, role, n in entry.requests:
+        meta = {"_model_version": entry.version, "_role": role, "_request_id": request_id}
+        for row in range(n):
+            records.append(
+                {
+                    **{k: v[i] for k, v in columns.items()},
+                    PREDICTION: predictions[i],
+                    **meta,
+                    ROW_INDEX: row,
+                    "_scored_at": stamp,
+                }
+            )
+            i += 1
+    return records
+
+
+def entry_meta(entry: LogEntry) -> list[dict]:
+    """Who scored each row of an entry whose values cannot even be read (the last-resort dead letter)."""
     return [
-        {
-            **{k: v[i] for k, v in columns.items()},
-            PREDICTION: predictions[i],
-            **meta,
-            ROW_INDEX: i,
-            "_scored_at": stamp,
-        }
-        for i in range(entry.rows.n_rows)
+        {"_model_version": entry.version, "_role": role, "_request_id": request_id}
+        for request_id, role, n in entry.requests
+        for _ in range(n)
     ]
+
+
+def _row_indexes(counts: list[int]) -> np.ndarray:
+    """0..n-1 for each request's n rows, in one vectorised pass."""
+    counts_array = np.asarray(counts, dtype=np.int64)
+    total = int(counts_array.sum())
+    starts = np.repeat(np.cumsum(counts_array) - counts_array, counts_array)
+    return np.arange(total, dtype=np.int64) - starts
 
 
 def _repeat_strings(runs: list[tuple[str, int]]) -> pa.Array:

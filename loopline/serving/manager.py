@@ -15,8 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
+import numpy as np
+
 from loopline.errors import ModelError
 from loopline.serving.batcher import MicroBatcher
+from loopline.serving.inputs import TypedRows
 from loopline.serving.metrics import ServingMetrics
 from loopline.serving.model import LoadedModel, load_bundle_model
 from loopline.serving.router import CHALLENGER, CHAMPION, Router, Slot
@@ -46,6 +49,7 @@ class ModelManager:
         pending: Callable[[], int] = lambda: 0,
         inline_max_rows: int = 0,
         max_queue_rows: int | None = None,
+        on_scored: Callable[[LoadedModel, TypedRows, np.ndarray, list[tuple[Any, int]]], None] | None = None,
     ):
         self.name = name
         self.router = router
@@ -59,6 +63,7 @@ class ModelManager:
         self.pending = pending
         self.inline_max_rows = inline_max_rows
         self.max_queue_rows = max_queue_rows
+        self.on_scored = on_scored  # every model call's rows (the inference log), with the model that scored
         self.last_error: str | None = None
         # the configured split, in force whenever no rollout tag on @challenger says otherwise
         self.static_split = (router.challenger_weight, router.shadow)
@@ -80,8 +85,15 @@ class ModelManager:
             batch_rows.observe(rows)
             batch_requests.observe(requests)
 
+        on_scored = self.on_scored
+
+        def scored(rows: TypedRows, predictions: np.ndarray, requests: list[tuple[Any, int]]) -> None:
+            on_scored(model, rows, predictions, requests)
+
         batcher = MicroBatcher(
             model.score,
+            check=model.checker.check_batch,  # requests queue parsed columns; the batch is checked at once
+            on_scored=scored if on_scored is not None else None,
             executor=self.executor,
             max_batch_rows=self.max_batch_rows,
             max_wait_ms=self.max_wait_ms,

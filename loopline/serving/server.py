@@ -60,6 +60,7 @@ def build_app(
         pending=lambda: holder["app"].parsing,
         inline_max_rows=cfg.inline_max_rows,
         max_queue_rows=cfg.max_queue_rows,
+        on_scored=lambda *scored: holder["app"].log_scored(*scored),
     )
 
     async def after_load() -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from loopline.config import ServingConfig
 from loopline.serving.inputs import to_frame
 from tests.serving_support import AppHarness as Harness
-from tests.serving_support import demo_rows, make_bundle, payloads
+from tests.serving_support import close, demo_rows, make_bundle, payloads
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +213,8 @@ def test_inference_log_holds_every_scored_row_after_stop(bundles, tmp_path):
 
     log = DeltaTable(h.lake.table_uri("predictions", "demo")).to_pandas()
     assert log.groupby("_request_id").size().to_dict() == sent
+    # each request's rows keep their own places 0..n-1, however requests were batched together
+    assert all(sorted(g) == list(range(sent[k])) for k, g in log.groupby("_request_id")["_row_index"])
     assert log["customer_id"].notna().all() and log["_prediction"].between(0, 1).all()
     assert h.app.inference_log.dropped_rows == 0
 
@@ -243,3 +245,45 @@ def test_reload_needs_the_token(bundles, tmp_path):
         assert h.run(h.client.post("/reload", headers={"x-reload-token": ""})).status_code == 403
     finally:
         h.close()
+
+
+def test_a_bad_request_in_a_micro_batch_gets_its_own_422_and_the_others_are_scored(harness):
+    """Requests are checked together per micro-batch; one that breaks the contract must still get a 422
+    naming its own row and field, and the rest of the batch the predictions they get when sent alone."""
+    from loopline.serving.protocol import RequestError, parse_body
+
+    frames = [demo_rows(3, seed=s) for s in (21, 22, 23, 24)]
+    bodies = [orjson.dumps(payloads(f)["dataframe_split"]) for f in frames]
+    bad = payloads(frames[2])["dataframe_split"]
+    bad["dataframe_split"]["data"][1][bad["dataframe_split"]["columns"].index("age")] = 7  # min is 18
+    bodies[2] = orjson.dumps(bad)
+    alone = [harness.post(b) for b in bodies]  # one request at a time
+    assert [r.status_code for r in alone] == [200, 200, 422, 200]
+    slot = harness.app.router.champion
+    calls = []
+    score = slot.batcher._score
+    slot.batcher._score = lambda rows: calls.append(rows.n_rows) or score(rows)
+
+    async def one_batch():  # submitted in one event-loop turn: one check, one model call
+        return await asyncio.gather(
+            *[slot.batcher.submit(parse_body(b), (f"r{i}", "champion")) for i, b in enumerate(bodies)],
+            return_exceptions=True,
+        )
+
+    together = harness.run(one_batch())
+    assert calls == [9]  # the three good requests' rows, in one model call
+    error = together[2]
+    assert isinstance(error, RequestError) and error.status == 422
+    assert error.fields == [{"field": "age", "error": "value is below the minimum 18", "rows": [1]}]
+    assert orjson.loads(error.body()) == alone[2].json()
+    for i in (0, 1, 3):  # the same to float32 precision (a matmul's rounding depends on its batch size)
+        assert close(together[i], alone[i].json()["predictions"])
+
+    async def over_http():  # the same through the app, concurrently
+        return await asyncio.gather(*[harness.client.post("/invocations", content=b) for b in bodies])
+
+    responses = harness.run(over_http())
+    assert [r.status_code for r in responses] == [200, 200, 422, 200]
+    assert responses[2].json() == alone[2].json()
+    for i in (0, 1, 3):
+        assert close(responses[i].json()["predictions"], alone[i].json()["predictions"])

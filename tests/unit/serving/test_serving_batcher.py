@@ -166,7 +166,7 @@ def test_everything_queued_goes_to_the_model_thread_in_one_hand_off():
 
     class CountingExecutor(ThreadPoolExecutor):
         def submit(self, fn, /, *args, **kwargs):
-            hand_offs.append(len(args[0]) if isinstance(args[0], list) else 1)  # model calls handed over
+            hand_offs.append(len(args[0]))  # the requests handed over
             return super().submit(fn, *args, **kwargs)
 
     async def main():
@@ -181,7 +181,7 @@ def test_everything_queued_goes_to_the_model_thread_in_one_hand_off():
     results = asyncio.run(main())
     assert [r.tolist() for r in results] == [[2.0 * i] * 3 for i in range(10)]
     assert model.batches == [6] * 5  # calls still respect max_batch_rows
-    assert hand_offs == [5]  # ... and all five went to the model thread at once
+    assert hand_offs == [10]  # ... and all five went to the model thread at once, with every request
 
 
 def test_a_slow_model_is_never_scored_on_the_event_loop_after_its_first_call():
