@@ -27,6 +27,9 @@ from loopline.data.contracts import Contract
 FEW_VALUED_META = ("_batch_id", "_source", "_ingested_at", "_transform", "_split")
 
 
+RAW_CODEC = ("zstd", 1)  # raw/D and quarantine/D (1M demo rows of text: 704 MiB plain, 470 snappy, 264 zstd-1)
+
+
 def few_valued(contract: Contract) -> list[str]:
     """The contract columns whose values come from a short list: worth a dictionary."""
     return [
@@ -37,10 +40,16 @@ def few_valued(contract: Contract) -> list[str]:
 
 
 def writer_properties(
-    schema: pa.Schema, dictionary: Iterable[str], *, no_statistics: Iterable[str] = ()
+    schema: pa.Schema,
+    dictionary: Iterable[str],
+    *,
+    no_statistics: Iterable[str] = (),
+    compression: str = "SNAPPY",
+    compression_level: int | None = None,
 ) -> WriterProperties:
     """delta-rs writer properties for `schema`: a dictionary on the `dictionary` columns and the batch
-    metadata, plain encoding elsewhere; no min/max statistics for `no_statistics`."""
+    metadata, plain encoding elsewhere; no min/max statistics for `no_statistics`. The codec is always
+    explicit: WriterProperties without one writes UNCOMPRESSED, unlike write_deltalake's default (snappy)."""
     with_dict = set(dictionary) | set(FEW_VALUED_META)
     no_stats = set(no_statistics)
     columns = {}
@@ -53,15 +62,23 @@ def writer_properties(
         if props:
             columns[name] = ColumnProperties(**props)
     return WriterProperties(
-        default_column_properties=ColumnProperties(dictionary_enabled=False), column_properties=columns
+        compression=compression,
+        compression_level=compression_level,
+        default_column_properties=ColumnProperties(dictionary_enabled=False),
+        column_properties=columns,
     )
 
 
 def raw_properties(contract: Contract, schema: pa.Schema) -> WriterProperties:
-    """raw/D and quarantine/D: every value as text; statistics on the metadata columns only."""
+    """raw/D and quarantine/D: every value as text; statistics on the metadata columns only. zstd level 1:
+    the same CPU as snappy on this text, files half the size (an archive, written once, rarely read)."""
     text = [*contract.column_names, "_extra", "_reasons"]
     return writer_properties(
-        schema, few_valued(contract), no_statistics=[n for n in text if n in schema.names]
+        schema,
+        few_valued(contract),
+        no_statistics=[n for n in text if n in schema.names],
+        compression=RAW_CODEC[0].upper(),
+        compression_level=RAW_CODEC[1],
     )
 
 

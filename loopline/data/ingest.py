@@ -48,7 +48,7 @@ from loopline.data.clean_commit import check_retype
 from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
 from loopline.data.encoding import raw_properties
-from loopline.data.raw_writer import ChunkStream, new_stage, write_pipelined
+from loopline.data.raw_writer import ChunkStream, new_stage, raw_parquet_options, write_pipelined
 from loopline.data.schemas import raw_schema
 from loopline.data.validation.ids import TableIds
 from loopline.errors import DataQualityError, SourceError
@@ -190,6 +190,7 @@ def _ingest_batch(
                 app_id_for(batch_id),
                 {"batch_id": batch_id, "source": src.uri},
                 writer_properties=raw_properties(contract, raw_schema(contract)),
+                parquet_options=raw_parquet_options(contract, raw_schema(contract)),
             )
 
     def judge() -> Judged:

@@ -24,7 +24,7 @@ from deltalake import WriterProperties
 
 from loopline.config import LifecycleConfig
 from loopline.data.contracts import Contract
-from loopline.data.encoding import staging_options
+from loopline.data.encoding import FEW_VALUED_META, RAW_CODEC, few_valued, staging_options
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
 from loopline.faults import kill_point
 from loopline.storage import delta, sources
@@ -42,11 +42,14 @@ def write_pipelined(
     metadata: dict,
     *,
     writer_properties: WriterProperties | None = None,
+    parquet_options: dict | None = None,
 ) -> None:
     """Stream `stream`'s record batches into one Delta commit, with the writer on its own thread.
 
-    Reading + validating chunk i+1 (Python) overlaps with encoding chunk i to Parquet (Rust, no GIL);
-    a queue of two chunks bounds memory. An error on either side aborts the commit: nothing is written.
+    Reading + validating chunk i+1 (Python) overlaps with encoding chunk i to Parquet (pyarrow with
+    `parquet_options`, else delta-rs; no GIL either way); a queue of four batches bounds memory, and so does
+    the pyarrow writer, whatever the batch's size (loopline.storage.delta_files). An error on either side
+    aborts the commit: nothing is committed.
     """
     pipe: queue.Queue = queue.Queue(maxsize=4)
     failure: list[BaseException] = []
@@ -67,6 +70,7 @@ def write_pipelined(
                 app_id=app_id,
                 metadata=metadata,
                 writer_properties=writer_properties,
+                parquet_options=parquet_options,
             )
         except BaseException as exc:  # reported to the reading side below
             failure.append(exc)
@@ -99,6 +103,19 @@ def write_pipelined(
     writer.join()
     if failure:
         raise failure[0]
+
+
+def raw_parquet_options(contract: Contract, schema: pa.Schema) -> dict:
+    """pyarrow's encoding of raw/D's files, as `encoding.raw_properties` gives delta-rs's: a dictionary on
+    the few-valued columns and the batch metadata, min/max statistics on the metadata columns only, zstd level 1 (`encoding.RAW_CODEC`)."""
+    text = {*contract.column_names, "_extra", "_reasons"}
+    few = {*few_valued(contract), *FEW_VALUED_META}
+    return {
+        "compression": RAW_CODEC[0],
+        "compression_level": RAW_CODEC[1],
+        "use_dictionary": [n for n in schema.names if n in few],
+        "write_statistics": [n for n in schema.names if n not in text],
+    }
 
 
 def new_stage(workdir: str, batch_id: str) -> Path:

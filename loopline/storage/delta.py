@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from loopline.storage import delta_files
 from loopline.storage.lake import Lake
 
 T = TypeVar("T")
@@ -85,6 +86,7 @@ def append_once(
     table: DeltaTable | None | object = LATEST,
     writer: str | None = None,
     writer_properties: WriterProperties | None = None,
+    parquet_options: dict[str, Any] | None = None,
 ) -> tuple[int | None, bool]:
     """Commit `data` in one commit unless its app id(s) already committed. Returns (table version, written).
 
@@ -99,6 +101,9 @@ def append_once(
     `writer`: an app id every writer of this table uses; the commit carries it with version previous + 1, so
     any two concurrent commits conflict (see the module docstring).
     `writer_properties`: how the Parquet files are encoded (loopline.data.encoding); None: delta-rs's defaults.
+    `parquet_options`: write the files with pyarrow (these ParquetWriter keywords, in place of
+    `writer_properties`) and commit them as add actions, in bounded memory (loopline.storage.delta_files),
+    where that path can: a local table, an append, no schema change; elsewhere delta-rs writes them.
     Either way, a conflict whose winner committed these very app ids is a skip, not an error."""
     ids = [app_id] if isinstance(app_id, str) else list(app_id)
     replayable = table is LATEST and (isinstance(data, pa.Table) or callable(data))
@@ -120,6 +125,7 @@ def append_once(
                 mode,
                 writer,
                 writer_properties,
+                parquet_options,
             )
         except CommitFailedError:
             latest = open_table(lake, uri)
@@ -140,12 +146,15 @@ def _commit(
     mode: str,
     writer: str | None,
     writer_properties: WriterProperties | None = None,
+    parquet_options: dict[str, Any] | None = None,
 ) -> tuple[int | None, bool]:
     txns = [Transaction(app_id=i, version=1) for i in ids]
     if writer is not None:
         previous = (snapshot.transaction_version(writer) or 0) if snapshot is not None else 0
         txns.append(Transaction(app_id=writer, version=previous + 1))
     custom = {k: str(v) for k, v in (metadata or {}).items()}
+    if parquet_options is not None and delta_files.can_write(uri, snapshot, data.schema, mode):
+        return _commit_files(lake, uri, data, snapshot, txns, custom, parquet_options)
     if snapshot is None:  # creating the table: no retry at version 1 behind delta-rs's back
         props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
         try:
@@ -174,6 +183,36 @@ def _commit(
         commit_properties=props,
         writer_properties=writer_properties,
     )
+    return table_version(lake, uri), True
+
+
+def _commit_files(
+    lake: Lake,
+    uri: str,
+    data: pa.Table | pa.RecordBatchReader,
+    snapshot: DeltaTable | None,
+    txns: list[Transaction],
+    custom: dict[str, str],
+    options: dict[str, Any],
+) -> tuple[int | None, bool]:
+    """`_commit` through loopline.storage.delta_files: pyarrow writes the files, one transaction adds them."""
+    folder = delta_files.local_path(uri)
+    assert folder is not None
+    batches = data.to_batches() if isinstance(data, pa.Table) else data
+    adds = delta_files.write_files(folder, data.schema, batches, options)
+    if snapshot is None:
+        props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
+        try:
+            delta_files.commit_files(uri, data.schema, adds, None, props, lake.storage_options)
+        except CommitFailedError:
+            raise
+        except DeltaError as exc:
+            if "already exists" not in str(exc):
+                raise
+            raise CommitFailedError(f"{uri} was created concurrently: {exc}") from exc
+        return 0, True
+    props = CommitProperties(app_transactions=txns, custom_metadata=custom)
+    delta_files.commit_files(uri, data.schema, adds, snapshot, props, lake.storage_options)
     return table_version(lake, uri), True
 
 

@@ -2,7 +2,7 @@
 
 - raw/D, clean/D and features/D are encoded with a dictionary only where values are few (a float or free
   text column plain, a category column and the batch metadata with a dictionary); raw/D keeps no min/max
-  statistics of its text columns. The rows are the same whatever the encoding.
+  statistics of its text columns; every table is compressed. The rows are the same whatever the encoding.
 - the source is read one chunk ahead on a thread: rows stay in order, a read error surfaces in the consumer,
   and a consumer that stops early lets the reader end.
 - the transform's Arrow paths for text columns give exactly what the object path (serving's) gives.
@@ -60,6 +60,10 @@ def test_tables_use_a_dictionary_only_where_values_are_few(tmp_path):
     assert not any(c.is_stats_set for c in _column_chunks(raw, "income"))
     assert all(c.is_stats_set for c in _column_chunks(raw, "_row"))
     assert all(c.is_stats_set for c in _column_chunks(clean, "customer_id"))  # TableIds prunes by it
+    # always compressed (WriterProperties without a codec writes UNCOMPRESSED): raw as zstd, the rest snappy
+    assert {c.compression for c in _column_chunks(raw, "income")} == {"ZSTD"}
+    for table in (clean, feats):
+        assert {c.compression for c in _column_chunks(table, "income")} == {"SNAPPY"}, table.name
 
     rows = delta.read_column(lake, lake.table_uri("clean", contract.dataset), ["customer_id", "segment"])
     assert sorted(rows["customer_id"].to_pylist()) == list(range(3000))
