@@ -27,7 +27,10 @@ from loopline.data.contracts import Contract
 FEW_VALUED_META = ("_batch_id", "_source", "_ingested_at", "_transform", "_split")
 
 
-RAW_CODEC = ("zstd", 1)  # raw/D and quarantine/D (1M demo rows of text: 704 MiB plain, 470 snappy, 264 zstd-1)
+RAW_CODEC = (
+    "zstd",
+    1,
+)  # raw/D and quarantine/D (1M demo rows of text: 704 MiB plain, 470 snappy, 264 zstd-1)
 
 
 def few_valued(contract: Contract) -> list[str]:
