@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loopline.data import ledger
 from loopline.data.clean_commit import CleanCommit, commit_clean, quarantine_rows
@@ -51,6 +51,21 @@ class Judged:
     data_docs_path: str | None = None
     quarantine_max_fraction: float = 0.0
     column_error: str | None = None  # the file's columns broke the contract: raw/D only, then rejected
+
+    @classmethod
+    def of(cls, verdict: Any, column_error: str | None = None) -> Judged:
+        """From the gate's verdict, or a staged batch carrying the same fields."""
+        return cls(
+            rows_in=verdict.rows_in,
+            rows_clean=verdict.rows_clean,
+            rows_quarantined=verdict.rows_quarantined,
+            accepted=verdict.accepted,
+            reason=verdict.reason,
+            per_expectation=verdict.per_expectation,
+            data_docs_path=verdict.data_docs_path,
+            quarantine_max_fraction=verdict.quarantine_max_fraction,
+            column_error=column_error,
+        )
 
 
 def commit_batch(

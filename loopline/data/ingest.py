@@ -196,17 +196,7 @@ def _ingest_batch(
     def judge() -> Judged:
         if column_error is not None:
             return Judged(rows_in=stream.rows, column_error=str(column_error))
-        verdict = gate.finish()
-        return Judged(
-            rows_in=verdict.rows_in,
-            rows_clean=verdict.rows_clean,
-            rows_quarantined=verdict.rows_quarantined,
-            accepted=verdict.accepted,
-            reason=verdict.reason,
-            per_expectation=verdict.per_expectation,
-            data_docs_path=verdict.data_docs_path,
-            quarantine_max_fraction=verdict.quarantine_max_fraction,
-        )
+        return Judged.of(gate.finish())
 
     committed = commit_batch(
         lake,

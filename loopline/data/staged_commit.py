@@ -114,17 +114,7 @@ def _commit(
         )
 
     def judge() -> Judged:
-        return Judged(
-            rows_in=staged.rows_in,
-            rows_clean=staged.rows_clean,
-            rows_quarantined=staged.rows_quarantined,
-            accepted=staged.accepted,
-            reason=staged.reason,
-            per_expectation=staged.per_expectation,
-            data_docs_path=staged.data_docs_path,
-            quarantine_max_fraction=staged.quarantine_max_fraction,
-            column_error=staged.column_error,
-        )
+        return Judged.of(staged, staged.column_error)
 
     snapshot = (
         delta.open_table(lake, lake.table_uri("clean", contract.dataset), staged.snapshot_version)

@@ -18,9 +18,10 @@ CommitFailedError like any other conflict.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -157,7 +158,7 @@ def _commit(
         return _commit_files(lake, uri, data, snapshot, txns, custom, parquet_options)
     if snapshot is None:  # creating the table: no retry at version 1 behind delta-rs's back
         props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
-        try:
+        with _created_concurrently(uri):
             write_deltalake(
                 uri,
                 data,
@@ -166,12 +167,6 @@ def _commit(
                 commit_properties=props,
                 writer_properties=writer_properties,
             )
-        except CommitFailedError:
-            raise
-        except DeltaError as exc:
-            if "already exists" not in str(exc):
-                raise
-            raise CommitFailedError(f"{uri} was created concurrently: {exc}") from exc
         return 0, True
     props = CommitProperties(app_transactions=txns, custom_metadata=custom)
     write_deltalake(
@@ -184,6 +179,19 @@ def _commit(
         writer_properties=writer_properties,
     )
     return table_version(lake, uri), True
+
+
+@contextlib.contextmanager
+def _created_concurrently(uri: str) -> Iterator[None]:
+    """Creating a table another writer created first is a commit conflict (re-read and retry), as in appends."""
+    try:
+        yield
+    except CommitFailedError:
+        raise
+    except DeltaError as exc:
+        if "already exists" not in str(exc):
+            raise
+        raise CommitFailedError(f"{uri} was created concurrently: {exc}") from exc
 
 
 def _commit_files(
@@ -202,14 +210,8 @@ def _commit_files(
     adds = delta_files.write_files(folder, data.schema, batches, options)
     if snapshot is None:
         props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
-        try:
+        with _created_concurrently(uri):
             delta_files.commit_files(uri, data.schema, adds, None, props, lake.storage_options)
-        except CommitFailedError:
-            raise
-        except DeltaError as exc:
-            if "already exists" not in str(exc):
-                raise
-            raise CommitFailedError(f"{uri} was created concurrently: {exc}") from exc
         return 0, True
     props = CommitProperties(app_transactions=txns, custom_metadata=custom)
     delta_files.commit_files(uri, data.schema, adds, snapshot, props, lake.storage_options)
