@@ -6,11 +6,13 @@ start` (started before timing, as `loopline up` leaves it); the model server the
 stopped at the end. Ours: the lifecycle's wall time. Limit: the sum of its task
 bodies (each task run's time in Running, from the Prefect API; a subflow's proxy task is not counted
 twice), i.e. the same work with zero orchestration. Overhead = wall - bodies, as a share of wall (goal
-< 5%). Then the unchanged rerun: the same config again, where ingest finds the batch already landed,
-features are cached, training finds its run key finished and promotion finds the version in place
-(goal < 5% of the first run's wall time).
+< 5%). Then the unchanged rerun: the same config again (an explicit seed and id_offset, so the same
+source file), where every stage decides its hit from metadata (tasks/stage_cache.py: the batch already
+landed, features cached, the run key finished, the decision recorded with @champion unchanged; goal < 5%
+of the first run's wall time). Last, the local platform's footprint (bench/footprint.py, when present:
+`platform_rss_mb`, `up_seconds`; `--no-platform` skips it).
 
-    python -m bench lifecycle [--rows 20000] [--steps 300] [--keep] [--heartbeat default off]
+    python -m bench lifecycle [--rows 20000] [--steps 300] [--keep] [--heartbeat default off] [--no-platform]
 
 Both heartbeat variants run by default: Prefect 3.8.8 joins each flow run's heartbeat thread on exit,
 and that thread sleeps in whole seconds, so every flow run (subflows included) ends up to 1 s late.
@@ -160,6 +162,7 @@ def run_variant(args, api: str, work: Path, heartbeat: str) -> dict:
         cfg.synthetic.rows = args.rows
     if args.steps:
         cfg.training.max_steps = args.steps
+    cfg.synthetic.seed, cfg.synthetic.id_offset = 0, 0  # explicit: the rerun ingests the same source
     try:
         first = timed_lifecycle(cfg, api, heartbeat)
         rerun = timed_lifecycle(cfg, api, heartbeat)
@@ -224,12 +227,24 @@ def print_table(result: dict) -> None:
             f"(goal < {100 * GOAL_RERUN_SHARE:.0f}%: {'met' if v['rerun_goal_met'] else 'NOT met'})"
         )
     first, rerun = variants[0]["first"], variants[0]["rerun"]
+    d = result["details"]
+    if d.get("platform_rss_mb") is not None:
+        print(f"\nplatform: {d['platform_rss_mb']:.0f} MB RSS idle, `loopline up` in {d['up_seconds']:.1f} s")
     print(f"\nlongest task bodies (heartbeat {variants[0]['heartbeat']}, first run):")
     for row in first["tasks"][:8]:
         print(f"  {row['body_s']:>8.2f} s  {row['task']}")
     print("rerun task bodies:")
     for row in rerun["tasks"][:8]:
         print(f"  {row['body_s']:>8.2f} s  {row['state'] or '':<10} {row['task']}")
+
+
+def measure_platform_if_present() -> dict:
+    """bench/footprint.py's figures (idle `loopline up` RSS and start time), when that bench exists."""
+    try:
+        from bench.footprint import measure_platform
+    except ImportError:
+        return {}
+    return measure_platform()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -243,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=["default", "off"],
         help="PREFECT_FLOWS_HEARTBEAT_FREQUENCY variants to run: default (Prefect's, 180 s), off, or seconds",
     )
+    parser.add_argument("--no-platform", action="store_true", help="skip bench/footprint.py's footprint")
     parser.add_argument("--child", nargs=3, metavar=("API", "WORK", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # one variant in a fresh process: MLflow and Prefect keep process-wide state
@@ -274,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     main_variant = variants[0]
+    platform = {} if args.no_platform else measure_platform_if_present()
     first = main_variant["first"]
     result = {
         "name": "lifecycle",
@@ -299,6 +316,9 @@ def main(argv: list[str] | None = None) -> dict:
             "overhead_goal_met": main_variant["overhead_goal_met"],
             "rerun_share": main_variant["rerun_share"],
             "rerun_goal_met": main_variant["rerun_goal_met"],
+            "platform_rss_mb": platform.get("platform_rss_mb"),
+            "up_seconds": platform.get("up_seconds"),
+            "platform": platform or None,
             "variants": variants,
             "kept": str(work) if args.keep else None,
         },

@@ -25,7 +25,11 @@ def deployment_flow(
     config: LifecycleConfig | None = None, model: str | None = None, start_if_missing: bool = True
 ) -> dict[str, Any]:
     cfg = resolve_config(config)
-    model = model or model_name_for(cfg)
+    return deploy_stage(cfg, model or model_name_for(cfg), start_if_missing)
+
+
+def deploy_stage(cfg: LifecycleConfig, model: str, start_if_missing: bool = True) -> dict[str, Any]:
+    """The deployment flow's body: its tasks run in the caller's flow run (the lifecycle's, or its own)."""
     version = read_champion(cfg, model)
     # Find: the servers that serve this model (start one when none runs)
     servers = find_servers(cfg, model)

@@ -14,10 +14,11 @@ from prefect.states import Completed, State
 
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.monitoring.retrain import SKIPPED_STATE
-from loopline.packaging.registry import model_name_for
+from loopline.packaging.registry import model_name_for, tracking_uri_for
 from tasks.common import run_logger
 from tasks.drift import detect_window, find_champion, list_champions, report_drift
 from tasks.feedback import live_performance_check
+from tasks.stage_cache import champion_alias
 
 
 @flow(name="drift", log_prints=True)
@@ -43,22 +44,28 @@ def drift_flow(
     cfg = resolve_config(config)
     if all_models:
         # Watch: every champion in the registry, whatever dataset it serves (a skip is one model's result)
-        checked = {name: _check(cfg, name, current, window_hours, True) for name in list_champions(cfg)}
+        checked = {name: check_drift(cfg, name, current, window_hours, True) for name in list_champions(cfg)}
         return {"models": {k: v.result() if isinstance(v, State) else v for k, v in checked.items()}}
-    return _check(cfg, model or model_name_for(cfg), current, window_hours, skip_unknown_model)
+    return check_drift(cfg, model or model_name_for(cfg), current, window_hours, skip_unknown_model)
 
 
-def _check(
+def check_drift(
     cfg: LifecycleConfig,
     model_name: str,
     current: str | None,
     window_hours: float | None,
     skip_unknown_model: bool,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Completed:
+    """The drift flow's check of one model; its tasks run in the caller's flow run (the drift flow's, or
+    the lifecycle's). A skip is a Completed state named Skipped carrying the result."""
     hours = float(window_hours or cfg.drift.window_hours)
 
-    # Reference: the champion's profile, stored with the model at training time
-    champion = find_champion(cfg, model_name, missing_ok=skip_unknown_model)
+    # Reference: the champion's profile, stored with the model at training time (none yet: known from a
+    # query on the registry, without starting mlflow)
+    if skip_unknown_model and champion_alias(tracking_uri_for(cfg, None), model_name) is None:
+        champion = None
+    else:
+        champion = find_champion(cfg, model_name, missing_ok=skip_unknown_model)
     if champion is None:
         return _skipped(
             model_name,

@@ -13,7 +13,11 @@ def features_flow(
     config: LifecycleConfig | None = None, refit: bool = False, dataset: str | None = None
 ) -> dict:
     """`dataset`: the dataset to build (the `features` trigger passes the event's); default: the config's."""
-    cfg = resolve_config(config).for_dataset(dataset)
+    return features_stage(resolve_config(config).for_dataset(dataset), refit)
+
+
+def features_stage(cfg: LifecycleConfig, refit: bool = False) -> dict:
+    """The features flow's body: its task runs in the caller's flow run (the lifecycle's, or its own)."""
     if cfg.data.executor == "dask":  # per partition on the cluster, committed here: the same features/D
         return features_on_dask(cfg, refit)
     return build_features(cfg, refit=refit)

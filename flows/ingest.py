@@ -15,7 +15,11 @@ from tasks.ingest import ingest_batch, list_source_files, synthesise_source
 @flow(name="ingest", log_prints=True)
 def ingest_flow(config: LifecycleConfig | None = None) -> list[dict]:
     """Ingest `config.data.source` (a file, folder or s3:// URI); with no source, the synthetic demo batch."""
-    cfg = resolve_config(config)
+    return ingest_stage(resolve_config(config))
+
+
+def ingest_stage(cfg: LifecycleConfig) -> list[dict]:
+    """The ingest flow's body: its tasks run in the caller's flow run (the lifecycle's, or the ingest flow's)."""
     # Extract: which files (the synthetic source makes only the demo dataset)
     if not cfg.data.source and contract_dataset(cfg) != DEMO_DATASET:
         raise ConfigError(

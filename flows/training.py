@@ -22,7 +22,12 @@ def train_flow(
     fresh: bool = False,
     features_version: int | None = None,
 ) -> dict:
-    cfg = resolve_config(config).for_dataset(dataset)
+    return train_stage(resolve_config(config).for_dataset(dataset), fresh, features_version)
+
+
+def train_stage(cfg: LifecycleConfig, fresh: bool = False, features_version: int | None = None) -> dict:
+    """The train flow's body. A local launcher's task can run in the caller's flow run (the lifecycle);
+    a Kubernetes or Kubeflow job needs this flow's run around it, whose cancellation deletes the job."""
     dataset = contract_dataset(cfg)
     # Train: resumes from this run key's latest checkpoint unless fresh; here, or in a job of its own
     train = train_model if cfg.training.launcher == "local" else train_on_kubernetes

@@ -21,7 +21,12 @@ def _tracking_uri(cfg: LifecycleConfig) -> str:
 
 @task(name="read-champion", retries=2, retry_delay_seconds=[2, 5])  # the registry may be briefly busy
 def read_champion(cfg: LifecycleConfig, model: str) -> int:
-    return core.champion_version(_tracking_uri(cfg), model)
+    from tasks.stage_cache import champion_alias
+
+    found = champion_alias(_tracking_uri(cfg), model)  # a query or one REST call, no mlflow import
+    if found is not False and found is not None:
+        return found
+    return core.champion_version(_tracking_uri(cfg), model)  # no champion: its error names the model
 
 
 @task(name="read-previous-champion", retries=2, retry_delay_seconds=[2, 5])

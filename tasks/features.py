@@ -29,7 +29,9 @@ def _features_cache_key(context, parameters) -> str | None:
         contract = resolve_contract(lake, cfg.data)
     except LooplineError:
         return None
-    clean_v = delta.table_version(lake, lake.table_uri("clean", contract.dataset))
+    # clean/D's id and version: a lake wiped and refilled at the same path is another table, not a hit
+    table = delta.open_table(lake, lake.table_uri("clean", contract.dataset))
+    clean_v = None if table is None else [table.metadata().id, table.version()]
     blob = json.dumps(
         [
             lake.root,

@@ -15,6 +15,7 @@ from loopline.data.contract_registry import ingest_contract
 from loopline.data.synthetic import generate_source, next_batch
 from loopline.monitoring.data_metrics import publish_ingest_metrics
 from loopline.storage import sources
+from tasks import stage_cache
 from tasks.common import emit, lake_for, retry_unless_user_error, run_logger
 from tasks.locks import lake_slot
 from tasks.progress import report as report_progress
@@ -63,8 +64,14 @@ def list_source_files(source: str, cfg: LifecycleConfig) -> list[str]:
 # idempotent: a retry resumes the batch where the crash left it (Delta app transactions)
 @task(name="ingest-batch", retries=2, retry_delay_seconds=[5, 15], retry_condition_fn=retry_unless_user_error)
 def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dict:
-    """One file as one batch. In a folder, an unreadable file is reported as that file's rejection."""
+    """One file as one batch. In a folder, an unreadable file is reported as that file's rejection.
+    An unchanged file that this lake took in, with the lake untouched since, is a hit of its stage record
+    (tasks/stage_cache.py): the duplicate it would be, decided from file and table metadata alone."""
     lake = lake_for(cfg)
+    key = _record_key(uri, cfg, lake, in_folder)
+    if key and (hit := stage_cache.load(cfg, key, _lake_state(cfg, lake))) is not None:
+        report_progress("ingest.batch", source=uri, state="done", **{k: hit[k] for k in _COUNTS})
+        return hit  # no `cached` key: callers rebuild BatchResult from these dicts (summarise_dicts)
     report_progress("ingest.batch", source=uri, state="start")
     contract = ingest_contract(lake, cfg.data)
     with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
@@ -72,12 +79,41 @@ def ingest_batch(uri: str, cfg: LifecycleConfig, in_folder: bool = False) -> dic
     publish_ingest_metrics(lake, cfg, contract)  # the ledger's counts for Prometheus; never fails the batch
     emitted = report_batch(result)
     report_progress("ingest.batch", source=uri, state="done", **_counts(result))
+    if key and result.batch_id and result.accepted:  # a rerun of this file finds this batch: a duplicate
+        again = {**result.as_dict(), "duplicate_batch": True, "event_emitted": False}
+        stage_cache.save(cfg, key, _lake_state(cfg, lake), again)
     return {**result.as_dict(), "event_emitted": emitted}
 
 
+_COUNTS = ("rows_in", "rows_clean", "rows_quarantined", "accepted", "duplicate_batch")
+
+
+def _record_key(uri: str, cfg: LifecycleConfig, lake, in_folder: bool) -> str | None:
+    """The batch's inputs: the file (path, size, mtime), the contract file, the data settings, the lake."""
+    source = stage_cache.file_identity(uri)
+    if source is None:
+        return None
+    contract = stage_cache.file_identity(cfg.data.contract) if cfg.data.contract else None
+    data = cfg.data.model_dump(mode="json")
+    return stage_cache.key_of("ingest", source, contract, data, lake.root, in_folder)
+
+
+def _lake_state(cfg: LifecycleConfig, lake) -> list | None:
+    """Ids and versions of the dataset's raw, clean and quarantine tables and its ledger."""
+    from loopline.data.ledger import ledger_uri
+    from loopline.packaging.registry import contract_dataset
+
+    try:
+        dataset = contract_dataset(cfg)
+        uris = [lake.table_uri(kind, dataset) for kind in ("raw", "clean", "quarantine")]
+        return stage_cache.table_states(lake, [*uris, ledger_uri(lake, dataset)])
+    except Exception as exc:  # no record rather than a failed batch
+        run_logger().debug("no stage record for the batch: %s", exc)
+        return None
+
+
 def _counts(result: core_ingest.BatchResult) -> dict:
-    keys = ("rows_in", "rows_clean", "rows_quarantined", "accepted", "duplicate_batch")
-    return {k: getattr(result, k) for k in keys}
+    return {k: getattr(result, k) for k in _COUNTS}
 
 
 def report_batch(result: core_ingest.BatchResult) -> bool:

@@ -20,6 +20,7 @@ from loopline.config import LifecycleConfig
 from loopline.packaging.model_card import render_model_card
 from loopline.packaging.registry import tracking_uri_for
 from loopline.release import evaluate, promote, rollback
+from tasks import stage_cache
 from tasks.common import (
     emit,
     ensure_global_limit,
@@ -96,9 +97,44 @@ def promote_model(cfg: LifecycleConfig, model: str, version: int | None = None) 
     with promotion_slot(model, cfg.evaluation.promotion_slot_timeout_seconds):
         result = promote(cfg, model, version, lake=lake_for(cfg))
     result["event_emitted"] = report_promotion(result)
+    if (key := _record_key(cfg, model, result["candidate_version"])) is not None:
+        again = {**result, "event_emitted": False}  # deciding the same again moves nothing, emits nothing
+        stage_cache.save(cfg, key, _champion(cfg, model), again)
     verdict = "promoted" if result["promoted"] else "not promoted"
     log.info("%s v%s %s: %s", model, result["candidate_version"], verdict, result["reason"])
     return result
+
+
+def recorded_promotion(cfg: LifecycleConfig, model: str, version: int) -> dict | None:
+    """The decision recorded for `version` when @champion is still what that decision left (read without
+    mlflow): a rerun would find the same. None: decide it (the promotion flow)."""
+    key = _record_key(cfg, model, version)
+    return None if key is None else stage_cache.load(cfg, key, _champion(cfg, model))
+
+
+@task(name="promote-model", task_run_name="promote {model} v{version}")
+def promotion_unchanged(cfg: LifecycleConfig, model: str, version: int, recorded: dict) -> dict[str, Any]:
+    """The lifecycle's promote stage on an unchanged rerun: the recorded decision, shown as Cached."""
+    run_logger().info(
+        "%s v%s: decided before, @champion unchanged (v%s)", model, version, recorded["champion_version"]
+    )
+    return stage_cache.cached(recorded)
+
+
+def _record_key(cfg: LifecycleConfig, model: str, version: int | None) -> str | None:
+    """Direct promotions only: an approval or a canary involves more than the registry's state."""
+    if version is None or cfg.rollout.require_approval or cfg.rollout.mode != "direct":
+        return None
+    registry = stage_cache.tracking_identity(tracking_uri_for(cfg, None))
+    if registry is None:
+        return None
+    settings = [cfg.evaluation.model_dump(mode="json"), cfg.rollout.model_dump(mode="json")]
+    return stage_cache.key_of("promote", registry, model, int(version), settings, lake_for(cfg).root)
+
+
+def _champion(cfg: LifecycleConfig, model: str) -> int | None:
+    found = stage_cache.champion_alias(tracking_uri_for(cfg, None), model)
+    return None if found is False or found is None else found
 
 
 def report_promotion(result: dict[str, Any]) -> bool:

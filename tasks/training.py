@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 
 from loopline.config import LifecycleConfig
+from tasks import stage_cache
 from tasks.common import emit, ensure_global_limit, hold_slots, lake_for, run_logger, slug
 from tasks.progress import report as report_progress
 
@@ -148,6 +149,10 @@ def train_model(
     attempt = task_run.run_count or 1
     # --fresh applies to the first attempt only: a retry must resume what this run already did
     start_fresh = fresh and attempt <= 1
+    # A run key this registry saw finish: its result, without torch, mlflow or the features (a record)
+    key = None if start_fresh else _record_key(cfg, dataset, model, features_version)
+    if key and (hit := stage_cache.load(cfg, key, _record_state(cfg, dataset))) is not None:
+        return stage_cache.cached(hit)
     if attempt > 1:
         log.info("attempt %d: resuming from the latest checkpoint of this run key", attempt)
     slot = cfg.training.gpu_slot if needs_gpu_slot(cfg) else None
@@ -173,7 +178,45 @@ def train_model(
         report_progress("train", model=model, step=result["steps"], total_steps=result["steps"], done=True)
     if result.get("role") == "follower":  # a node of rank > 0 (loopline.train.node): node 0 registers
         return result
-    return announce_trained(model, dataset, result)
+    result = announce_trained(model, dataset, result)
+    # a rerun of this run key finds it finished (run_training); the registry may be new since the lookup
+    key = key or _record_key(cfg, dataset, model, features_version)
+    if key and result.get("model_version"):
+        again = {**result, "reused_run": True, "event_emitted": False}
+        stage_cache.save(cfg, key, _record_state(cfg, dataset), again)
+    return result
+
+
+def _record_key(cfg: LifecycleConfig, dataset: str, model: str, features_version: int | None) -> str | None:
+    """The run key (loopline.train.runkey) and the registry: what decides that a run is already done.
+    None without an explicit features version: which one "latest" is needs the table's data."""
+    from loopline.packaging.registry import tracking_uri_for
+    from loopline.train.runkey import code_version, compute_run_key
+
+    if features_version is None:
+        return None
+    registry = stage_cache.tracking_identity(tracking_uri_for(cfg, None))
+    if registry is None:
+        return None
+    run_key = compute_run_key(
+        cfg.training,
+        dataset=dataset,
+        model_name=model,
+        features_version=features_version,
+        code=code_version(),
+    )
+    return stage_cache.key_of("train", run_key, registry, lake_for(cfg).root)
+
+
+def _record_state(cfg: LifecycleConfig, dataset: str) -> list | None:
+    """features/D's table id (a rebuilt table is another one); its version is in the run key."""
+    try:
+        lake = lake_for(cfg)
+        (state,) = stage_cache.table_states(lake, [lake.table_uri("features", dataset)])
+        return None if state is None else state[0]
+    except Exception as exc:  # no record rather than a failed training
+        run_logger().debug("no stage record for training: %s", exc)
+        return None
 
 
 def announce_trained(model: str, dataset: str, result: dict) -> dict:
