@@ -1,5 +1,7 @@
-"""The whole loop as one flow run. Each stage's tasks run in it, tagged `stage:<name>`, so every step shows
-in the Prefect UI (a task run per step, with its own retries); promotion is a subflow run of its own.
+"""The whole loop as one flow run. Each stage's tasks run in it, so every step shows in the Prefect UI (a task
+run per step, named after it, with its own retries); promotion is a subflow run of its own. The task runs carry
+no stage tags on purpose: Prefect 3.8.8 acquires a tag-concurrency lease for every tagged task run (a service
+thread and an API round trip per tag set), which cost ~1.3 s per task here, more than the subflows it replaced.
 
 Its parameters are the few inputs people change per run (a contract file and a source for their own
 data, or a dataset the lake knows, and a model name); the whole LifecycleConfig is an optional, advanced
@@ -43,8 +45,6 @@ def lifecycle_flow(
         model: Registered model name. Empty: the dataset's name.
         config: Every other setting (training, evaluation, drift ...). Empty: the platform's configuration.
     """
-    from prefect import tags
-
     from flows.deployment import deploy_stage
     from flows.drift import check_drift
     from flows.features import features_stage
@@ -57,45 +57,37 @@ def lifecycle_flow(
     cfg = resolve_config(config).with_inputs(contract=contract, source=source, dataset=dataset, model=model)
     result: dict = {}
     # Ingest + validate: land the batch, quarantine bad rows (a rejected batch stops the run here)
-    with tags("stage:ingest"):
-        result["ingest"] = batches = ingest_stage(cfg)
+    result["ingest"] = batches = ingest_stage(cfg)
     # Monitor: is the new data still what the champion was trained on? (skipped before the first champion)
     fresh = [b for b in batches if b["accepted"] and not b["duplicate_batch"]]
     if fresh:
         model = cfg.model_name or fresh[-1]["dataset"]
-        with tags("stage:drift"):
-            checked = check_drift(cfg, model, f"batch:{fresh[-1]['batch_id']}", None, True)
+        checked = check_drift(cfg, model, f"batch:{fresh[-1]['batch_id']}", None, True)
         result["drift"] = checked.result() if isinstance(checked, State) else checked
     # Features: versioned, incremental
-    with tags("stage:features"):
-        result["features"] = features = features_stage(cfg)
+    result["features"] = features = features_stage(cfg)
     # Train: on exactly the features version just built; resumes after any interruption. A job on
     # Kubernetes/Kubeflow keeps the train flow's run around it (its cancellation deletes the job)
     train_cfg = cfg.for_dataset(features["dataset"])
     version_built = features["features_version"]
-    with tags("stage:train"):
-        if cfg.training.launcher == "local":
-            trained = train_stage(train_cfg, features_version=version_built)
-        else:
-            trained = train_flow(cfg, dataset=features["dataset"], features_version=version_built)
+    if cfg.training.launcher == "local":
+        trained = train_stage(train_cfg, features_version=version_built)
+    else:
+        trained = train_flow(cfg, dataset=features["dataset"], features_version=version_built)
     result["train"] = trained
     # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place.
     # Its own flow run: with approval required, the promotion deployment's run waits, not this one
     version = int(trained["model_version"])
-    with tags("stage:promote"):
-        handed = (
-            hand_off_promotion(cfg, trained["model_name"], version) if cfg.rollout.require_approval else None
-        )
-        if handed is not None or cfg.rollout.require_approval:
-            promoted = handed or promotion_flow(cfg, model=trained["model_name"], version=version)
-        elif (recorded := recorded_promotion(cfg, trained["model_name"], version)) is not None:
-            promoted = promotion_unchanged(cfg, trained["model_name"], version, recorded)
-        else:
-            promoted = promotion_flow(cfg, model=trained["model_name"], version=version)
+    handed = hand_off_promotion(cfg, trained["model_name"], version) if cfg.rollout.require_approval else None
+    if handed is not None or cfg.rollout.require_approval:
+        promoted = handed or promotion_flow(cfg, model=trained["model_name"], version=version)
+    elif (recorded := recorded_promotion(cfg, trained["model_name"], version)) is not None:
+        promoted = promotion_unchanged(cfg, trained["model_name"], version, recorded)
+    else:
+        promoted = promotion_flow(cfg, model=trained["model_name"], version=version)
     result["promote"] = promoted
     # Deploy: the model server serves @champion (started if none runs); an unhealthy swap rolls back
     if cfg.serving.deploy and not promoted.get("awaiting_approval"):
-        with tags("stage:deploy"):
-            result["deploy"] = deploy_stage(cfg, trained["model_name"], start_if_missing=True)
+        result["deploy"] = deploy_stage(cfg, trained["model_name"], start_if_missing=True)
     result["champion_version"] = promoted.get("champion_version")
     return result
