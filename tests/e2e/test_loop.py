@@ -64,12 +64,21 @@ def flow_runs(stack: dict, deployment: str) -> list[dict]:
 
 def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
     deadline = time.monotonic() + timeout_s
+    stalls = 0
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except httpx.TimeoutException:
+            # the SQLite-backed server can hold its write lock for up to its 60 s busy timeout (seen in CI's
+            # server log: "database is locked" for 60 s); a slow answer is not the answer, the deadline still holds
+            stalls += 1
+            continue
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f} s waiting for {what} ({stalls} API reads timed out)"
+    )
 
 
 def drift_runs(stack):
