@@ -136,13 +136,15 @@ def median_run(runs: list[dict]) -> dict:
     return chosen
 
 
-def cli(env: dict[str, str], *args: str) -> dict:
+def cli(env: dict[str, str], *args: str, timeout: float | None = None) -> dict:
+    """`loopline ARGS --json` in a child process: its one JSON line."""
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", *args, "--json"],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"loopline {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")

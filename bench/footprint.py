@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.cli import cli
 from bench.common import RESULTS, free_port, machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,20 +52,6 @@ def _env(home: Path) -> dict[str, str]:
     )
     env.pop("LOOPLINE_LAKE_URI", None)
     return env
-
-
-def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args, "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"loopline {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout)
 
 
 TRAIN = """
@@ -97,17 +84,7 @@ def train_model(home: Path, env: dict[str, str]) -> str:
     """A registered demo model with @champion in $home/mlflow.db (the store the stack's MLflow server uses)."""
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
     contract = str(REPO / "contracts" / "demo.yaml")
-    done = subprocess.run(
-        [sys.executable, "-c", TRAIN, str(home), contract],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"training the bench model failed:\n{done.stderr[-3000:]}")
-    return done.stdout.strip().splitlines()[-1]
+    return _python(env, "training the bench model", 600, TRAIN, str(home), contract)
 
 
 def start_model_server(home: Path, model: str, tracking_uri: str, env: dict[str, str]) -> dict[str, Any]:
@@ -120,17 +97,25 @@ def start_model_server(home: Path, model: str, tracking_uri: str, env: dict[str,
         "print(json.dumps({'pid': s.pid, 'url': s.url}))\n"
     )
     t0 = time.perf_counter()
+    out = _python(
+        env, "starting the model server", 300, code, str(home), model, tracking_uri, str(free_port())
+    )
+    return {**json.loads(out), "start_seconds": time.perf_counter() - t0}
+
+
+def _python(env: dict[str, str], doing: str, timeout: float, code: str, *args: str) -> str:
+    """`python -c CODE ARGS` in the repo: the last line it printed."""
     done = subprocess.run(
-        [sys.executable, "-c", code, str(home), model, tracking_uri, str(free_port())],
+        [sys.executable, "-c", code, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"starting the model server failed:\n{done.stderr[-3000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "start_seconds": time.perf_counter() - t0}
+        raise RuntimeError(f"{doing} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def process_tree(roots: dict[str, int]) -> list[dict[str, Any]]:
@@ -218,9 +203,7 @@ def measure_platform(settle_seconds: float = 5.0, keep: bool = False) -> dict[st
         ports = {"prefect": free_port(), "mlflow": free_port()}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        stack = _cli(
-            env, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])
-        )
+        stack = cli(env, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"]))
         up_seconds = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         roots = _roots(stack["processes"])
@@ -233,7 +216,7 @@ def measure_platform(settle_seconds: float = 5.0, keep: bool = False) -> dict[st
             roots["model-server"] = server["pid"]
             rows = process_tree(roots)
         finally:
-            _cli(env, "down", timeout=180)
+            cli(env, "down", timeout=180)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
