@@ -160,6 +160,7 @@ class Template:
             proc.stdin.close()
             proc.wait(timeout=5)
             self.proc = None
+            proc.stdout.close()  # else a ResourceWarning at exit, in front of every promoting command's user
         except (OSError, subprocess.TimeoutExpired):
             self.kill()
 
