@@ -64,6 +64,7 @@ class MicroBatcher:
         max_queue_rows: int | None = None,
         check: CheckFn | None = None,
         on_scored: ScoredFn | None = None,
+        call_seconds: float | None = None,
     ):
         self._score = score
         self._check = check or _typed_already
@@ -75,7 +76,9 @@ class MicroBatcher:
         self._on_batch = on_batch
         self.inline_max_rows = inline_max_rows
         self.max_queue_rows = max_queue_rows
-        self.call_seconds: float | None = None  # moving average of the model's call time (None: not seen)
+        # moving average of the model's call time; None: not known yet, and an unknown model is never
+        # scored on the event loop (a slow first call there would stall every other request)
+        self.call_seconds = call_seconds
         self._items: deque[_Request] = deque()
         self.queued_rows = 0
         self._wake = asyncio.Event()
@@ -127,7 +130,7 @@ class MicroBatcher:
             if not requests:
                 continue
             rows = sum(r.n_rows for r in requests)
-            fast = self.call_seconds is None or self.call_seconds <= INLINE_MAX_SECONDS
+            fast = self.call_seconds is not None and self.call_seconds <= INLINE_MAX_SECONDS
             if rows <= self.inline_max_rows and rows <= self.max_batch_rows and fast:
                 # a small batch costs less than handing it to the model thread and waking it
                 work = self._work(requests)

@@ -42,6 +42,7 @@ class ModelManager:
         metrics: ServingMetrics,
         executor: Executor,
         source: ModelSource | None,
+        challenger_executor: Executor | None = None,
         max_batch_rows: int,
         max_wait_ms: float,
         device: str = "auto",
@@ -55,6 +56,9 @@ class ModelManager:
         self.router = router
         self.metrics = metrics
         self.executor = executor
+        # the challenger scores on its own thread: a slow or failing canary never queues the champion's
+        # batches behind its calls (a model thread runs one call at a time)
+        self.challenger_executor = challenger_executor or executor
         self.source = source
         self.max_batch_rows = max_batch_rows
         self.max_wait_ms = max_wait_ms
@@ -94,13 +98,14 @@ class ModelManager:
             model.score,
             check=model.checker.check_batch,  # requests queue parsed columns; the batch is checked at once
             on_scored=scored if on_scored is not None else None,
-            executor=self.executor,
+            executor=self.executor if role == CHAMPION else self.challenger_executor,
             max_batch_rows=self.max_batch_rows,
             max_wait_ms=self.max_wait_ms,
             pending=self.pending,
             on_batch=on_batch,
             inline_max_rows=self.inline_max_rows,
             max_queue_rows=self.max_queue_rows,
+            call_seconds=model.warm_seconds,
         )
         batcher.start()
         return Slot(model=model, batcher=batcher, role=role)

@@ -8,6 +8,7 @@ The result equals the registered pyfunc's `predict` on the same rows (a test hol
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ class LoadedModel:
     bundle_dir: str
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     compiled: bool = True  # False: the pandas transform (a step kind the compiled path does not know)
+    warm_seconds: float | None = None  # the one-row warm-up call: the batcher's first estimate of a call
 
     @property
     def contract(self):
@@ -89,7 +91,9 @@ def load_bundle_model(
         bundle_dir=str(bundle_dir),
         compiled=compiled is not None,
     )
+    started = time.perf_counter()
     model.score(TypedRows({c: _warm_column(checker, c) for c in checker.kept}, 1))
+    model.warm_seconds = time.perf_counter() - started
     return model
 
 

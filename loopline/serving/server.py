@@ -38,13 +38,17 @@ def build_app(
     _set_torch_threads(cfg.torch_threads)
     metrics = ServingMetrics()
     router = Router(challenger_weight=cfg.challenger_weight, shadow=cfg.shadow)
-    # one model thread: batches run one after another while the event loop parses the next requests
+    # one model thread per role: a model's batches run one after another while the event loop parses the
+    # next requests, and a slow challenger never holds up the champion's batches.
     # torch's OpenMP thread count is per calling thread: set it on the model thread itself
-    executor = ThreadPoolExecutor(
-        max_workers=1,
-        thread_name_prefix="loopline-model",
-        initializer=_set_torch_threads,
-        initargs=(cfg.torch_threads,),
+    executor, challenger_executor = (
+        ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"loopline-{role}",
+            initializer=_set_torch_threads,
+            initargs=(cfg.torch_threads,),
+        )
+        for role in ("champion", "challenger")
     )
     holder: dict[str, ServingApp] = {}
     manager = ModelManager(
@@ -52,6 +56,7 @@ def build_app(
         router=router,
         metrics=metrics,
         executor=executor,
+        challenger_executor=challenger_executor,
         source=source,
         max_batch_rows=cfg.max_batch_size,
         max_wait_ms=cfg.max_wait_ms,
@@ -98,6 +103,7 @@ def build_app(
 
     async def on_shutdown() -> None:
         executor.shutdown(wait=True)
+        challenger_executor.shutdown(wait=True)
 
     app = ServingApp(
         manager=manager,

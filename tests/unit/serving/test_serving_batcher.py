@@ -146,7 +146,12 @@ def test_small_batches_run_on_the_event_loop_and_large_ones_on_the_model_thread(
     async def main():
         with ThreadPoolExecutor(1, thread_name_prefix="model") as executor:
             batcher = MicroBatcher(
-                model, executor=executor, max_batch_rows=100, max_wait_ms=0, inline_max_rows=4
+                model,
+                executor=executor,
+                max_batch_rows=100,
+                max_wait_ms=0,
+                inline_max_rows=4,
+                call_seconds=0.0001,  # known to be fast
             )
             batcher.start()
             small = await batcher.submit(rows_of([1.0, 2.0]))
@@ -184,19 +189,30 @@ def test_everything_queued_goes_to_the_model_thread_in_one_hand_off():
     assert hand_offs == [10]  # ... and all five went to the model thread at once, with every request
 
 
-def test_a_slow_model_is_never_scored_on_the_event_loop_after_its_first_call():
-    """An inline call blocks every other request (503 answers included): only fast models run inline."""
-    threads = []
+def test_a_model_runs_on_the_event_loop_only_once_it_is_known_to_be_fast():
+    """An inline call blocks every other request (503 answers included): a model of unknown speed, or a slow
+    one, is scored off the loop from its first call (the canary's slow challenger once stalled its champion's
+    traffic for its first call's 150 ms); a fast one moves onto the loop once measured."""
+    calls: dict[str, list[bool]] = {"slow": [], "fast": [], "warmed": []}
 
-    def slow(rows: TypedRows) -> np.ndarray:
-        threads.append(threading.current_thread() is threading.main_thread())
-        threading.Event().wait(0.01)
-        return rows.columns["x"].values
+    def model(kind: str, wait: float):
+        def score(rows: TypedRows) -> np.ndarray:
+            calls[kind].append(threading.current_thread() is threading.main_thread())
+            if wait:
+                threading.Event().wait(wait)
+            return rows.columns["x"].values
 
-    async def main():
+        return score
+
+    async def run(kind: str, wait: float, call_seconds: float | None) -> None:
         with ThreadPoolExecutor(1) as executor:
             batcher = MicroBatcher(
-                slow, executor=executor, max_batch_rows=10, max_wait_ms=0, inline_max_rows=32
+                model(kind, wait),
+                executor=executor,
+                max_batch_rows=10,
+                max_wait_ms=0,
+                inline_max_rows=32,
+                call_seconds=call_seconds,
             )
             batcher.start()
             try:
@@ -205,5 +221,9 @@ def test_a_slow_model_is_never_scored_on_the_event_loop_after_its_first_call():
             finally:
                 await batcher.stop()
 
-    asyncio.run(main())
-    assert threads == [True, False, False, False]  # the first call measured it; the rest ran off the loop
+    asyncio.run(run("slow", 0.01, None))
+    asyncio.run(run("fast", 0, None))
+    asyncio.run(run("warmed", 0.01, 0.01))  # its warm-up call said slow: never inline
+    assert calls["slow"] == [False] * 4
+    assert calls["fast"] == [False, True, True, True]
+    assert calls["warmed"] == [False] * 4
