@@ -22,6 +22,7 @@ Every later `loopline` command reads stack.json and talks to this Prefect API an
     launch.py     the Prefect/MLflow CLIs without what an idle local platform never uses; the workers process
     processes.py  start, recognise (pid + start time), stop, wait until healthy
     bootstrap.py  work pools, the `gpu` concurrency limit, block types, deployments
+    templates.py  a migrated Prefect database that a fresh home starts from (no migrations on its start)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.stack import templates
 from flows.stack.bootstrap import (
     WORK_POOLS,
     count_gpus,
@@ -144,6 +146,11 @@ def up(
         "pids": {},
         "logs": {},
     }
+    # a fresh SQLite home starts from a migrated copy when this machine has one (templates.py)
+    prefect_db = None if postgres_url else root / "prefect" / "prefect.db"
+    fresh_db = prefect_db is not None and not prefect_db.exists()
+    if fresh_db:
+        state["database_template"] = "seeded" if templates.seed(prefect_db) else None
     try:
         start(
             state,
@@ -159,6 +166,8 @@ def up(
         # and come up while the deploy runs; nothing before the end needs the MLflow server.
         preload = _preload(_import_prefect_client)
         wait_http(f"{api_url}/health", startup_timeout_seconds, state, "prefect-server")
+        if fresh_db and state["database_template"] is None and templates.keep(prefect_db):
+            state["database_template"] = "saved"  # migrated here, before anything of this home is in it
         preload.join()
 
         env = client_env(root, state, config_path, worker_poll_seconds)

@@ -110,7 +110,12 @@ def test_the_idle_platform_is_three_lean_processes(tmp_path):
     from flows.stack import down
 
     home = tmp_path / "home"
-    stack = up(str(home), deploy=False, startup_timeout_seconds=150, **free_ports())
+    os.environ["LOOPLINE_CACHE_DIR"] = str(tmp_path / "cache")  # no template yet: this start migrates
+    try:
+        stack = up(str(home), deploy=False, startup_timeout_seconds=150, **free_ports())
+    finally:
+        os.environ.pop("LOOPLINE_CACHE_DIR")
+    assert stack["database_template"] == "saved"
     try:
         pids = stack["pids"]
         assert set(pids) == {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"}
@@ -133,3 +138,27 @@ def test_the_idle_platform_is_three_lean_processes(tmp_path):
         stopped = down(str(home))
     assert sorted(stopped["stopped"]) == sorted(pids) and stopped["already_gone"] == []
     assert not any(alive(pid) for pid in pids.values())
+
+
+def test_a_fresh_home_starts_from_the_migrated_template(tmp_path, monkeypatch):
+    """The first fresh home's migrated Prefect database is kept (templates.py); the next fresh home starts
+    from a copy and is a working API of its own (its pools, none of the first home's rows)."""
+    from flows.stack import down, templates
+
+    monkeypatch.setenv("LOOPLINE_CACHE_DIR", str(tmp_path / "cache"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    stack = up(str(first), deploy=False, with_workers=False, startup_timeout_seconds=150, **free_ports())
+    try:
+        assert stack["database_template"] == "saved" and templates.template_path().is_file()
+        post(stack["prefect_api_url"], "/flows/", {"name": "only-in-the-first-home"})
+    finally:
+        down(str(first))
+    stack = up(str(second), deploy=False, with_workers=False, startup_timeout_seconds=150, **free_ports())
+    try:
+        api = stack["prefect_api_url"]
+        assert stack["database_template"] == "seeded"
+        assert {p["name"] for p in post(api, "/work_pools/filter", {})} >= {"cpu", "gpu"}
+        assert [f["name"] for f in post(api, "/flows/filter", {})] == []  # nothing of the first home
+        post(api, "/flows/", {"name": "second"})
+    finally:
+        down(str(second))
