@@ -29,36 +29,72 @@ def load_project(prefect_file: Path | None = None) -> dict[str, Any]:
     return yaml.safe_load((prefect_file or PROJECT_DIR / "prefect.yaml").read_text())
 
 
+def deploy_args(prefect_file: Path, only: list[str] | None = None) -> list[str]:
+    """`prefect`'s arguments: `--no-prompt deploy --prefect-file F --all` (or `-n NAME` for each of `only`)."""
+    which = ["--all"] if only is None else [arg for n in only for arg in ("-n", n)]
+    return ["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *which]
+
+
+def start_deploy(env: dict[str, str], prefect_file: Path | None = None) -> subprocess.Popen:
+    """`prefect deploy --all`, started ahead: it imports Prefect's CLI and the flows' modules, then waits for
+    `deploy_project(..., warm=it)` to tell it to go (flows/stack/launch.py `deploy_on_go`). Closing its
+    stdin without a word (or killing it) ends it without deploying."""
+    prefect_file = prefect_file or PROJECT_DIR / "prefect.yaml"
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.stack.launch",
+        "deploy-on-go",
+        str(prefect_file),
+        *deploy_args(prefect_file),
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def deploy_project(
     env: dict[str, str],
     *,
     prefect_file: Path | None = None,
     only: list[str] | None = None,
     trigger_within_seconds: dict[str, float] | None = None,
+    warm: subprocess.Popen | None = None,
 ) -> list[str]:
     """`prefect --no-prompt deploy --all` (or `-n NAME` for each of `only`) against env's PREFECT_API_URL, then
-    the trigger windows. Returns the deployed names as `flow/deployment`; ConfigError with Prefect's own
+    the trigger windows; `warm`: that deploy, already started by `start_deploy` (then `only` must be None). Returns the deployed names as `flow/deployment`; ConfigError with Prefect's own
     message when the deploy fails."""
     prefect_file = prefect_file or PROJECT_DIR / "prefect.yaml"
     names = [d["name"] for d in load_project(prefect_file).get("deployments", [])]
     selected = names if only is None else [n for n in names if n in only]
-    which = ["--all"] if only is None else [arg for n in selected for arg in ("-n", n)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "prefect",
-        "--no-prompt",
-        "deploy",
-        "--prefect-file",
-        str(prefect_file),
-        *which,
-    ]
-    done = subprocess.run(
-        cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_SECONDS
-    )
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise ConfigError(f"`prefect deploy` of {prefect_file} failed (exit {done.returncode}):\n{tail}")
+    if warm is not None:  # started by start_deploy with the same arguments: tell it to go
+        out, err = warm.communicate("go\n", timeout=DEPLOY_TIMEOUT_SECONDS)
+        returncode = warm.returncode
+    else:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                *deploy_args(prefect_file, selected if only is not None else None),
+            ],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEPLOY_TIMEOUT_SECONDS,
+        )
+        out, err, returncode = done.stdout, done.stderr, done.returncode
+    if returncode != 0:
+        tail = "\n".join((out + err).strip().splitlines()[-15:])
+        raise ConfigError(f"`prefect deploy` of {prefect_file} failed (exit {returncode}):\n{tail}")
     from flows.stack.bootstrap import prefect_client
 
     with prefect_client(env["PREFECT_API_URL"]) as client:

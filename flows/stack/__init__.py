@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.project import start_deploy
 from flows.stack import templates
 from flows.stack.bootstrap import (
     WORK_POOLS,
@@ -151,6 +152,7 @@ def up(
     fresh_db = prefect_db is not None and not prefect_db.exists()
     if fresh_db:
         state["database_template"] = "seeded" if templates.seed(prefect_db) else None
+    warm = None
     try:
         start(
             state,
@@ -160,6 +162,9 @@ def up(
         )
         start(state, "mlflow-server", mlflow_server_cmd(root, mlflow_port), mlflow_env(root))
         write_stack(root, state)  # from here on, `down` can clean up whatever follows
+        env = client_env(root, state, config_path, worker_poll_seconds)
+        # `prefect deploy` imports its CLI and the flows while the servers start; it deploys when told to
+        warm = start_deploy(env) if deploy else None
         # The steps overlap where they can (start-up is mostly CPU-bound imports, in separate processes):
         # this process imports Prefect's client while the servers start; the workers start as soon as their
         # pools exist (before, `prefect worker start` would create them without loopline's job template)
@@ -170,7 +175,6 @@ def up(
             state["database_template"] = "saved"  # migrated here, before anything of this home is in it
         preload.join()
 
-        env = client_env(root, state, config_path, worker_poll_seconds)
         state["work_pools"] = create_work_pools(api_url)
         if with_workers:  # one process runs a worker per pool (stack.json: worker-cpu, worker-gpu)
             start(
@@ -183,12 +187,15 @@ def up(
             write_stack(root, state)
         state["concurrency_limits"] = create_concurrency_limits(api_url)
         state["blocks"] = register_blocks(api_url)
-        state["deployments"] = deploy_all(env, config_path) if deploy else []
+        state["deployments"] = deploy_all(env, config_path, warm=warm) if deploy else []
         wait_http(f"{mlflow_uri}/health", startup_timeout_seconds, state, "mlflow-server")
         if with_workers:
             wait_workers(api_url, state, startup_timeout_seconds)
         write_stack(root, state)
     except BaseException:
+        if warm is not None and warm.poll() is None:
+            warm.kill()  # it never deployed
+            warm.communicate()
         down(str(root))
         raise
     return state

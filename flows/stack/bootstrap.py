@@ -81,11 +81,14 @@ def register_blocks(api_url: str) -> list[str]:
     return sorted(t.get_block_type_slug() for t in types)
 
 
-def deploy_all(env: dict[str, str], config_path: str | None) -> list[str]:
-    """`prefect deploy --all` of prefect.yaml (flows/project.py); then the retrain trigger's `within` follows
-    retrain.cooldown_hours, so a burst of drift events starts one run."""
+def deploy_all(env: dict[str, str], config_path: str | None, warm=None) -> list[str]:
+    """`prefect deploy --all` of prefect.yaml (flows/project.py; `warm`: that deploy started ahead by
+    `start_deploy`); then the retrain trigger's `within` follows retrain.cooldown_hours, so a burst of drift
+    events starts one run."""
     from flows.project import deploy_project
     from loopline.config import load_config
 
     cooldown_seconds = load_config(config_path).retrain.cooldown_hours * 3600
-    return deploy_project(env, trigger_within_seconds={"loopline.drift.detected": cooldown_seconds})
+    return deploy_project(
+        env, trigger_within_seconds={"loopline.drift.detected": cooldown_seconds}, warm=warm
+    )

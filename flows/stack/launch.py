@@ -1,6 +1,7 @@
 """`python -m flows.stack.launch prefect|mlflow ARGS...`: Prefect's and MLflow's own CLIs, minus what an idle
 local platform pays for and never uses. Everything else (options, signals, logs) is the tools' own.
 `... workers POOL=NAME...`: the process workers of `loopline up`, one per pool, in one process (`run_workers`).
+`... deploy-on-go FILE ARGS...`: `prefect ARGS` (the deploy of prefect.yaml FILE), imported ahead (`deploy_on_go`).
 
 - `prefect ...` (the server and the process workers): without Prefect's integration collections. This venv has
   prefect-kubernetes, prefect-docker and prefect-dask for the other pool types (`loopline up --pool-type`), and
@@ -96,15 +97,49 @@ def run_workers(specs: list[str]) -> None:
         _print(f"Workers {', '.join(name for _, name in pools)} stopped!")
 
 
+def deploy_on_go(prefect_file: str, args: list[str]) -> None:
+    """`prefect ARGS` run by Prefect's own CLI app, once a line arrives on stdin; before that, Prefect's CLI
+    and the modules of prefect.yaml's entrypoints (and so what they import) load, while `loopline up` waits
+    for its servers. `prefect deploy` still loads each entrypoint itself; it finds their imports done. An
+    empty stdin (`up` failed first) exits without deploying."""
+    import importlib
+
+    import yaml
+    from prefect.cli import app
+
+    try:  # the deploy command's own imports (a private module of prefect 3.8.8: skipped when renamed)
+        importlib.import_module("prefect.cli.deploy._core")
+    except ImportError:
+        pass
+    project = yaml.safe_load(open(prefect_file).read()) or {}
+    for deployment in project.get("deployments", []):
+        path = str(deployment.get("entrypoint", "")).split(":", 1)[0]
+        if path.endswith(".py"):
+            try:
+                importlib.import_module(path[: -len(".py")].replace("/", "."))
+            except Exception:  # the deploy itself reports a broken entrypoint, in Prefect's words
+                pass
+    if not sys.stdin.readline().strip():
+        return
+    sys.argv = ["prefect", *args]
+    app()
+
+
 def _print(*args, **kwargs) -> None:
     print(*args, **kwargs, flush=True)
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("prefect", "mlflow", "workers"):
-        sys.exit("usage: python -m flows.stack.launch prefect|mlflow ARGS... | workers POOL=NAME...")
+    if not argv or argv[0] not in ("prefect", "mlflow", "workers", "deploy-on-go"):
+        sys.exit(
+            "usage: python -m flows.stack.launch prefect|mlflow ARGS... | workers POOL=NAME... | "
+            "deploy-on-go PREFECT_FILE ARGS..."
+        )
     if argv[0] == "workers":
         run_workers(argv[1:])
+        return
+    if argv[0] == "deploy-on-go":
+        deploy_on_go(argv[1], argv[2:])
         return
     tool, args = argv[0], argv[1:]
     sys.argv = [tool, *args]
