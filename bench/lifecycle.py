@@ -21,7 +21,6 @@ and that thread sleeps in whole seconds, so every flow run (subflows included) e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -131,7 +130,7 @@ def timed_lifecycle(cfg, api: str, heartbeat: str = "default") -> dict:
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None if heartbeat == "off" else int(heartbeat)
     with temporary_settings(updates=updates):
         started = time.perf_counter()
-        state = asyncio.run(lifecycle_flow(config=cfg, return_state=True))
+        state = lifecycle_flow(config=cfg, return_state=True)
         wall = time.perf_counter() - started
     if not state.is_completed():
         raise RuntimeError(f"lifecycle ended {state.name}: {state.message}")

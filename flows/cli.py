@@ -10,7 +10,6 @@ warning (flows/console.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -582,14 +581,12 @@ def run(
         from flows.lifecycle import lifecycle_flow
 
         with _progress(as_json):
-            result = asyncio.run(
-                lifecycle_flow(  # text parameters: "" is "not set" (None fails Prefect's validation)
-                    contract=str(contract) if contract else "",
-                    source=source or "",
-                    dataset=dataset or "",
-                    model=model or "",
-                    config=cfg,
-                )
+            result = lifecycle_flow(  # text parameters: "" is "not set" (None fails Prefect's validation)
+                contract=str(contract) if contract else "",
+                source=source or "",
+                dataset=dataset or "",
+                model=model or "",
+                config=cfg,
             )
         _emit(result, as_json, "run", home=cfg.home)
     except Exception as exc:

@@ -38,7 +38,7 @@ def deploy_stage(cfg: LifecycleConfig, model: str, start_if_missing: bool = True
     if not servers and start_if_missing:
         start = start_server(cfg, model, return_state=True)
         if start.is_completed():
-            servers, started = [start.result(_sync=True)], True
+            servers, started = [start.result()], True
         elif isinstance(error := _exception(start), ConfigError):
             raise error  # the port is taken: the platform's problem, not the champion's
         else:  # a champion the server cannot load: decided below like an unhealthy swap
@@ -79,7 +79,7 @@ def deploy_stage(cfg: LifecycleConfig, model: str, start_if_missing: bool = True
 def _exception(state) -> BaseException:
     """The exception a failed task raised (its state re-raises it)."""
     try:
-        state.result(_sync=True)  # the sync form in any flow context (the lifecycle flow is async)
+        state.result()
     except BaseException as exc:  # the task's own exception
         return exc
     return RuntimeError(state.message or "failed")

@@ -10,13 +10,9 @@ parameter (the Prefect UI renders it as a form). With no source, a fresh synthet
 ingest -> validate -> monitor the new batch against the champion (drift; the event starts `retrain` on a
 server) -> features -> train -> evaluate + promote -> deploy to the model server.
 
-Why one flow run and not a subflow per stage: every sync flow run ends by joining its heartbeat thread, which
+Why one flow run and not a subflow per stage: every flow run ends by joining its heartbeat thread, which
 sleeps in whole seconds (Prefect's default heartbeats), so each subflow cost up to a second; seven of them
-were a quarter of the loop's wall time. The lifecycle flow itself is `async def` for the same reason: Prefect's
-async engine stops the heartbeat thread without joining it, so an unchanged rerun does not wait for it. Its body
-is the plain sync pipeline (every stage runs its tasks in this thread, one after another); from sync code,
-run it with `asyncio.run(lifecycle_flow(...))`. Code that runs in this flow's context directly (not in a task)
-and calls a Prefect API that dispatches on sync/async context must force the sync form (`_sync=True`). The stages' tasks keep their names, retries and artifacts here.
+were a quarter of the loop's wall time. The stages' tasks keep their names, retries and artifacts here.
 Promotion stays a flow run (an approval pauses that run, not the loop), as do the runs that need one
 around them: Dask executors, a Kubernetes or Kubeflow training job. An unchanged rerun (same source,
 seed and id_offset) is decided stage by stage from metadata (tasks/stage_cache.py): each stage shows
@@ -32,7 +28,7 @@ from loopline.config import LifecycleConfig, resolve_config
 
 
 @flow(name="lifecycle", log_prints=True)
-async def lifecycle_flow(
+def lifecycle_flow(
     contract: str = "",
     source: str = "",
     dataset: str = "",
@@ -67,7 +63,7 @@ async def lifecycle_flow(
     if fresh:
         model = cfg.model_name or fresh[-1]["dataset"]
         checked = check_drift(cfg, model, f"batch:{fresh[-1]['batch_id']}", None, True)
-        result["drift"] = checked.result(_sync=True) if isinstance(checked, State) else checked
+        result["drift"] = checked.result() if isinstance(checked, State) else checked
     # Features: versioned, incremental
     result["features"] = features = features_stage(cfg)
     # Train: on exactly the features version just built; resumes after any interruption. A job on

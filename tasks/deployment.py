@@ -74,7 +74,4 @@ def report(model: str, result: dict[str, Any]) -> None:
         )
     if result.get("rolled_back"):
         lines += ["", f"Rolled back to v{result['rolled_back']['champion_version']}."]
-    # runs in the caller's flow context (the async lifecycle's too): the sync form, whatever that context is
-    create_markdown_artifact(
-        key=f"deployment-{model}".lower().replace("_", "-"), markdown="\n".join(lines), _sync=True
-    )
+    create_markdown_artifact(key=f"deployment-{model}".lower().replace("_", "-"), markdown="\n".join(lines))

@@ -3,8 +3,6 @@ then a drifted batch: drift detected against the champion, retrained, promoted o
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from loopline.config import load_config
@@ -34,14 +32,14 @@ def test_the_loop_twice(prefect_api, home):
     port = free_port()
     base = [*SMALL, f"home={home}", f"serving.port={port}", "serving.poll_seconds=3600"]
     try:
-        first = asyncio.run(lifecycle_flow(config=load_config(overrides=base)))
+        first = lifecycle_flow(config=load_config(overrides=base))
         (batch,) = first["ingest"]
         assert batch["accepted"] and batch["rows_quarantined"] > 0
         assert first["drift"].get("skipped")  # no champion yet
         assert first["promote"]["promoted"] and first["champion_version"] == 1
         assert first["deploy"]["started"] and first["deploy"]["servers"][0]["version"] == "1"
 
-        second = asyncio.run(lifecycle_flow(config=load_config(overrides=[*base, *DRIFTED])))
+        second = lifecycle_flow(config=load_config(overrides=[*base, *DRIFTED]))
         assert second["drift"]["drift_detected"] and second["drift"]["event_emitted"]
         assert {"f00", "f03"} <= set(second["drift"]["drifted_features"])
         assert second["features"]["new_batches"] == 1 and second["train"]["model_version"] == "2"

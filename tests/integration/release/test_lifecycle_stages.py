@@ -5,7 +5,6 @@ from their records (tasks/stage_cache.py) without redoing their work. No task ru
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 import httpx
@@ -51,7 +50,7 @@ def test_stages_show_in_the_run_tree_and_a_failed_stage_runs_again(prefect_api, 
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", port))
             holder.listen()
-            failed = asyncio.run(lifecycle_flow(config=cfg, return_state=True))
+            failed = lifecycle_flow(config=cfg, return_state=True)
         assert failed.is_failed() and "already in use" in failed.message
         children, tasks = _tree(prefect_api, str(failed.state_details.flow_run_id))
         # every stage's steps are task runs of the lifecycle run (drift: no champion yet, skipped from a
@@ -68,7 +67,7 @@ def test_stages_show_in_the_run_tree_and_a_failed_stage_runs_again(prefect_api, 
         assert start["state"]["type"] == "FAILED"
 
         # the port is free again: the same run again deploys; the stages that finished are record hits
-        again = asyncio.run(lifecycle_flow(config=cfg, return_state=True))
+        again = lifecycle_flow(config=cfg, return_state=True)
         assert again.is_completed(), again.message
         result = again.result()
         assert result["ingest"][0]["duplicate_batch"] and not result["ingest"][0]["event_emitted"]
