@@ -229,6 +229,9 @@ def _run_the_lifecycle_from_the_ui(stack: dict, tmp_path: Path) -> None:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            # the SQLite-backed server can stall writes for its 60 s busy timeout (wait_for above): the page
+            # must outwait one such stall, as a user would
+            page.set_default_timeout(150_000)
             page.goto(f"{ui}/deployments/deployment/{deployment['id']}/run", wait_until="networkidle")
             # the few parameters people change are plain fields, not a config toggle that defaults to None
             page.locator("label", has_text="contract").locator("xpath=following::textarea[1]").fill(
@@ -236,7 +239,7 @@ def _run_the_lifecycle_from_the_ui(stack: dict, tmp_path: Path) -> None:
             )
             page.locator("label", has_text="source").locator("xpath=following::textarea[1]").fill(str(sample))
             page.get_by_role("button", name="Submit").click()
-            page.wait_for_url("**tab=Runs**", timeout=60_000)
+            page.wait_for_url("**tab=Runs**", timeout=150_000)
         finally:
             browser.close()
     final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
