@@ -103,6 +103,7 @@ def deploy_on_go(prefect_file: str, args: list[str]) -> None:
     for its servers. `prefect deploy` still loads each entrypoint itself; it finds their imports done. An
     empty stdin (`up` failed first) exits without deploying."""
     import importlib
+    from pathlib import Path
 
     import yaml
     from prefect.cli import app
@@ -111,7 +112,7 @@ def deploy_on_go(prefect_file: str, args: list[str]) -> None:
         importlib.import_module("prefect.cli.deploy._core")
     except ImportError:
         pass
-    project = yaml.safe_load(open(prefect_file).read()) or {}
+    project = yaml.safe_load(Path(prefect_file).read_text()) or {}
     for deployment in project.get("deployments", []):
         path = str(deployment.get("entrypoint", "")).split(":", 1)[0]
         if path.endswith(".py"):
