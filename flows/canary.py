@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from prefect import flow
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.errors import ConfigError, ModelError
 from loopline.packaging.registry import model_name_for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.data.ingest import summarise_dicts
 from loopline.data.synthetic import DEMO_DATASET

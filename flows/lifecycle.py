@@ -10,9 +10,10 @@ parameter (the Prefect UI renders it as a form). With no source, a fresh synthet
 ingest -> validate -> monitor the new batch against the champion (drift; the event starts `retrain` on a
 server) -> features -> train -> evaluate + promote -> deploy to the model server.
 
-Why one flow run and not a subflow per stage: every flow run ends by joining its heartbeat thread, which
-sleeps in whole seconds (Prefect's default heartbeats), so each subflow cost up to a second; seven of them
-were a quarter of the loop's wall time. The stages' tasks keep their names, retries and artifacts here.
+Why one flow run and not a subflow per stage: Prefect's sync engine ends every flow run by joining its
+heartbeat thread, which sleeps in whole seconds (Prefect's default heartbeats), so each subflow cost up to a
+second; seven of them were a quarter of the loop's wall time. That join is gone too (flows/heartbeats.py):
+the two runs left no longer wait on it. The stages' tasks keep their names, retries and artifacts here.
 Promotion stays a flow run (an approval pauses that run, not the loop), as do the runs that need one
 around them: Dask executors, a Kubernetes or Kubeflow training job. An unchanged rerun (same source,
 seed and id_offset) is decided stage by stage from metadata (tasks/stage_cache.py): each stage shows
@@ -24,6 +25,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import State
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 
 

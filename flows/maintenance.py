@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 from tasks.common import run_logger
 from tasks.maintenance import maintain_lake

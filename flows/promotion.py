@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.packaging.registry import model_name_for
 from tasks.promotion import evaluate_model, promote_model, rollback_model

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.monitoring.retrain import SKIPPED_STATE
 from loopline.packaging.registry import contract_dataset, model_name_for

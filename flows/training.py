@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.packaging.registry import contract_dataset
 from tasks.training import train_model
