@@ -15,8 +15,8 @@ Measured, cold caches each repeat:
   `--promotions` promotions, against a bare `set_registered_model_alias` (the limit).
 - full promote() vs the limit, at every size of `--sizes` (the issue's goal: within 2x): v1 is champion, v2
   is promoted over it with everything on: loader gate, infra validation (the model server's loader in a fork
-  of the warm template, loopline.release.infra_template), evaluation with a 1000-replicate CI, the gate, the
-  alias move, the model card run. Caches are cleared before each promote (test rows, scores, passed
+  of the warm template, loopline.release.infra_template; it runs while the evaluation does), evaluation with a
+  1000-replicate CI, the gate, the alias move, the model card run. Caches are cleared before each promote (test rows, scores, passed
   validations); the template is closed first, so the first promote of the process pays its start
   (`first_s`), and the best of the next `--repeat` is `ours_s`: the steady state of a process that promotes
   more than once. Written as details.promote_vs_limit; the top-level ours/peer/ratio are those of the largest
@@ -370,6 +370,8 @@ def print_table(size: int, r: dict) -> None:
     print(f"{'naive bootstrap x1000 (extrapolated)':44} {sk['bootstrap_1000_s_extrapolated']:8.1f}")
     print(f"{'full promote() (warm template, best)':44} {full['s']:8.2f} {full['cpu_s']:8.2f}")
     print(f"{'full promote() (first: template starts)':44} {full['first_s']:8.2f}")
+    for part, seconds in full["parts_s"].items():
+        print(f"{'  ' + part:44} {seconds if seconds is not None else float('nan'):8.3f}")
     print(
         f"\nevaluate / limit = {ours['s'] / limit['s']:.2f}x, full promote / limit = {full['s'] / limit['s']:.2f}x"
     )

@@ -103,14 +103,21 @@ def get_alias(client, model: str, alias: str) -> int | None:
     return retry_locked(alias_version, client, model, alias)
 
 
-def read_history(client, model: str) -> list[dict[str, Any]]:
-    """History entries of a registered model, oldest first."""
+def _registered_model(client, model: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        rm = retry_locked(client.get_registered_model, model)
+        return retry_locked(client.get_registered_model, model)
     except MlflowException as exc:
         raise ModelError(f"model {model!r} is not registered") from exc
+
+
+def read_history(client, model: str) -> list[dict[str, Any]]:
+    """History entries of a registered model, oldest first."""
+    return _history_of(_registered_model(client, model))
+
+
+def _history_of(rm) -> list[dict[str, Any]]:
     entries = []
     for key, value in (rm.tags or {}).items():
         if key.startswith(HISTORY_PREFIX):
@@ -140,10 +147,25 @@ def replay(history: list[dict[str, Any]]) -> list[int]:
 
 
 def read_state(client, model: str) -> ChampionState:
-    history = read_history(client, model)
+    """Aliases and history from one read of the registered model (one round trip, one snapshot)."""
+    rm = _registered_model(client, model)
+    history = _history_of(rm)
     stack = list(history[-1]["stack"]) if history else []
-    return ChampionState(
-        get_alias(client, model, CHAMPION), get_alias(client, model, PREVIOUS), stack, history
+    champion, previous = _aliases_of(rm)
+    return ChampionState(champion, previous, stack, history)
+
+
+def read_aliases(client, model: str) -> tuple[int | None, int | None]:
+    """(@champion, @previous) in one round trip."""
+    return _aliases_of(_registered_model(client, model))
+
+
+def _aliases_of(rm) -> tuple[int | None, int | None]:
+    aliases = rm.aliases or {}
+    champion, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
+    return (
+        None if champion is None else int(champion),
+        None if previous is None else int(previous),
     )
 
 

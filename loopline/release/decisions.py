@@ -15,9 +15,12 @@ from typing import Any
 from loopline.config import LifecycleConfig
 from loopline.packaging.model_card import render_model_card
 from loopline.packaging.registry import ensure_experiment, experiment_name
+from loopline.release.cache import ComputeCache
 from loopline.release.champion import retry_locked, tag_version
 
 log = logging.getLogger(__name__)
+# (tracking uri, run id) -> experiment id: a run never changes experiment, so one get_run per process
+_run_experiments = ComputeCache(256)
 
 
 def summarize(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +131,8 @@ def log_decision_run(
 def _experiment_for(client, cfg, model, result, tracking_uri) -> str:
     run_id = (result.get("data") or {}).get("candidate_run_id")
     if run_id:
-        return client.get_run(run_id).info.experiment_id
+        key = (tracking_uri, run_id)
+        return _run_experiments.get_or_compute(key, lambda: client.get_run(run_id).info.experiment_id)
     return ensure_experiment(client, experiment_name(model), cfg.home, tracking_uri)
 
 

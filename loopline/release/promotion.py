@@ -4,9 +4,11 @@ Prefect here (tasks/promotion.py adds the concurrency limit, events, artifacts).
     promote(cfg, model, version)  ->  the loader gate (loopline.packaging.safe_load: a model that needs
                                       unpickling or code from the artifact is refused, nothing loaded)
                                   ->  infra validation (the model server's loader in a fork of a warm
-                                      template process; a failure refuses with the error)
+                                      template process; a failure refuses with the error), started in the
+                                      background: it overlaps the evaluation below
                                   ->  under the model's lock: read @champion, evaluate both on the same rows,
-                                      decide (loopline.release.gate), check-and-set the alias, record the move
+                                      wait for the infra verdict, decide (loopline.release.gate),
+                                      check-and-set the alias, record the move
                                   ->  model card + metrics as an MLflow run; tags on the version
                                       (loopline.release.decisions)
     evaluate(cfg, model, version) ->  the same evaluation and card, deciding and moving nothing
@@ -20,6 +22,7 @@ import logging
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from loopline.config import LifecycleConfig
@@ -37,12 +40,11 @@ from loopline.packaging.registry import (
 from loopline.release.cache import ComputeCache
 from loopline.release.champion import (
     CHAMPION,
-    PREVIOUS,
     PromotionConflict,
-    get_alias,
     move_champion,
     now_iso,
     promotion_lock,
+    read_aliases,
     read_state,
     reconcile,
 )
@@ -64,15 +66,21 @@ _infra_passed = ComputeCache(
 
 
 def run_infra_validation(
-    cfg: LifecycleConfig, model: str, version: int, *, lake: Lake, tracking_uri: str
+    cfg: LifecycleConfig,
+    model: str,
+    version: int,
+    *,
+    lake: Lake,
+    tracking_uri: str,
+    info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load + score the version as the model server does, in a fork of the warm validation template
-    (loopline.release.infra_template), on contract rows (real test rows plus edge rows)."""
+    (loopline.release.infra_template), on contract rows (real test rows plus edge rows). `info`: the
+    version's `version_info`, when the caller has read it already."""
     from loopline.data.contract_registry import resolve_contract
     from loopline.release.infra_validation import sample_rows, validate_infra
 
-    client = registry_client(tracking_uri)
-    info = version_info(client, model, version)
+    info = info or version_info(registry_client(tracking_uri), model, version)
     real, contract = None, None
     if info["features_version"] is not None:
         try:
@@ -116,27 +124,51 @@ def _refusal(client, model: str, version: int, tracking_uri: str) -> str | None:
     return None
 
 
-def _prefetch_champion(cfg, client, model, version, info, lake, tracking_uri) -> threading.Thread | None:
-    """Score the current champion while the candidate is being validated (in its own process, so this
-    thread has the caller's CPU to itself). Only a warm-up of loopline.release.scoring's cache, keyed by
-    version and test split: if @champion moves before the lock is taken, the evaluation scores the new one;
-    a failure here is left for the evaluation to meet and report. The candidate is never loaded here."""
+def _prefetch(cfg, client, model, version, info, lake, tracking_uri, *, scores: bool) -> None:
+    """Warm loopline.release.scoring's caches in threads while this thread does registry round trips (the
+    loader gate, the state under the lock) and infra validation runs in its own process: the test rows
+    (they depend on the version's run tags alone), and with `scores` (only once the loader gate has passed
+    the candidate) the candidate's and the current champion's scores. Keyed by version and test split: if
+    @champion moves before the lock is taken, the evaluation scores the new one; a failure here is left for
+    the evaluation to meet and report."""
     if info["features_version"] is None:
-        return None
+        return
+
+    def test_rows():
+        return read_test_set(lake, info["dataset"] or model_name_for(cfg), info["features_version"])
+
+    def candidate() -> None:
+        score_version(model, int(version), test_rows(), tracking_uri=tracking_uri)
+
+    def champion() -> None:
+        current = alias_version(client, model, CHAMPION)
+        if current is not None and int(current) != int(version):
+            score_version(model, int(current), test_rows(), tracking_uri=tracking_uri)
+
+    work_list = (("candidate", candidate), ("champion", champion)) if scores else (("test-rows", test_rows),)
+    for name, work in work_list:
+
+        def run(work=work, name=name) -> None:
+            try:
+                work()
+            except Exception as exc:  # the evaluation under the lock meets it again and decides
+                log.debug("prefetching %s of %s failed: %s", name, model, exc)
+
+        threading.Thread(target=run, name=f"prefetch-{name}-{model}", daemon=True).start()
+
+
+def _in_background(work, name: str) -> Future:
+    """Run `work()` in a daemon thread; its result or exception comes back through the future."""
+    future: Future = Future()
 
     def run() -> None:
         try:
-            champion = alias_version(client, model, CHAMPION)
-            if champion is None or int(champion) == int(version):
-                return
-            test = read_test_set(lake, info["dataset"] or model_name_for(cfg), info["features_version"])
-            score_version(model, int(champion), test, tracking_uri=tracking_uri)
-        except Exception as exc:  # the evaluation under the lock meets it again and decides
-            log.debug("prefetching the champion's scores of %s failed: %s", model, exc)
+            future.set_result(work())
+        except BaseException as exc:  # the caller meets it at future.result()
+            future.set_exception(exc)
 
-    thread = threading.Thread(target=run, name=f"prefetch-champion-{model}", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 class _InfraFailed(Exception):
@@ -173,28 +205,66 @@ def promote(
     version = int(version) if version is not None else newest_version(client, model)
     info = version_info(client, model, version)  # ModelError now when the version does not exist
 
-    # The loader gate, then infra validation, outside the lock: they depend on the candidate alone
+    # The loader gate first, synchronously: a refused candidate is never loaded, here or anywhere. Then infra
+    # validation, in the background: it runs in its own process (this thread only waits on a pipe), so it
+    # overlaps the evaluation instead of preceding it. The evaluation may load the candidate here before
+    # the verdict is in; the gate has passed, so that runs no pickle and no code from the artifact. The
+    # verdict still decides: a failed validation refuses the promotion whatever the evaluation found (its
+    # metrics, or its error, are dropped) and @champion stays where it is.
+    if infra_validate:
+        _prefetch(cfg, client, model, version, info, lake, tracking_uri, scores=False)
     refusal = _refusal(client, model, version, tracking_uri)
-    prefetch = None
+    infra_job: Future | None = None
+    infra_timing: dict[str, float] = {}
     if refusal is not None:
         infra = {"ok": False, "refused": True, "reason": refusal, "loader": None, "rows": 0}
     elif infra_validate:
-        prefetch = _prefetch_champion(cfg, client, model, version, info, lake, tracking_uri)
-        infra = run_infra_validation(cfg, model, version, lake=lake, tracking_uri=tracking_uri)
+
+        def validate() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            try:
+                return run_infra_validation(
+                    cfg, model, version, lake=lake, tracking_uri=tracking_uri, info=info
+                )
+            finally:
+                infra_timing["s"] = time.perf_counter() - t0
+
+        infra_job = _in_background(validate, f"infra-validation-{model}")
+        infra = {"ok": True, "pending": True}  # until the verdict, awaited before any decision
+        _prefetch(cfg, client, model, version, info, lake, tracking_uri, scores=True)
     else:
         infra = {"ok": True, "skipped": True}
-    t_infra = time.perf_counter()
-    if prefetch is not None:
-        prefetch.join()
 
     evaluation: dict[str, Any] = {}
     entry = None
     t_decided = t_moved = None
+    infra_wait_s = 0.0
     with promotion_lock(cfg.home, model, cfg.evaluation.lock_timeout_seconds):
         for _attempt in range(CAS_ATTEMPTS):
             state = reconcile(client, model, read_state(client, model))
             champion = state.champion
+            evaluation_error: Exception | None = None
+            if infra_job is not None and infra_job.done():  # a failure already in: skip the evaluation
+                infra = infra_job.result()
+            if infra["ok"]:
+                try:
+                    evaluation = evaluate_versions(
+                        cfg,
+                        model,
+                        version,
+                        lake=lake,
+                        tracking_uri=tracking_uri,
+                        champion_version=None if champion == version else champion,
+                        candidate_info=info,
+                    )
+                except Exception as exc:  # raised below unless infra validation refuses the candidate
+                    evaluation, evaluation_error = {}, exc
+            if infra.get("pending"):
+                t_wait = time.perf_counter()
+                infra = infra_job.result()
+                infra_wait_s = time.perf_counter() - t_wait
             if not infra["ok"]:
+                evaluation = {}
                 what = "loader gate" if infra.get("refused") else "infra validation"
                 decision = Decision(
                     False,
@@ -204,14 +274,8 @@ def promote(
                 )
                 t_decided = time.perf_counter()
                 break
-            evaluation = evaluate_versions(
-                cfg,
-                model,
-                version,
-                lake=lake,
-                tracking_uri=tracking_uri,
-                champion_version=None if champion == version else champion,
-            )
+            if evaluation_error is not None:
+                raise evaluation_error
             evaluation["champion_version"] = champion  # the gate sees "already champion" too
             decision = decide(cfg.evaluation, evaluation)
             decision.checks.insert(
@@ -245,7 +309,9 @@ def promote(
         result = _result(model, version, decision, evaluation, infra, client)
         result["history_seq"] = entry["seq"] if entry else None
         result["timings_s"] = {
-            "infra_validation": round(t_infra - started, 4),
+            # overlapped with the evaluation; what the decision waited for it after the evaluation is apart
+            "infra_validation": round(infra_timing["s"], 4) if "s" in infra_timing else None,
+            "infra_wait_after_evaluate": round(infra_wait_s, 4),
             "evaluate": (evaluation.get("timings_s") or {}).get("total"),
             "decision_to_alias_moved": round(t_moved - t_decided, 4) if t_moved else None,
         }
@@ -257,8 +323,7 @@ def promote(
 
 
 def _result(model, version, decision: Decision, evaluation, infra, client) -> dict[str, Any]:
-    champion_after = get_alias(client, model, CHAMPION)
-    previous_after = get_alias(client, model, PREVIOUS)
+    champion_after, previous_after = read_aliases(client, model)
     return {
         "model": model,
         "promoted": decision.promote,

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from loopline.config import LifecycleConfig
 from loopline.data.contract_registry import contract_version_of
@@ -110,11 +111,14 @@ def evaluate_versions(
     lake: Lake,
     tracking_uri: str | None = None,
     champion_version: int | None = -1,
+    candidate_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the candidate and the champion on the candidate's test split, slices and the bootstrap CI.
 
     `candidate_version` None: the newest version. `champion_version` -1: whatever `@champion` points at now;
-    None: evaluate the candidate alone. Returns a JSON-able dict (the CLI's `evaluate --json`).
+    None: evaluate the candidate alone. `candidate_info`: the candidate's `version_info` when the caller has
+    read it already (its run's tags: what it was trained on). Returns a JSON-able dict (the CLI's
+    `evaluate --json`).
     """
     started = time.perf_counter()
     tracking_uri = tracking_uri_for(cfg, tracking_uri)
@@ -122,7 +126,11 @@ def evaluate_versions(
     model = model or model_name_for(cfg)
     if candidate_version is None:
         candidate_version = newest_version(client, model)
-    cand_info = version_info(client, model, int(candidate_version))
+    cand_info = (
+        candidate_info
+        if candidate_info is not None and candidate_info["version"] == int(candidate_version)
+        else version_info(client, model, int(candidate_version))
+    )
     if champion_version == -1:
         champion_version = alias_version(client, model, CHAMPION)
     dataset = cand_info["dataset"] or contract_dataset(cfg)
@@ -220,10 +228,13 @@ def slice_metrics(
         spec = test.contract.columns[column]
         if spec.type not in ("category", "bool"):
             continue
-        values = test.frame[column]
-        keys = values.astype(object).where(values.notna(), NULL_SLICE).astype(str).to_numpy()
-        for value in sorted(set(keys)):
-            mask = keys == value
+        # integer codes, not 20k strings compared once per slice; a value's slice is named by its text
+        codes, uniques = pd.factorize(test.frame[column])
+        codes = np.where(codes < 0, len(uniques), codes)  # nulls: a code of their own
+        names = np.array([str(u) for u in uniques] + [NULL_SLICE], dtype=object)
+        present = np.unique(codes)
+        for value in sorted({names[c] for c in present}):
+            mask = np.isin(codes, present[names[present] == value])
             rows = int(mask.sum())
             cand = _subset_metrics(task, test.y[mask], candidate[mask])
             champ = _subset_metrics(task, test.y[mask], champion[mask]) if champion is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -280,6 +281,37 @@ def test_a_model_that_predicts_nan_fails_infra_validation(setup):
     assert aliases(setup, name) == {"champion": 1}
     tags = setup["client"].get_model_version(name, str(bad)).tags
     assert "non-finite" in json.loads(tags["loopline.last_decision"])["reason"]
+
+
+def test_infra_validation_overlaps_the_evaluation_and_its_verdict_still_decides(setup, monkeypatch):
+    # the validation runs in its own process: the evaluation goes on meanwhile, the decision waits for both
+    import loopline.release.promotion as promotion
+
+    events: dict[str, float] = {}
+    real_infra, real_evaluate = promotion.run_infra_validation, promotion.evaluate_versions
+
+    def slow_infra(*args, **kwargs):
+        events["infra_started"] = time.monotonic()
+        time.sleep(1.0)  # a validation slower than the evaluation
+        try:
+            return real_infra(*args, **kwargs)
+        finally:
+            events["infra_ended"] = time.monotonic()
+
+    def evaluate(*args, **kwargs):
+        events.setdefault("evaluation_started", time.monotonic())
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "run_infra_validation", slow_infra)
+    monkeypatch.setattr(promotion, "evaluate_versions", evaluate)
+    name = clone(setup, setup["crippled"], setup["good"])
+    assert promote(setup, name, 1, infra_validate=False)["promoted"]
+    events.clear()
+    result = promote(setup, name, 2)
+    assert result["promoted"] and result["infra_validation"]["ok"], result["reason"]
+    assert events["infra_started"] <= events["evaluation_started"] < events["infra_ended"]
+    assert result["timings_s"]["infra_wait_after_evaluate"] > 0  # the decision waited for the verdict
+    assert result["checks"][0] == {"name": "infra validation", "passed": True, "detail": "passed"}
 
 
 def test_eight_concurrent_promotions_end_with_one_champion_and_a_consistent_history(setup):

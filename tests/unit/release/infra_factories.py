@@ -4,6 +4,7 @@ The tests name these in a bundle's `factory` and trust this module through LOOPL
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ def observer(input_dim, output_dim, cfg):
         "env_leak": "LOOPLINE_LEAK" in os.environ,
         "mlflow_imported": "mlflow" in sys.modules,
         "seen": os.environ.get("LOOPLINE_OBSERVE_TOKEN"),
+        "frozen_objects": gc.get_freeze_count(),
     }
     with open(os.environ["LOOPLINE_OBSERVE"], "w") as fh:
         json.dump(report, fh)

@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 from loopline.errors import ConfigError
 from loopline.release.metrics import (
     BLB_SUBSET_ROWS,
+    PoissonSampler,
     bootstrap_difference,
     clears_floor,
     compute_metrics,
@@ -47,6 +48,42 @@ def test_weights_equal_repeated_rows():
         weighted = prepare_metric(name, "binary", y, p)(w)
         repeated = prepare_metric(name, "binary", y[rep], p[rep])(None)
         assert weighted == pytest.approx(repeated, rel=1e-9, abs=1e-12), name
+
+
+@pytest.mark.parametrize(
+    "task, names",
+    [
+        ("binary", ("roc_auc", "accuracy", "log_loss", "f1", "ece")),
+        ("multiclass", ("accuracy", "macro_f1", "log_loss")),
+        ("regression", ("rmse", "mae", "r2")),
+    ],
+)
+def test_a_matrix_of_weights_gives_every_replicate_at_once(task, names):
+    # the bootstrap evaluates a block of replicates in one call: row r of the weights is replicate r
+    rng = np.random.default_rng(4)
+    n = 300
+    if task == "binary":
+        y, out = _binary(n=n, seed=4)
+        out = np.round(out, 2)  # ties
+    elif task == "multiclass":
+        y = rng.integers(0, 3, n)
+        out = rng.dirichlet(np.ones(3), n)
+    else:
+        y = rng.normal(0, 1, n)
+        out = y + rng.normal(0, 0.5, n)
+    w = rng.poisson(1.0, (6, n)).astype(np.float64)
+    w[1] = 0.0  # no rows at all: every metric is undefined (nan) or 0 like the one-replicate call says
+    for name in names:
+        metric = prepare_metric(name, task, y, out)
+        batched = metric(w)
+        assert batched.shape == (6,), name
+        one_by_one = [metric(row) for row in w]
+        assert all(isinstance(v, float) for v in one_by_one), name
+        np.testing.assert_allclose(batched, one_by_one, rtol=1e-12, atol=1e-12, err_msg=name)
+        for row in (0, 2):  # and the same as repeating rows with the unweighted metric
+            repeated = np.repeat(np.arange(n), w[row].astype(int))
+            expected = prepare_metric(name, task, y[repeated], out[repeated])(None)
+            assert batched[row] == pytest.approx(expected, rel=1e-9, abs=1e-12), name
 
 
 def test_ece_of_a_calibrated_model_is_small_and_of_a_confident_wrong_one_large():
@@ -130,6 +167,22 @@ def test_bootstrap_width_matches_the_analytic_standard_error_of_a_mean_differenc
     assert ci["method"] == "bag-of-little-bootstraps"
     assert ci["std_error"] == pytest.approx(se, rel=0.2)
     assert (ci["high"] - ci["low"]) == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+@pytest.mark.parametrize("lam", [0.7, 10.008, 63.1])
+def test_the_poisson_sampler_draws_the_poisson_distribution(lam):
+    # the bootstrap's replicate weights (BLB: Poisson(n/b) per row); every value's frequency within 5 sigma
+    from scipy import stats
+
+    n = 400_000
+    draws = PoissonSampler(lam).draw(np.random.default_rng(3), (4, n // 4))
+    assert draws.shape == (4, n // 4) and draws.min() >= 0
+    freq = np.bincount(draws.ravel()) / n
+    pmf = stats.poisson.pmf(np.arange(len(freq)), lam)
+    sigma = np.sqrt(pmf * (1 - pmf) / n)
+    assert np.all(np.abs(freq - pmf) <= 5 * sigma + 1e-6)
+    assert draws.mean() == pytest.approx(lam, abs=5 * np.sqrt(lam / n))
+    assert draws.var() == pytest.approx(lam, rel=0.02)
 
 
 def test_bootstrap_is_reproducible_with_a_seed():

@@ -62,6 +62,9 @@ def test_one_template_serves_many_validations_and_nothing_leaks_between_them(bun
     assert seen["numpy_leak"] is False and seen["env_leak"] is False  # the leak died with its child
     assert seen["mlflow_imported"] is False  # the lean path: the server's loader, no mlflow
     assert seen["seen"] == "now"  # the caller's environment as it is at this validation
+    # the template's heap is frozen out of the collector: a child's first full collection would walk it all
+    # (copy-on-write of every page), most of a small validation's time
+    assert seen["frozen_objects"] > 10_000
     assert seen["pid"] not in (os.getpid(), template_pid)
     assert template_for().proc.pid == template_pid  # reused: the imports were paid once
 
