@@ -15,14 +15,27 @@ local platform pays for and never uses. Everything else (options, signals, logs)
   (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false, as `commands.server_env` sets): with it on, `mlflow server`
   launches huey consumers after the server starts, so it falls back to MLflow's own parent process.
 
+- `prefect server start`: the cyclic garbage collector runs in a thread of its own, not on the server's event
+  loop (`collect_garbage_off_the_loop`). On SQLite, each of the server's database connections runs its
+  statements in an aiosqlite thread, and SQLite holds that connection's mutex while a statement waits (up to
+  Prefect's 60 s busy timeout) for another connection's write lock. When a collection on the event loop clears
+  a stale `sqlite3.Cursor` of such a connection, resetting its statement blocks on that mutex: the loop stops,
+  the transaction holding the write lock never gets to commit, and the server hangs until the busy timeout
+  ends it with "database is locked" (caught with py-spy: the main thread in `pthread_mutex_lock` <-
+  `sqlite3_reset` <- `cursor_clear` <- `gc_collect_main`, an aiosqlite thread in `sqlite3_step` <-
+  `sqlite3InvokeBusyHandler`). A collection in its own thread waits there instead, while the loop commits.
+
 Both hooks are private names of the pinned versions (prefect 3.8.8, mlflow 3.17.x); when a later version
 renames them, the hook is skipped and the tool runs exactly as its own CLI does (heavier, still correct).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import threading
+import time
 
 
 def skip_prefect_collections() -> bool:
@@ -35,6 +48,32 @@ def skip_prefect_collections() -> bool:
         return False
     collections._collections = {}
     return True
+
+
+def collect_garbage_off_the_loop(interval: float = 0.1) -> threading.Thread | None:
+    """Turn off automatic collection and collect from a daemon thread instead, with the interpreter's own
+    generation thresholds checked every `interval` seconds. None when automatic collection was already off."""
+    if not gc.isenabled():
+        return None
+    gc.disable()
+    threshold0, threshold1, threshold2 = gc.get_threshold()
+
+    def collect() -> None:
+        while True:
+            time.sleep(interval)
+            young, middle, old = gc.get_count()
+            if young < threshold0:
+                continue
+            if middle + 1 < threshold1:
+                gc.collect(0)
+            elif old + 1 < threshold2:
+                gc.collect(1)
+            else:
+                gc.collect(2)
+
+    thread = threading.Thread(target=collect, name="loopline-gc", daemon=True)
+    thread.start()
+    return thread
 
 
 def exec_mlflow_server() -> bool:
@@ -146,6 +185,8 @@ def main(argv: list[str]) -> None:
     sys.argv = [tool, *args]
     if tool == "prefect":
         skip_prefect_collections()
+        if args[:2] == ["server", "start"]:
+            collect_garbage_off_the_loop()
         from prefect.cli import app
 
         app()
