@@ -90,20 +90,6 @@ def clean_properties(contract: Contract, schema: pa.Schema) -> WriterProperties:
     return writer_properties(schema, few_valued(contract))
 
 
-def clean_parquet_options(contract: Contract, schema: pa.Schema) -> dict:
-    """pyarrow's encoding of clean/D's and features/D's files, as `clean_properties` gives delta-rs's: snappy, a
-    dictionary on the few-valued columns and the batch metadata, statistics kept. Where the commit can take
-    pyarrow's files (loopline.storage.delta_files: a local append, no schema change) pyarrow writes them, in
-    bounded memory as for raw/D and with less CPU than delta-rs's writer (figures in bench/data_plane's notes);
-    elsewhere delta-rs writes them with `clean_properties`."""
-    few = {*few_valued(contract), *FEW_VALUED_META}
-    return {
-        "compression": "snappy",
-        "use_dictionary": [n for n in schema.names if n in few],
-        "write_statistics": True,
-    }
-
-
 def staging_options(contract: Contract) -> dict:
     """pyarrow.parquet.write_table options of the staged files (read once, a moment later: speed over size)."""
     return {

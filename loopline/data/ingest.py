@@ -196,7 +196,7 @@ def _ingest_batch(
     def judge() -> Judged:
         if column_error is not None:
             return Judged(rows_in=stream.rows, column_error=str(column_error))
-        return Judged.of(stream.verdict if stream.verdict is not None else gate.finish())
+        return Judged.of(gate.finish())
 
     committed = commit_batch(
         lake,

@@ -248,7 +248,7 @@ def gate_file(
             rows_in=stream.rows,
         )
         if column_error is None:
-            verdict = stream.verdict if stream.verdict is not None else gate.finish()
+            verdict = gate.finish()
             staged.rows_in, staged.rows_clean = verdict.rows_in, verdict.rows_clean
             staged.rows_quarantined, staged.accepted = verdict.rows_quarantined, verdict.accepted
             staged.reason, staged.per_expectation = verdict.reason, verdict.per_expectation

@@ -31,9 +31,6 @@ from loopline.storage import delta, sources
 from loopline.storage.lake import Lake
 
 _DONE = object()
-# rows per batch read back from the staged files: one row group of clean/D each where pyarrow writes its files
-# (loopline.storage.delta_files), so a staged chunk stays one row group and a reader one batch
-STAGED_BATCH_ROWS = 262_144
 
 
 def write_pipelined(
@@ -135,10 +132,6 @@ class ChunkStream:
 
     With no gate (the file's columns were rejected) the chunks only go to raw.
     Errors raised while reading are kept in `error`, because the Delta writer wraps them.
-    Once the last chunk is handed over, the gate's `finish()` (the GX run) runs here and its verdict is kept in
-    `verdict`: the writer thread is still encoding the chunks queued for raw/D then (up to four), so the GX run
-    overlaps with them instead of waiting for the raw commit (1M demo rows: about 1 s of wall time). The verdict
-    is only acted on after the raw commit; a GX run that raises aborts the raw commit, nothing is committed.
     """
 
     def __init__(
@@ -148,7 +141,6 @@ class ChunkStream:
         self.stage, self.batch_id, self.at = stage, batch_id, at
         self.rows = 0
         self.error: BaseException | None = None
-        self.verdict = None  # the gate's BatchVerdict, once every chunk went through it
         self._done = False
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -203,8 +195,6 @@ class ChunkStream:
                     )
             self.rows += table.num_rows
             yield from raw.to_batches()
-        if self.gate is not None:
-            self.verdict = self.gate.finish()
 
 
 def read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
@@ -287,19 +277,14 @@ def staged_reader(
     names = schema.names
     drop = pa.array(drop_rows, pa.int64()) if drop_rows is not None and len(drop_rows) else None
 
-    def read() -> Iterator[pa.RecordBatch]:
+    def gen() -> Iterator[pa.RecordBatch]:
         for f in files:
-            for rb in pq.ParquetFile(f).iter_batches(batch_size=STAGED_BATCH_ROWS):
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=65536):
                 if drop is not None:
                     rb = rb.filter(pc.invert(pc.is_in(rb.column("_row"), drop)))
                 yield pa.RecordBatch.from_arrays([rb.column(n) for n in names], schema=schema)
-
-    def gen() -> Iterator[pa.RecordBatch]:
-        # the staged files are decoded on a thread while the commit encodes the batch before (no GIL either way)
-        for rb in read_ahead(read()):
-            yield rb
-            if on_batch is not None:
-                on_batch()
+                if on_batch is not None:
+                    on_batch()
 
     return pa.RecordBatchReader.from_batches(schema, gen())
 

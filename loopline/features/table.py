@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from loopline.config import FeaturesConfig
 from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
-from loopline.data.encoding import clean_parquet_options, clean_properties
+from loopline.data.encoding import clean_properties
 from loopline.data.raw_writer import read_ahead
 from loopline.data.schemas import ARROW_TYPES
 from loopline.errors import NotReadyError
@@ -247,7 +247,6 @@ def _build(
             table=feats,
             writer=WRITER,
             writer_properties=clean_properties(contract, schema),
-            parquet_options=clean_parquet_options(contract, schema),
         )
     finally:
         if staged is not None:
@@ -281,15 +280,13 @@ def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataF
 def _features_batch(
     frame: pd.DataFrame, contract: Contract, transform: FeatureTransform, cfg, schema
 ) -> pa.RecordBatch:
-    # one transpose, so that each feature column is a contiguous buffer Arrow takes without copying
-    columns = np.ascontiguousarray(transform.transform(frame).T)
-    n = len(frame)
+    matrix = transform.transform(frame)
     arrays = [
         pa.array(frame[contract.id].to_numpy(), type=schema.field(contract.id).type),
         pa.array(frame[contract.label].to_numpy(), type=schema.field(contract.label).type),
         pa.array(assign_split(frame[contract.id], cfg.split_fractions), pa.string()),
-        pa.array(frame["_batch_id"].array, pa.string()) if n else pa.array([], pa.string()),
-        pa.repeat(pa.scalar(transform.version, pa.string()), n),  # one value per commit: no Python objects
+        pa.array(frame["_batch_id"].to_numpy(dtype=object), pa.string()),
+        pa.array(np.full(len(frame), transform.version, dtype=object), pa.string()),
     ]
-    arrays += [pa.array(column) for column in columns]
+    arrays += [pa.array(matrix[:, j]) for j in range(matrix.shape[1])]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from loopline.data.validation.gate import Gate
 from loopline.storage.lake import Lake
 from tests import data_support as ds
 
@@ -23,9 +24,8 @@ def env(home: Path, tmp_path: Path):
 
 
 def race(monkeypatch, other, where: str = "gate"):
-    """Run `other()` once, inside the next ingest: right after its gate read clean/D and its raw commit
-    ("gate": every chunk has been judged by then), or after its clean commit read the snapshot it commits
-    from, just before it commits ("commit")."""
+    """Run `other()` once, inside the next ingest: right after its gate read clean/D ("gate"), or after its
+    clean commit read the snapshot it commits from, just before it commits ("commit")."""
     state = {"raced": False}
 
     def once():
@@ -34,14 +34,8 @@ def race(monkeypatch, other, where: str = "gate"):
             state["other"] = other()
 
     if where == "gate":
-        from loopline.data import batch_commit
-
-        kill_point = batch_commit.kill_point
-        monkeypatch.setattr(
-            batch_commit,
-            "kill_point",
-            lambda name: (kill_point(name), name == "ingest.after_raw" and once()),
-        )
+        finish = Gate.finish
+        monkeypatch.setattr(Gate, "finish", lambda self: (once(), finish(self))[1])
     else:
         from loopline.data import clean_commit
 
