@@ -20,9 +20,11 @@ Everything else is refused with a `ModelError` naming the model, the version and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickletools
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -205,9 +207,25 @@ def check_local(model_dir: str | os.PathLike, model: str, version: Any) -> LoadP
     return inspect_mlmodel(meta, model, version, lambda rel: (root / rel).read_bytes())
 
 
+@dataclass(frozen=True)
+class GatedVersion:
+    """A version the gate passed: its plan, the artifact root to fetch the bundle from, and what was judged
+    (the registry's download URI and the sha256 of the `MLmodel` bytes that were read)."""
+
+    plan: LoadPlan
+    root: str
+    mlmodel_sha256: str
+
+
 def check_version(client, model: str, version: Any, *, tracking_uri: str) -> tuple[LoadPlan, str]:
     """The gate on a registered version: downloads only `MLmodel` (and a legacy model's small pickle).
     Returns the plan and the artifact root URI to fetch the bundle from."""
+    gated = gate_version(client, model, version, tracking_uri=tracking_uri)
+    return gated.plan, gated.root
+
+
+def gate_version(client, model: str, version: Any, *, tracking_uri: str) -> GatedVersion:
+    """`check_version`, keeping the digest of the `MLmodel` it judged."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -219,18 +237,70 @@ def check_version(client, model: str, version: Any, *, tracking_uri: str) -> tup
         def read(rel: str) -> bytes:
             return _download(f"{root}/{rel}", tmp, tracking_uri, model, version).read_bytes()
 
+        mlmodel = read("MLmodel")
         try:
-            meta = yaml.safe_load(read("MLmodel"))
+            meta = yaml.safe_load(mlmodel)
         except yaml.YAMLError as exc:
             raise refuse(model, version, f"its MLmodel is not YAML: {exc}") from exc
-        return inspect_mlmodel(meta, model, version, read), root
+        plan = inspect_mlmodel(meta, model, version, read)
+        return GatedVersion(plan, root, hashlib.sha256(mlmodel).hexdigest())
+
+
+class GateVerdicts:
+    """The gate's verdicts within one promotion (or one evaluation): each (model, version) is read and judged
+    once, and every later load of it in that scope (infra validation, scoring the candidate, scoring the
+    champion) downloads only its bundle, on that verdict. A refusal is kept too: the refused version is
+    neither downloaded nor loaded again.
+
+    Scoped to the one decision that creates it, never a process-wide cache: registry versions are not
+    immutable (a run's artifacts can be rewritten), so the next promotion or evaluation judges the artifact
+    afresh. Within the scope, what a reused verdict loads is the bundle directory alone, through
+    `load_predictor` (weights with `torch.load(weights_only=True)`, JSON, YAML): an `MLmodel` rewritten in
+    the meantime cannot make it unpickle or import anything, and a full model directory (infra validation's
+    pyfunc check) is gated again on disk before MLflow loads it."""
+
+    def __init__(self, client, tracking_uri: str):
+        self.client = client
+        self.tracking_uri = tracking_uri
+        self._lock = threading.Lock()
+        self._verdicts: dict[tuple[str, str], GatedVersion | ModelRefused] = {}
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def gate(self, model: str, version: Any) -> GatedVersion:
+        """The verdict on `model` version `version`: judged on the first call, raised or returned after."""
+        key = (model, str(version))
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # threads asking at once (scoring prefetch, infra validation) share one check
+            verdict = self._verdicts.get(key)
+            if verdict is None:
+                try:
+                    verdict = gate_version(self.client, model, version, tracking_uri=self.tracking_uri)
+                except ModelRefused as exc:
+                    verdict = exc
+                # other errors (the registry unreachable, a download failing) are not verdicts: asked again
+                self._verdicts[key] = verdict
+        if isinstance(verdict, ModelRefused):
+            raise verdict
+        return verdict
 
 
 def fetch_bundle(
-    client, model: str, version: Any, dst: str | os.PathLike, *, tracking_uri: str
+    client,
+    model: str,
+    version: Any,
+    dst: str | os.PathLike,
+    *,
+    tracking_uri: str,
+    verdicts: GateVerdicts | None = None,
 ) -> tuple[Path, LoadPlan]:
-    """Gate the version, then download only its bundle directory into `dst`. Returns (bundle dir, plan)."""
-    plan, root = check_version(client, model, version, tracking_uri=tracking_uri)
+    """Gate the version (or take `verdicts`' verdict on it), then download only its bundle directory into
+    `dst`. Returns (bundle dir, plan)."""
+    if verdicts is not None and verdicts.tracking_uri == tracking_uri:
+        gated = verdicts.gate(model, version)
+        plan, root = gated.plan, gated.root
+    else:
+        plan, root = check_version(client, model, version, tracking_uri=tracking_uri)
     return download_bundle(root, plan, dst, tracking_uri=tracking_uri), plan
 
 
@@ -245,14 +315,21 @@ def download_bundle(root: str, plan: LoadPlan, dst: str | os.PathLike, *, tracki
 
 
 def load_version(
-    model: str, version: Any, *, tracking_uri: str, device: str = "cpu"
+    model: str,
+    version: Any,
+    *,
+    tracking_uri: str,
+    device: str = "cpu",
+    verdicts: GateVerdicts | None = None,
 ) -> tuple[Predictor, LoadPlan]:
-    """The gate, then the bundle's Predictor (everything is read into memory; the download is removed)."""
+    """The gate (or `verdicts`' verdict), then the bundle's Predictor (everything is read into memory; the
+    download is removed)."""
     from loopline.packaging.bundle import load_predictor
 
-    client = registry_client(tracking_uri)
+    same_registry = verdicts is not None and verdicts.tracking_uri == tracking_uri
+    client = verdicts.client if same_registry else registry_client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="loopline-load-") as tmp:
-        bundle, plan = fetch_bundle(client, model, version, tmp, tracking_uri=tracking_uri)
+        bundle, plan = fetch_bundle(client, model, version, tmp, tracking_uri=tracking_uri, verdicts=verdicts)
         return load_predictor(bundle, device=device), plan
 
 

@@ -40,17 +40,21 @@ def preview_gate(
 ) -> dict[str, Any]:
     """The gate's decision on `version` (default: the newest) against the current champion; nothing moves.
     Returns the promotion result's fields (promoted = would be promoted), for the card and the approver."""
+    from loopline.packaging.safe_load import GateVerdicts
     from loopline.release.promotion import _refusal, _result, run_infra_validation
 
     tracking_uri = tracking_uri_for(cfg, None)
     client = registry_client(tracking_uri)
     version = int(version) if version is not None else newest_version(client, model)
     version_info(client, model, version)
-    refusal = _refusal(client, model, version, tracking_uri)
+    verdicts = GateVerdicts(client, tracking_uri)  # the gate reads each version once in this preview
+    refusal = _refusal(verdicts, model, version)
     if refusal is not None:
         infra = {"ok": False, "refused": True, "reason": refusal}
     elif infra_validate:
-        infra = run_infra_validation(cfg, model, version, lake=lake, tracking_uri=tracking_uri)
+        infra = run_infra_validation(
+            cfg, model, version, lake=lake, tracking_uri=tracking_uri, verdicts=verdicts
+        )
     else:
         infra = {"ok": True, "skipped": True}
     evaluation: dict[str, Any] = {}
@@ -68,6 +72,7 @@ def preview_gate(
             lake=lake,
             tracking_uri=tracking_uri,
             champion_version=None if champion == version else champion,
+            verdicts=verdicts,
         )
         evaluation["champion_version"] = champion
         decision = decide(cfg.evaluation, evaluation)

@@ -38,7 +38,8 @@ def summarize(evaluation: dict[str, Any]) -> dict[str, Any]:
 def record_decision(
     client, cfg: LifecycleConfig, model: str, version: int, result: dict, tracking_uri: str
 ) -> None:
-    """Version tags, and an MLflow run with the decision's metrics, the evaluation JSON and the model card."""
+    """Version tags, and an MLflow run with the decision's metrics, the evaluation JSON and the model card.
+    For promote(), which has read the model's state under its lock in this decision."""
     card = render_model_card(result)
     run_id = log_decision_run(client, cfg, model, result, card, tracking_uri)
     result["decision_run_id"] = run_id
@@ -62,7 +63,7 @@ def record_decision(
         )
     if result["model_card_uri"]:
         tags["loopline.model_card"] = result["model_card_uri"]
-    tag_version(client, model, version, tags)
+    tag_version(client, model, version, tags, state_read=True)
 
 
 def log_decision_run(

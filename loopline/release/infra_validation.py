@@ -107,9 +107,11 @@ def validate_infra(
     timeout_s: float = 600.0,
     python: str | None = None,
     pyfunc: bool = False,
+    verdicts=None,
 ) -> dict[str, Any]:
     """Load and score in a fork of the warm template. Returns {"ok", "reason", "rows", "seconds", "loader",
-    ...}; never raises. A version the loader gate refuses fails at once, with the refusal as the reason."""
+    ...}; never raises. A version the loader gate refuses fails at once, with the refusal as the reason.
+    `verdicts` (loopline.packaging.safe_load.GateVerdicts): the gate's verdicts of the caller's decision."""
     from loopline.errors import ModelError
     from loopline.packaging.registry import registry_client
     from loopline.packaging.safe_load import FORMAT_LEGACY, check_version
@@ -117,7 +119,12 @@ def validate_infra(
     started = time.perf_counter()
     try:
         model, version = parse_version_uri(model_uri)
-        plan, root = check_version(registry_client(tracking_uri), model, version, tracking_uri=tracking_uri)
+        if verdicts is not None and verdicts.tracking_uri == tracking_uri:
+            gated = verdicts.gate(model, version)
+            plan, root = gated.plan, gated.root
+        else:
+            client = registry_client(tracking_uri)
+            plan, root = check_version(client, model, version, tracking_uri=tracking_uri)
     except ModelError as exc:
         return _result(False, str(exc), started, rows, {"loader": None, "refused": True})
     with tempfile.TemporaryDirectory(prefix="loopline-infra-") as tmp:

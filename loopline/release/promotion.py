@@ -2,7 +2,9 @@
 Prefect here (tasks/promotion.py adds the concurrency limit, events, artifacts).
 
     promote(cfg, model, version)  ->  the loader gate (loopline.packaging.safe_load: a model that needs
-                                      unpickling or code from the artifact is refused, nothing loaded)
+                                      unpickling or code from the artifact is refused, nothing loaded),
+                                      once per version: infra validation and both scorings load on its
+                                      verdict (GateVerdicts, scoped to this promotion)
                                   ->  infra validation (the model server's loader in a fork of a warm
                                       template process; a failure refuses with the error), started in the
                                       background: it overlaps the evaluation below
@@ -37,6 +39,7 @@ from loopline.packaging.registry import (
     tracking_uri_for,
     version_info,
 )
+from loopline.packaging.safe_load import GateVerdicts, ModelRefused
 from loopline.release.cache import ComputeCache
 from loopline.release.champion import (
     CHAMPION,
@@ -73,10 +76,12 @@ def run_infra_validation(
     lake: Lake,
     tracking_uri: str,
     info: dict[str, Any] | None = None,
+    verdicts: GateVerdicts | None = None,
 ) -> dict[str, Any]:
     """Load + score the version as the model server does, in a fork of the warm validation template
     (loopline.release.infra_template), on contract rows (real test rows plus edge rows). `info`: the
-    version's `version_info`, when the caller has read it already."""
+    version's `version_info`, when the caller has read it already; `verdicts`: the loader gate's verdicts of
+    the caller's promotion."""
     from loopline.data.contract_registry import resolve_contract
     from loopline.release.infra_validation import sample_rows, validate_infra
 
@@ -101,6 +106,7 @@ def run_infra_validation(
             tracking_uri=tracking_uri,
             timeout_s=cfg.evaluation.infra_timeout_seconds,
             pyfunc=cfg.evaluation.infra_pyfunc_check,
+            verdicts=verdicts,
         )
         if not result["ok"]:
             raise _InfraFailed(result)
@@ -112,19 +118,18 @@ def run_infra_validation(
         return failed.result
 
 
-def _refusal(client, model: str, version: int, tracking_uri: str) -> str | None:
+def _refusal(verdicts: GateVerdicts, model: str, version: int) -> str | None:
     """Why the loader gate refuses the candidate (it would need unpickling or code from the artifact), or
-    None. Checked before anything of the candidate is loaded, here or in the infra-validation process."""
-    from loopline.packaging.safe_load import ModelRefused, check_version
-
+    None. Checked before anything of the candidate is loaded, here or in the infra-validation process; the
+    verdict is the one they load on (one read of the version's MLmodel per promotion)."""
     try:
-        check_version(client, model, version, tracking_uri=tracking_uri)
+        verdicts.gate(model, version)
     except ModelRefused as exc:
         return str(exc)
     return None
 
 
-def _prefetch(cfg, client, model, version, info, lake, tracking_uri, *, scores: bool) -> None:
+def _prefetch(cfg, client, model, version, info, lake, tracking_uri, *, scores: bool, verdicts=None) -> None:
     """Warm loopline.release.scoring's caches in threads while this thread does registry round trips (the
     loader gate, the state under the lock) and infra validation runs in its own process: the test rows
     (they depend on the version's run tags alone), and with `scores` (only once the loader gate has passed
@@ -138,12 +143,12 @@ def _prefetch(cfg, client, model, version, info, lake, tracking_uri, *, scores: 
         return read_test_set(lake, info["dataset"] or model_name_for(cfg), info["features_version"])
 
     def candidate() -> None:
-        score_version(model, int(version), test_rows(), tracking_uri=tracking_uri)
+        score_version(model, int(version), test_rows(), tracking_uri=tracking_uri, verdicts=verdicts)
 
     def champion() -> None:
         current = alias_version(client, model, CHAMPION)
         if current is not None and int(current) != int(version):
-            score_version(model, int(current), test_rows(), tracking_uri=tracking_uri)
+            score_version(model, int(current), test_rows(), tracking_uri=tracking_uri, verdicts=verdicts)
 
     work_list = (("candidate", candidate), ("champion", champion)) if scores else (("test-rows", test_rows),)
     for name, work in work_list:
@@ -204,6 +209,7 @@ def promote(
     model = model or model_name_for(cfg)
     version = int(version) if version is not None else newest_version(client, model)
     info = version_info(client, model, version)  # ModelError now when the version does not exist
+    verdicts = GateVerdicts(client, tracking_uri)  # the gate reads each version once in this promotion
 
     # The loader gate first, synchronously: a refused candidate is never loaded, here or anywhere. Then infra
     # validation, in the background: it runs in its own process (this thread only waits on a pipe), so it
@@ -213,7 +219,7 @@ def promote(
     # metrics, or its error, are dropped) and @champion stays where it is.
     if infra_validate:
         _prefetch(cfg, client, model, version, info, lake, tracking_uri, scores=False)
-    refusal = _refusal(client, model, version, tracking_uri)
+    refusal = _refusal(verdicts, model, version)
     infra_job: Future | None = None
     infra_timing: dict[str, float] = {}
     if refusal is not None:
@@ -224,14 +230,14 @@ def promote(
             t0 = time.perf_counter()
             try:
                 return run_infra_validation(
-                    cfg, model, version, lake=lake, tracking_uri=tracking_uri, info=info
+                    cfg, model, version, lake=lake, tracking_uri=tracking_uri, info=info, verdicts=verdicts
                 )
             finally:
                 infra_timing["s"] = time.perf_counter() - t0
 
         infra_job = _in_background(validate, f"infra-validation-{model}")
         infra = {"ok": True, "pending": True}  # until the verdict, awaited before any decision
-        _prefetch(cfg, client, model, version, info, lake, tracking_uri, scores=True)
+        _prefetch(cfg, client, model, version, info, lake, tracking_uri, scores=True, verdicts=verdicts)
     else:
         infra = {"ok": True, "skipped": True}
 
@@ -256,6 +262,7 @@ def promote(
                         tracking_uri=tracking_uri,
                         champion_version=None if champion == version else champion,
                         candidate_info=info,
+                        verdicts=verdicts,
                     )
                 except Exception as exc:  # raised below unless infra validation refuses the candidate
                     evaluation, evaluation_error = {}, exc

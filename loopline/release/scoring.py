@@ -32,7 +32,7 @@ from loopline.packaging.registry import (
     tracking_uri_for,
     version_info,
 )
-from loopline.packaging.safe_load import ModelRefused
+from loopline.packaging.safe_load import GateVerdicts, ModelRefused
 from loopline.release.cache import ComputeCache
 from loopline.release.champion import CHAMPION
 from loopline.release.metrics import (
@@ -59,23 +59,30 @@ _scores = ComputeCache(_CACHE_ENTRIES)
 # -- scoring ----------------------------------------------------------------------------------------
 
 
-def score_version(model: str, version: int, test: TestSet, *, tracking_uri: str) -> np.ndarray:
-    """Model outputs on the test rows: binary P(positive) [n], multiclass probabilities [n, k], regression [n]."""
-    return _scored(model, version, test, tracking_uri)[0]
+def score_version(
+    model: str, version: int, test: TestSet, *, tracking_uri: str, verdicts: GateVerdicts | None = None
+) -> np.ndarray:
+    """Model outputs on the test rows: binary P(positive) [n], multiclass probabilities [n, k], regression [n].
+    `verdicts`: the loader gate's verdicts of the decision this scoring is part of (checked once per version)."""
+    return _scored(model, version, test, tracking_uri, verdicts)[0]
 
 
-def _scored(model: str, version: int, test: TestSet, tracking_uri: str) -> tuple[np.ndarray, str]:
+def _scored(
+    model: str, version: int, test: TestSet, tracking_uri: str, verdicts: GateVerdicts | None = None
+) -> tuple[np.ndarray, str]:
     """(outputs, the loader that loaded the version), cached per version and test split."""
     key = (tracking_uri, model, int(version), test.dataset, test.features_version)
-    return _scores.get_or_compute(key, lambda: _score(model, int(version), test, tracking_uri))
+    return _scores.get_or_compute(key, lambda: _score(model, int(version), test, tracking_uri, verdicts))
 
 
-def _score(model: str, version: int, test: TestSet, tracking_uri: str) -> tuple[np.ndarray, str]:
+def _score(
+    model: str, version: int, test: TestSet, tracking_uri: str, verdicts: GateVerdicts | None
+) -> tuple[np.ndarray, str]:
     """Load through the loader gate (never a pickle, never code from the artifact) and score in chunks."""
     from loopline.packaging.safe_load import load_version
 
     try:
-        predictor, plan = load_version(model, version, tracking_uri=tracking_uri)
+        predictor, plan = load_version(model, version, tracking_uri=tracking_uri, verdicts=verdicts)
     except ModelError:
         raise
     except Exception as exc:
@@ -112,17 +119,22 @@ def evaluate_versions(
     tracking_uri: str | None = None,
     champion_version: int | None = -1,
     candidate_info: dict[str, Any] | None = None,
+    verdicts: GateVerdicts | None = None,
 ) -> dict[str, Any]:
     """Metrics of the candidate and the champion on the candidate's test split, slices and the bootstrap CI.
 
     `candidate_version` None: the newest version. `champion_version` -1: whatever `@champion` points at now;
     None: evaluate the candidate alone. `candidate_info`: the candidate's `version_info` when the caller has
-    read it already (its run's tags: what it was trained on). Returns a JSON-able dict (the CLI's
+    read it already (its run's tags: what it was trained on). `verdicts`: the loader gate's verdicts of the
+    caller's decision (loopline.packaging.safe_load.GateVerdicts), so each version is judged once; by
+    default one set for this evaluation. Returns a JSON-able dict (the CLI's
     `evaluate --json`).
     """
     started = time.perf_counter()
     tracking_uri = tracking_uri_for(cfg, tracking_uri)
     client = registry_client(tracking_uri)
+    if verdicts is None:
+        verdicts = GateVerdicts(client, tracking_uri)
     model = model or model_name_for(cfg)
     if candidate_version is None:
         candidate_version = newest_version(client, model)
@@ -144,11 +156,13 @@ def evaluate_versions(
     primary = primary_metric_for(task, cfg.evaluation.primary_metric)
     t_read = time.perf_counter()
 
-    cand_out, cand_loader = _scored(model, int(candidate_version), test, tracking_uri)
+    cand_out, cand_loader = _scored(model, int(candidate_version), test, tracking_uri, verdicts)
     champ_out, champion_error = None, None
     if champion_version is not None:
         try:
-            champ_out = score_version(model, int(champion_version), test, tracking_uri=tracking_uri)
+            champ_out = score_version(
+                model, int(champion_version), test, tracking_uri=tracking_uri, verdicts=verdicts
+            )
         except (ContractError, ModelRefused) as exc:
             # the contract changed and the champion cannot read the new rows, or the loader gate refuses the
             # champion (a model registered by hand): the candidate is judged on its own

@@ -314,6 +314,59 @@ def test_infra_validation_overlaps_the_evaluation_and_its_verdict_still_decides(
     assert result["checks"][0] == {"name": "infra validation", "passed": True, "detail": "passed"}
 
 
+def test_one_promotion_reads_each_mlmodel_once_and_the_next_reads_it_again(setup, monkeypatch):
+    # the loader gate judges each version once per promotion; infra validation and both scorings load on
+    # that verdict. The next promotion judges again: an MLmodel rewritten since is refused, nothing loaded
+    from collections import Counter
+    from urllib.parse import urlparse
+
+    import yaml
+
+    import loopline.packaging.safe_load as safe_load
+    from loopline.release.scoring import clear_caches
+
+    name = clone(setup, setup["crippled"])
+    candidate = register_edited(setup, name, lambda state, meta: None, base_version=setup["good"])
+    assert promote(setup, name, 1, infra_validate=False)["promoted"]
+    reads: Counter = Counter()
+    real_download = safe_load._download
+
+    def download(artifact_uri, dst, tracking_uri, model, version):
+        if artifact_uri.endswith("/MLmodel"):
+            reads[(model, str(version))] += 1
+        return real_download(artifact_uri, dst, tracking_uri, model, version)
+
+    monkeypatch.setattr(safe_load, "_download", download)
+    clear_caches()  # the champion is loaded again too
+    result = promote(setup, name, candidate)
+    assert result["promoted"] and result["infra_validation"]["ok"], result["reason"]
+    assert reads == {(name, "1"): 1, (name, str(candidate)): 1}
+
+    root = setup["client"].get_model_version_download_uri(name, str(candidate))
+    mlmodel = Path(urlparse(root).path) / "MLmodel"
+    meta = yaml.safe_load(mlmodel.read_text())
+    meta["flavors"]["sklearn"] = {"pickled_model": "model.pkl"}
+    mlmodel.write_text(yaml.safe_dump(meta))
+    clear_caches()
+    again = promote(setup, name, candidate)
+    assert not again["promoted"] and "sklearn" in again["reason"], again["reason"]
+    assert again["infra_validation"]["refused"] and reads[(name, str(candidate))] == 2
+
+
+def test_a_prompt_is_never_promoted_nor_written_to(setup):
+    # promotion writes aliases and tags without MlflowClient's per-write prompt check
+    # (champion.registry_writes): reading the model's state refuses a prompt before any write
+    import mlflow.genai
+
+    mlflow.set_registry_uri(setup["tracking"])
+    mlflow.genai.register_prompt(name="prompt-not-model", template="hello {{name}}")
+    with pytest.raises(ModelError):
+        promote(setup, "prompt-not-model", 1)
+    prompt = setup["client"]._get_registry_client().get_registered_model("prompt-not-model")
+    version = setup["client"]._get_registry_client().get_model_version("prompt-not-model", "1")
+    assert not prompt.aliases and not [k for k in {**prompt.tags, **version.tags} if "loopline" in k]
+
+
 def test_eight_concurrent_promotions_end_with_one_champion_and_a_consistent_history(setup):
     order = [setup["good"]] * 4 + [setup["crippled"]] * 4
     random.Random(7).shuffle(order)
