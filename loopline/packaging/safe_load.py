@@ -24,7 +24,6 @@ import hashlib
 import os
 import pickletools
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from loopline.cache import ComputeCache
 from loopline.errors import ModelError
 from loopline.packaging.registry import BUNDLE_ARTIFACT, registry_client
 
@@ -262,24 +262,19 @@ class GateVerdicts:
     def __init__(self, client, tracking_uri: str):
         self.client = client
         self.tracking_uri = tracking_uri
-        self._lock = threading.Lock()
-        self._verdicts: dict[tuple[str, str], GatedVersion | ModelRefused] = {}
-        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        # threads asking at once (scoring prefetch, infra validation) share one check
+        self._verdicts = ComputeCache(256)
 
     def gate(self, model: str, version: Any) -> GatedVersion:
         """The verdict on `model` version `version`: judged on the first call, raised or returned after."""
-        key = (model, str(version))
-        with self._lock:
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # threads asking at once (scoring prefetch, infra validation) share one check
-            verdict = self._verdicts.get(key)
-            if verdict is None:
-                try:
-                    verdict = gate_version(self.client, model, version, tracking_uri=self.tracking_uri)
-                except ModelRefused as exc:
-                    verdict = exc
-                # other errors (the registry unreachable, a download failing) are not verdicts: asked again
-                self._verdicts[key] = verdict
+
+        def judge() -> GatedVersion | ModelRefused:
+            try:
+                return gate_version(self.client, model, version, tracking_uri=self.tracking_uri)
+            except ModelRefused as exc:  # other errors (registry, download) are not verdicts: asked again
+                return exc
+
+        verdict = self._verdicts.get_or_compute((model, str(version)), judge)
         if isinstance(verdict, ModelRefused):
             raise verdict
         return verdict

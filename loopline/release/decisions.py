@@ -12,10 +12,10 @@ import math
 import time
 from typing import Any
 
+from loopline.cache import ComputeCache
 from loopline.config import LifecycleConfig
 from loopline.packaging.model_card import render_model_card
 from loopline.packaging.registry import ensure_experiment, experiment_name
-from loopline.release.cache import ComputeCache
 from loopline.release.champion import retry_locked, tag_version
 
 log = logging.getLogger(__name__)

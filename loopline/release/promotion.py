@@ -27,6 +27,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from loopline.cache import ComputeCache
 from loopline.config import LifecycleConfig
 from loopline.errors import LooplineError
 from loopline.faults import kill_point
@@ -40,7 +41,6 @@ from loopline.packaging.registry import (
     version_info,
 )
 from loopline.packaging.safe_load import GateVerdicts, ModelRefused
-from loopline.release.cache import ComputeCache
 from loopline.release.champion import (
     CHAMPION,
     PromotionConflict,

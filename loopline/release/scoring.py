@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loopline.cache import ComputeCache
 from loopline.config import LifecycleConfig
 from loopline.data.contract_registry import contract_version_of
 from loopline.errors import ContractError, ModelError
@@ -33,7 +34,6 @@ from loopline.packaging.registry import (
     version_info,
 )
 from loopline.packaging.safe_load import GateVerdicts, ModelRefused
-from loopline.release.cache import ComputeCache
 from loopline.release.champion import CHAMPION
 from loopline.release.metrics import (
     HIGHER_IS_BETTER,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from loopline.cache import ComputeCache
 from loopline.data.contracts import Contract
 from loopline.errors import LooplineError, NotReadyError
-from loopline.release.cache import ComputeCache
 from loopline.storage.lake import Lake
 
 _test_sets = ComputeCache(4)

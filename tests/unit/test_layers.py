@@ -15,7 +15,7 @@ CORE = REPO / "loopline"
 # profile (monitoring) and registers through packaging; monitoring reads serving's prediction log;
 # release evaluates, promotes and deploys to serving.
 STAGES = ("storage", "data", "features", "packaging", "serving", "monitoring", "train", "release")
-BASE = ("config", "errors", "faults", "_exports", "_legacy")  # below every stage
+BASE = ("cache", "config", "errors", "faults", "_exports", "_legacy")  # below every stage
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -1,4 +1,5 @@
-"""A small thread-safe LRU for values keyed by immutable things (model versions, Delta versions, files):
+"""A small thread-safe LRU (below every stage: release caches scores and test sets in it, packaging the loader
+gate's verdicts of one decision) for values keyed by immutable things (model versions, Delta versions, files):
 entries never go stale, so there is no expiry, only a size bound."""
 
 from __future__ import annotations
