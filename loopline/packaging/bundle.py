@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 
 from loopline.data.contracts import Contract, parse_contract
+from loopline.packaging.forward import plain_forward
 
 if TYPE_CHECKING:
     import torch
@@ -90,6 +91,8 @@ class Predictor:
         device: str,
     ):
         self.model = model
+        # the same kernels as model(x) without nn.Module's per-call work (packaging/forward.py)
+        self._forward = plain_forward(model) or model
         self.meta = meta
         self.transform = transform
         self.contract = contract
@@ -123,7 +126,7 @@ class Predictor:
         import torch
 
         with torch.inference_mode():
-            out = self.model(X.to(self.device, dtype=torch.float32)).float()
+            out = self._forward(X.to(self.device, dtype=torch.float32)).float()
             if self.task == "binary":
                 return torch.sigmoid(out.squeeze(-1))
             if self.task == "multiclass":

@@ -43,10 +43,15 @@ class Column:
 
 @dataclass
 class TypedRows:
-    """Checked rows: every feature column of the contract plus the id column, in contract order."""
+    """Checked rows: every feature column of the contract plus the id column, in contract order.
+
+    `numbers`, when set, is the check's own float64 matrix [k, n_rows] of k number columns (names in order)
+    that passed in one pass: the same values as those columns (an int column's as floats, NaN where null),
+    so the compiled transform takes them as one block instead of re-stacking k columns."""
 
     columns: dict[str, Column]
     n_rows: int
+    numbers: tuple[tuple[str, ...], np.ndarray] | None = None
 
 
 class InputChecker:
@@ -81,7 +86,7 @@ class InputChecker:
         for name in self.feature_columns:
             if name not in cols.data and name not in self.optional:
                 errors.append({"field": name, "error": "missing column"})
-        typed = self._check_numbers_at_once(cols)
+        typed, numbers = self._check_numbers_at_once(cols)
         for name in self.kept:
             if name in typed:
                 continue
@@ -100,7 +105,7 @@ class InputChecker:
         if errors:
             names = sorted({e["field"] for e in errors})
             raise RequestError(422, f"input does not match the contract in field(s) {names}", fields=errors)
-        return TypedRows({name: typed[name] for name in self.kept}, cols.n_rows)
+        return TypedRows({name: typed[name] for name in self.kept}, cols.n_rows, numbers)
 
     def check_batch(self, parts: list[Columns]) -> tuple[TypedRows, list[RequestError | None]]:
         """The requests of one micro-batch checked together: (the rows of those that pass, in order; each
@@ -134,10 +139,13 @@ class InputChecker:
             return TypedRows({}, 0), errors
         return concat_rows(passed), errors
 
-    def _check_numbers_at_once(self, cols: Columns) -> dict[str, Column]:
+    def _check_numbers_at_once(
+        self, cols: Columns
+    ) -> tuple[dict[str, Column], tuple[tuple[str, ...], np.ndarray] | None]:
         """The common case in one numpy pass: number columns of JSON numbers (and nulls where the column is
         nullable), all in range. A column that fails here (or is not that simple) goes through
-        `check_column`, which names the problem."""
+        `check_column`, which names the problem. Returns the typed columns that passed and, when every
+        column taken passed, their float64 matrix (`TypedRows.numbers`)."""
         data = cols.data
         names = []
         for name in self.numeric_simple:
@@ -148,13 +156,13 @@ class InputChecker:
             if types <= self.allowed_types[name] or types <= self.allowed_with_null.get(name, _EMPTY):
                 names.append(name)
         if not names or cols.n_rows == 0:
-            return {}
+            return {}, None
         try:
             # via an object array: about twice as fast as numpy's nested-list discovery for floats. None
             # becomes NaN here, and JSON has no NaN, so NaN marks exactly the nulls
             matrix = np.array([data[n] for n in names], dtype=object).astype(np.float64)
         except (OverflowError, ValueError, TypeError):  # an int beyond float range: the column path names it
-            return {}
+            return {}, None
         key = tuple(names)
         block = self._blocks.get(key)
         if block is None:
@@ -166,18 +174,18 @@ class InputChecker:
             ok = (matrix >= block.lows) & (matrix <= block.highs)  # False for NaN
             ok &= np.abs(matrix) <= 2**53  # no infinity; ints beyond this need exact handling
             ok |= null & block.nullable  # a null where the column allows one
-        good = ok.all(axis=1)
-        has_null = null.any(axis=1)
+        good = ok.all(axis=1).tolist()
+        has_null = null.any(axis=1).tolist()
         out: dict[str, Column] = {}
-        for i, name in enumerate(names):
-            if not good[i]:
+        for name, row, mask, passed, nulls in zip(names, matrix, null, good, has_null, strict=True):
+            if not passed:
                 continue
-            row = matrix[i]
-            mask = null[i] if has_null[i] else None
+            if not nulls:
+                mask = None
             if name in self.int_columns:
                 row = (np.where(mask, 0.0, row) if mask is not None else row).astype(np.int64)
             out[name] = Column(row, mask)
-        return out
+        return out, ((key, matrix) if len(out) == len(names) else None)
 
 
 class _NumberBlock:
@@ -431,7 +439,8 @@ def slice_rows(rows: TypedRows, start: int, stop: int) -> TypedRows:
         name: Column(c.values[start:stop], None if c.mask is None else c.mask[start:stop])
         for name, c in rows.columns.items()
     }
-    return TypedRows(columns, stop - start)
+    numbers = None if rows.numbers is None else (rows.numbers[0], rows.numbers[1][:, start:stop])
+    return TypedRows(columns, stop - start, numbers)
 
 
 def to_frame(rows: TypedRows):

@@ -153,6 +153,8 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
         http=_best("httptools", "h11"),
         lifespan="on",
         access_log=False,
+        # the app reads no client address: no X-Forwarded-* rewriting middleware on every request
+        proxy_headers=False,
         log_level=os.environ.get("LOOPLINE_SERVING_LOG_LEVEL", "warning"),
         timeout_graceful_shutdown=int(cfg.graceful_timeout_seconds),
         backlog=4096,

@@ -89,13 +89,33 @@ class _NumericBlock:
         self.value_at = np.array(self.positions, dtype=np.int64)
         self.nullable = np.flatnonzero(np.array([bool(s["nullable"]) for s in steps], dtype=bool))
         self.null_at = self.value_at[self.nullable] + 1
+        self._rows_at: dict[tuple[str, ...], np.ndarray | None] = {}
+
+    def _rows_in(self, names: tuple[str, ...]) -> np.ndarray | None:
+        """Where this block's columns are among the rows of a check matrix of `names` (None: not all are)."""
+        found = self._rows_at.get(names, False)
+        if found is False:
+            where = {name: i for i, name in enumerate(names)}
+            found = (
+                np.array([where[c] for c in self.columns], dtype=np.intp)
+                if all(c in where for c in self.columns)
+                else None
+            )
+            if len(self._rows_at) > 64:  # clients sending ever new column subsets: stay bounded
+                self._rows_at.clear()
+            self._rows_at[names] = found
+        return found
 
     def apply(self, rows: TypedRows, out: np.ndarray) -> None:
         if not self.columns:
             return
-        values = np.empty((rows.n_rows, len(self.columns)), dtype=np.float64)
-        for i, name in enumerate(self.columns):
-            values[:, i] = _as_float(rows.columns[name])
+        at = self._rows_in(rows.numbers[0]) if rows.numbers is not None else None
+        if at is not None:  # the input check's matrix holds them all: one gather, not a loop per column
+            values = rows.numbers[1][at].T
+        else:
+            values = np.empty((rows.n_rows, len(self.columns)), dtype=np.float64)
+            for i, name in enumerate(self.columns):
+                values[:, i] = _as_float(rows.columns[name])
         missing = ~np.isfinite(values)
         with np.errstate(invalid="ignore"):
             if self.log1p.size:

@@ -100,3 +100,32 @@ def test_an_unknown_step_kind_falls_back_to_the_pandas_transform():
     transform = fit_transform(generate_frame(SyntheticConfig(rows=100, seed=2)), contract, FeaturesConfig())
     transform.steps[0] = {**transform.steps[0], "kind": "something_new"}
     assert compile_transform(transform) is None
+
+
+def test_the_check_matrix_block_gives_the_same_bits_as_the_columns():
+    """The input check hands its float64 matrix of number columns to the transform (TypedRows.numbers); the
+    features from it equal those re-stacked from the typed columns, whole, sliced, and when a column
+    left the one-pass check (a whole float in an int column), where the transform uses the columns."""
+    import dataclasses
+
+    from loopline.serving.inputs import slice_rows
+
+    contract = load_contract(DEMO_CONTRACT)
+    cfg = CONFIGS[1]  # log1p, clip, standardise and passthrough columns
+    transform = fit_transform(generate_frame(SyntheticConfig(rows=400, seed=2)), contract, cfg)
+    compiled = compile_transform(transform)
+    frame = demo_rows(40, seed=9)
+    frame.loc[frame.index[::3], ["f01", "f04"]] = None
+    rows = _rows(frame, contract)
+    assert rows.numbers is not None and "age" in rows.numbers[0]
+    columns_only = dataclasses.replace(rows, numbers=None)
+    assert np.array_equal(compiled(rows), compiled(columns_only))
+    part = slice_rows(rows, 5, 17)
+    assert part.numbers[1].shape[1] == 12
+    assert np.array_equal(compiled(part), compiled(slice_rows(columns_only, 5, 17)))
+
+    data = {c: frame[c].tolist() for c in frame.columns}
+    data["age"] = [float(v) for v in data["age"]]  # 42.0: accepted by the column path, not the one-pass one
+    mixed = _rows(data, contract)
+    assert mixed.numbers is not None and "age" not in mixed.numbers[0]
+    assert np.array_equal(compiled(mixed), compiled(rows))
