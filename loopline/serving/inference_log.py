@@ -180,6 +180,10 @@ class InferenceLog:
 
     # -- writer thread -----------------------------------------------------------------------------
     def start(self) -> None:
+        # the Delta writer's modules (deltalake, pyarrow.dataset: ~0.3 s) are imported now, before the server
+        # answers, not at the first flush, where the import would hold the GIL while requests wait
+        import loopline.storage.delta  # noqa: F401
+
         self._thread = threading.Thread(target=self._run, name="loopline-inference-log", daemon=True)
         self._thread.start()
 

@@ -39,3 +39,25 @@ def test_rows_that_cannot_be_built_are_dead_lettered_and_the_writer_lives_on(tmp
     assert set(logged["_request_id"]) == {"fine"} and len(logged) == 3
     assert set(dead["_request_id"]) == {"too-few"} and len(dead) == 3
     assert dead["_error"].str.contains("length").all() and (dead["_attempts"] == 0).all()
+
+
+def test_the_delta_writer_is_imported_when_the_log_starts_not_at_the_first_flush(tmp_path):
+    """Importing deltalake takes ~0.3 s holding the GIL: at the first flush that stalls live requests."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from loopline.data.contracts import load_contract
+from loopline.serving.inference_log import InferenceLog
+from loopline.storage.lake import Lake
+log = InferenceLog(Lake(root={str(tmp_path / "lake")!r}), "demo", load_contract({str(DEMO_CONTRACT)!r}),
+                   max_queue_rows=1000, flush_rows=10**6, flush_seconds=3600)
+before = "deltalake" in sys.modules
+log.start()
+print(before, "deltalake" in sys.modules)
+log.stop()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
