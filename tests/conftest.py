@@ -55,8 +55,21 @@ def prefect_api(tmp_path_factory):
     env.pop("PREFECT_API_URL", None)
     # the UI it serves (at the API URL without /api) calls this API, not the default port 4200
     env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
+    # started the way `loopline up` starts it (flows.stack.launch): with the collector off its event loop,
+    # without which a SQLite-backed server can stall 60 s on "database is locked" (launch.py)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "flows.stack.launch",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(home / "server.log", "wb"),
