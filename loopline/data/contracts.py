@@ -89,6 +89,16 @@ def load_contract(path: str | Path) -> Contract:
     return parse_contract(data, file=str(p))
 
 
+# yaml.safe_load's constructor (plain data only) on libyaml's parser where PyYAML has it: the same documents
+# for ~10x less CPU than the pure-Python parser (the files loaded on scoring and promotion paths)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def safe_yaml(text: str) -> Any:
+    """`yaml.safe_load(text)`, on libyaml's parser where PyYAML has it."""
+    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
+
+
 def parse_contract(data: Any, *, file: str | None = None) -> Contract:
     """Check a contract already parsed from YAML."""
     if not isinstance(data, dict):

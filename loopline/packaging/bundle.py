@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from loopline.data.contracts import Contract, parse_contract
+from loopline.data.contracts import Contract, parse_contract, safe_yaml
 from loopline.packaging.forward import plain_forward
 
 if TYPE_CHECKING:
@@ -186,7 +186,8 @@ def load_predictor(directory: str | os.PathLike, device: str = "cpu") -> Predict
     meta = read_bundle_meta(path)
     transform = FeatureTransform.from_dict(json.loads((path / "transform.json").read_text()))
     contract = parse_contract(
-        yaml.safe_load((path / "contract.yaml").read_text()), file=str(path / "contract.yaml")
+        safe_yaml((path / "contract.yaml").read_text()),
+        file=str(path / "contract.yaml"),
     )
     cfg = TrainingConfig.model_validate(meta.model_config)
     factory = resolve_bundle_factory(meta.factory, meta.input_dim, meta.output_dim, f"bundle {path}")

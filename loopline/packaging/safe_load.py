@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from loopline.cache import ComputeCache
+from loopline.data.contracts import safe_yaml
 from loopline.errors import ModelError
 from loopline.packaging.registry import BUNDLE_ARTIFACT, registry_client
 
@@ -201,7 +202,7 @@ def check_local(model_dir: str | os.PathLike, model: str, version: Any) -> LoadP
     """The gate on a model directory already on disk (read MLmodel and, for a legacy model, its pickle)."""
     root = Path(model_dir)
     try:
-        meta = yaml.safe_load((root / "MLmodel").read_text())
+        meta = safe_yaml((root / "MLmodel").read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise refuse(model, version, f"its MLmodel cannot be read: {exc}") from exc
     return inspect_mlmodel(meta, model, version, lambda rel: (root / rel).read_bytes())
@@ -239,7 +240,7 @@ def gate_version(client, model: str, version: Any, *, tracking_uri: str) -> Gate
 
         mlmodel = read("MLmodel")
         try:
-            meta = yaml.safe_load(mlmodel)
+            meta = safe_yaml(mlmodel)
         except yaml.YAMLError as exc:
             raise refuse(model, version, f"its MLmodel is not YAML: {exc}") from exc
         plan = inspect_mlmodel(meta, model, version, read)
@@ -328,17 +329,38 @@ def load_version(
         return load_predictor(bundle, device=device), plan
 
 
+# (tracking uri, artifact root) -> MLflow's artifact repository there. MLflow builds a repository, with a thread
+# pool of its own, on every download: a promotion (the gate, infra validation, two scorings) paid ~8 thread
+# starts on its critical path. Kept, the pool's threads serve the next download. A repository holds where
+# the artifacts are, never what they are: every download still lists and copies the files afresh. A few
+# roots (a promotion touches two): each kept repository keeps its idle threads (up to 2 per core, at most 8).
+_artifact_repos = ComputeCache(8)
+
+
+def _artifact_repo(root_uri: str, tracking_uri: str):
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return _artifact_repos.get_or_compute(
+        (tracking_uri, root_uri), lambda: get_artifact_repository(root_uri, tracking_uri=tracking_uri)
+    )
+
+
 def _download(artifact_uri: str, dst: str, tracking_uri: str, model: str, version: Any) -> Path:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking.artifact_utils import _get_root_uri_and_artifact_path
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
+        if artifact_uri.startswith(("models:", "runs:")):  # resolved per call by MLflow: not kept
+            local = mlflow.artifacts.download_artifacts(
                 artifact_uri=artifact_uri, dst_path=dst, tracking_uri=tracking_uri
             )
-        )
+        else:  # what mlflow.artifacts.download_artifacts does, on a kept repository
+            Path(dst).mkdir(parents=True, exist_ok=True)
+            root_uri, artifact_path = _get_root_uri_and_artifact_path(artifact_uri)
+            local = _artifact_repo(root_uri, tracking_uri).download_artifacts(artifact_path, dst_path=dst)
+        return Path(local)
     except (MlflowException, OSError) as exc:
         raise ModelError(
             f"model {model!r} version {version}: cannot download {artifact_uri.rsplit('/', 1)[-1]}: {exc}"

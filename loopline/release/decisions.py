@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from loopline.cache import ComputeCache
@@ -118,8 +120,12 @@ def log_decision_run(
         ]
         params.append(Param("features_version", str((result.get("data") or {}).get("features_version"))))
         retry_locked(client.log_batch, run_id, metrics=metrics, params=params)
-        retry_locked(client.log_text, run_id, card, "model_card.md")
-        retry_locked(client.log_text, run_id, json.dumps(result, indent=2, default=str), "evaluation.json")
+        with tempfile.TemporaryDirectory(prefix="loopline-decision-") as tmp:  # both files in one upload
+            (Path(tmp) / "model_card.md").write_text(card, encoding="utf-8")
+            (Path(tmp) / "evaluation.json").write_text(
+                json.dumps(result, indent=2, default=str), encoding="utf-8"
+            )
+            retry_locked(client.log_artifacts, run_id, tmp)
         retry_locked(client.set_terminated, run_id)
         return run_id
     except Exception as exc:  # the decision stands without its paperwork

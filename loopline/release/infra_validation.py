@@ -108,10 +108,12 @@ def validate_infra(
     python: str | None = None,
     pyfunc: bool = False,
     verdicts=None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Load and score in a fork of the warm template. Returns {"ok", "reason", "rows", "seconds", "loader",
     ...}; never raises. A version the loader gate refuses fails at once, with the refusal as the reason.
-    `verdicts` (loopline.packaging.safe_load.GateVerdicts): the gate's verdicts of the caller's decision."""
+    `verdicts` (loopline.packaging.safe_load.GateVerdicts): the gate's verdicts of the caller's decision.
+    `nice`: added to the child's niceness (os.nice), for a validation that runs beside the caller's work."""
     from loopline.errors import ModelError
     from loopline.packaging.registry import registry_client
     from loopline.packaging.safe_load import FORMAT_LEGACY, check_version
@@ -143,6 +145,7 @@ def validate_infra(
             pyfunc_dir=pyfunc_dir,
             legacy_loader=plan.loader if plan.format == FORMAT_LEGACY else None,
             started=started,
+            nice=nice,
         )
 
 
@@ -158,6 +161,7 @@ def validate_bundle(
     pyfunc_dir: str | None = None,
     legacy_loader: str | None = None,
     started: float | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """The validation of a bundle already downloaded and gated (`validate_infra`'s second half): a fork of
     the warm template loads it with the model server's loader and answers `rows` as a request. Never raises."""
@@ -179,6 +183,7 @@ def validate_bundle(
             "timeout_s": timeout_s,
             "env": _child_env(),
             "cwd": os.getcwd(),
+            "nice": int(nice),
         }
         return _run(request, python, timeout_s, started, rows, f"models:/{model}/{version}")
 

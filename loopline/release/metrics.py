@@ -138,8 +138,38 @@ def _prepare_binary(name: str, y: np.ndarray, p: np.ndarray) -> WeightedMetric:
         n_groups = int(group.max()) + 1 if len(group) else 0
         # one bincount per replicate: slot 2g holds group g's negatives, 2g + 1 its positives
         slot = 2 * group.astype(np.int64) + (y > 0.5)
+        # for a matrix of weights (a block of bootstrap replicates): the negatives in score order, and per
+        # positive how many negatives score below it (lo) and below or tied (hi). A replicate is then a
+        # cumulative sum of the negatives' weights and a gather at lo/hi, not a scatter into 2 * groups
+        # slots per replicate. Same sums of integer-valued weights, so the same values to the last bit.
+        sorted_negatives: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]] = []
+
+        def negatives_in_order() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+            if not sorted_negatives:  # once, on the first block: plain metrics never need it
+                is_pos = y > 0.5
+                neg_rows = np.flatnonzero(~is_pos)
+                neg_rows = neg_rows[np.argsort(group[neg_rows], kind="stable")]
+                pos_rows = np.flatnonzero(is_pos)
+                neg_groups = group[neg_rows]
+                lo = np.searchsorted(neg_groups, group[pos_rows], side="left")
+                hi = np.searchsorted(neg_groups, group[pos_rows], side="right")
+                sorted_negatives.append((neg_rows, pos_rows, lo, hi, bool(np.array_equal(lo, hi))))
+            return sorted_negatives[0]
+
+        def roc_auc_block(w: np.ndarray) -> np.ndarray:
+            neg_rows, pos_rows, lo, hi, untied = negatives_in_order()
+            below = np.zeros((w.shape[0], len(neg_rows) + 1))
+            np.cumsum(w[:, neg_rows], axis=1, out=below[:, 1:])  # below[:, j]: weight of the j lowest
+            w_pos = w[:, pos_rows]
+            if untied:
+                numerator = _dot(w_pos, below[:, lo])
+            else:
+                numerator = _dot(w_pos, 0.5 * (below[:, lo] + below[:, hi]))
+            return _ratio(numerator, w_pos.sum(axis=-1) * below[:, -1])
 
         def roc_auc(w: np.ndarray | None) -> Any:
+            if w is not None and w.ndim == 2:
+                return roc_auc_block(w)
             counts = _bincount(slot, None, w, 2 * n_groups)
             neg_g, pos_g = counts[..., 0::2], counts[..., 1::2]
             n_pos, n_neg = pos_g.sum(axis=-1), neg_g.sum(axis=-1)

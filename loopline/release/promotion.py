@@ -41,6 +41,7 @@ from loopline.packaging.registry import (
     version_info,
 )
 from loopline.packaging.safe_load import GateVerdicts, ModelRefused
+from loopline.release.background import in_background
 from loopline.release.champion import (
     CHAMPION,
     PromotionConflict,
@@ -60,6 +61,10 @@ from loopline.storage.lake import Lake
 log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 3
+# promote()'s infra validation runs beside its evaluation: its child process takes the CPU the evaluation
+# leaves (a niceness of 10 gets ~1/10 of a contended core), so the evaluation, the longer of the two,
+# is not slowed by it
+BACKGROUND_INFRA_NICE = 10
 _infra_passed = ComputeCache(
     64
 )  # (tracking uri, artifact source, python) -> a passed validation: same files, same result
@@ -77,11 +82,12 @@ def run_infra_validation(
     tracking_uri: str,
     info: dict[str, Any] | None = None,
     verdicts: GateVerdicts | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Load + score the version as the model server does, in a fork of the warm validation template
     (loopline.release.infra_template), on contract rows (real test rows plus edge rows). `info`: the
     version's `version_info`, when the caller has read it already; `verdicts`: the loader gate's verdicts of
-    the caller's promotion."""
+    the caller's promotion; `nice`: the validation process's added niceness."""
     from loopline.data.contract_registry import resolve_contract
     from loopline.release.infra_validation import sample_rows, validate_infra
 
@@ -107,6 +113,7 @@ def run_infra_validation(
             timeout_s=cfg.evaluation.infra_timeout_seconds,
             pyfunc=cfg.evaluation.infra_pyfunc_check,
             verdicts=verdicts,
+            nice=nice,
         )
         if not result["ok"]:
             raise _InfraFailed(result)
@@ -160,20 +167,6 @@ def _prefetch(cfg, client, model, version, info, lake, tracking_uri, *, scores: 
                 log.debug("prefetching %s of %s failed: %s", name, model, exc)
 
         threading.Thread(target=run, name=f"prefetch-{name}-{model}", daemon=True).start()
-
-
-def _in_background(work, name: str) -> Future:
-    """Run `work()` in a daemon thread; its result or exception comes back through the future."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(work())
-        except BaseException as exc:  # the caller meets it at future.result()
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 class _InfraFailed(Exception):
@@ -230,12 +223,19 @@ def promote(
             t0 = time.perf_counter()
             try:
                 return run_infra_validation(
-                    cfg, model, version, lake=lake, tracking_uri=tracking_uri, info=info, verdicts=verdicts
+                    cfg,
+                    model,
+                    version,
+                    lake=lake,
+                    tracking_uri=tracking_uri,
+                    info=info,
+                    verdicts=verdicts,
+                    nice=BACKGROUND_INFRA_NICE,
                 )
             finally:
                 infra_timing["s"] = time.perf_counter() - t0
 
-        infra_job = _in_background(validate, f"infra-validation-{model}")
+        infra_job = in_background(validate, f"infra-validation-{model}")
         infra = {"ok": True, "pending": True}  # until the verdict, awaited before any decision
         _prefetch(cfg, client, model, version, info, lake, tracking_uri, scores=True, verdicts=verdicts)
     else:
@@ -313,7 +313,10 @@ def promote(
         else:
             raise PromotionConflict(f"@champion of {model!r} kept moving during {CAS_ATTEMPTS} decisions")
 
-        result = _result(model, version, decision, evaluation, infra, client)
+        # the aliases after the decision, as this decision left them under the lock: the moved ones, or
+        # the ones read (and reconciled) before deciding; move_champion has re-read @champion after moving
+        aliases = (version, entry["previous"]) if entry else (state.champion, state.previous)
+        result = _result(model, version, decision, evaluation, infra, client, aliases)
         result["history_seq"] = entry["seq"] if entry else None
         result["timings_s"] = {
             # overlapped with the evaluation; what the decision waited for it after the evaluation is apart
@@ -329,8 +332,9 @@ def promote(
     return result
 
 
-def _result(model, version, decision: Decision, evaluation, infra, client) -> dict[str, Any]:
-    champion_after, previous_after = read_aliases(client, model)
+def _result(model, version, decision: Decision, evaluation, infra, client, aliases=None) -> dict[str, Any]:
+    """`aliases`: (@champion, @previous) after the decision when the caller knows them; else read."""
+    champion_after, previous_after = aliases if aliases is not None else read_aliases(client, model)
     return {
         "model": model,
         "promoted": decision.promote,

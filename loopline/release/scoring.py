@@ -34,6 +34,7 @@ from loopline.packaging.registry import (
     version_info,
 )
 from loopline.packaging.safe_load import GateVerdicts, ModelRefused
+from loopline.release.background import in_background
 from loopline.release.champion import CHAMPION
 from loopline.release.metrics import (
     HIGHER_IS_BETTER,
@@ -169,20 +170,26 @@ def evaluate_versions(
             champion_error = str(exc)
     t_score = time.perf_counter()
 
+    # the bootstrap (most of the metrics' time, numpy work that releases the GIL) runs in a thread of its
+    # own while this one computes the metrics and the slices: the two overlap on a second core
+    ci_job = None
+    if champ_out is not None:
+        ci_job = in_background(
+            lambda: bootstrap_difference(
+                primary,
+                task,
+                test.y,
+                cand_out,
+                champ_out,
+                samples=cfg.evaluation.bootstrap_samples,
+                seed=cfg.evaluation.seed,
+            ),
+            f"bootstrap-{model}",
+        )
     metrics = compute_metrics(task, test.y, cand_out)
     champion_metrics = compute_metrics(task, test.y, champ_out) if champ_out is not None else None
-    ci = None
-    if champ_out is not None:
-        ci = bootstrap_difference(
-            primary,
-            task,
-            test.y,
-            cand_out,
-            champ_out,
-            samples=cfg.evaluation.bootstrap_samples,
-            seed=cfg.evaluation.seed,
-        )
     slices = slice_metrics(test, cand_out, champ_out, primary, min_rows=cfg.evaluation.min_slice_rows)
+    ci = ci_job.result() if ci_job is not None else None
     t_metrics = time.perf_counter()
     return {
         "model": model,

@@ -570,3 +570,37 @@ def test_promotion_flows_serialise_report_and_emit_events(setup, prefect_api):
         time.sleep(1)
     assert names.count("loopline.model.promoted") == promoted
     assert names.count("loopline.model.rolled_back") == rolled_back >= 1
+
+
+def test_the_bootstrap_runs_beside_the_slices_with_the_same_interval_and_its_errors_reach_the_caller(
+    setup, monkeypatch
+):
+    # evaluate_versions computes the CI in a thread of its own while it computes the metrics and slices
+    import loopline.release.scoring as scoring
+    from loopline.release.metrics import bootstrap_difference
+
+    name = clone(setup, setup["crippled"], setup["good"])
+    threads: list[str] = []
+
+    def bootstrap(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return bootstrap_difference(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "bootstrap_difference", bootstrap)
+    kw = {"lake": setup["lake"], "tracking_uri": setup["tracking"], "champion_version": 1}
+    result = scoring.evaluate_versions(setup["cfg"], name, 2, **kw)
+    assert threads and threads[0] != threading.current_thread().name
+    test = scoring.read_test_set(setup["lake"], result["dataset"], result["data"]["features_version"])
+    outputs = [scoring.score_version(name, v, test, tracking_uri=setup["tracking"]) for v in (2, 1)]
+    ev = setup["cfg"].evaluation
+    same = bootstrap_difference(
+        "roc_auc", "binary", test.y, *outputs, samples=ev.bootstrap_samples, seed=ev.seed
+    )
+    assert result["ci"] == same
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("bootstrap failed")
+
+    monkeypatch.setattr(scoring, "bootstrap_difference", failing)
+    with pytest.raises(RuntimeError, match="bootstrap failed"):
+        scoring.evaluate_versions(setup["cfg"], name, 2, **kw)

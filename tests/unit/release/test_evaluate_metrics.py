@@ -86,6 +86,24 @@ def test_a_matrix_of_weights_gives_every_replicate_at_once(task, names):
             assert batched[row] == pytest.approx(expected, rel=1e-9, abs=1e-12), name
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_a_block_of_auc_replicates_is_exactly_the_one_at_a_time_auc(ties):
+    # the block path (sorted negatives, a cumulative sum per replicate) and the grouped one-replicate path
+    # sum the same integer weights: equal to the last bit, so the bootstrap interval is unchanged
+    y, p = _binary(n=2000, seed=7)
+    if ties:
+        p = np.round(p, 2)
+    w = np.random.default_rng(8).poisson(3.0, (40, len(y)))
+    w[3] = 0
+    w[4, y == 1] = 0  # one class only: undefined
+    metric = prepare_metric("roc_auc", "binary", y, p)
+    block = metric(w.astype(np.float64))
+    one_by_one = np.array([metric(row.astype(np.float64)) for row in w])
+    np.testing.assert_array_equal(block, one_by_one)
+    assert np.isnan(block[3]) and np.isnan(block[4])
+    assert block[0] == pytest.approx(skm.roc_auc_score(y, p, sample_weight=w[0]), abs=1e-12)
+
+
 def test_ece_of_a_calibrated_model_is_small_and_of_a_confident_wrong_one_large():
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, 200_000)

@@ -76,6 +76,21 @@ def test_one_template_serves_many_validations_and_nothing_leaks_between_them(bun
     assert refused["ok"] is False and "would answer 422" in refused["reason"] and "'x'" in refused["reason"]
 
 
+def test_a_validation_beside_other_work_runs_at_a_lower_priority(bundles, env):
+    # promote() validates while it evaluates: its child yields the CPU (os.nice), a plain validation does not
+    contract = load_contract(DEMO_CONTRACT)
+    rows = sample_rows(contract, None, 0)
+    plain = validate_bundle(bundles["observer"], rows, contract, model="m", version="1", timeout_s=120.0)
+    assert plain["ok"], plain["reason"]
+    base = json.loads(env.read_text())["niceness"]
+    niced = validate_bundle(
+        bundles["observer"], rows, contract, model="m", version="1", timeout_s=120.0, nice=5
+    )
+    assert niced["ok"], niced["reason"]
+    assert json.loads(env.read_text())["niceness"] == min(base + 5, 19)
+    assert os.nice(0) == base  # the caller (and the template it started) keep their priority
+
+
 def test_a_hanging_model_times_out_and_the_next_validation_gets_a_fresh_template(bundles, env):
     assert validate(bundles["good"])["ok"]
     before = template_for().proc.pid
