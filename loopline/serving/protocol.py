@@ -203,7 +203,9 @@ def _parse_columnar(payload: dict[str, Any]) -> Columns:
 def encode_predictions(predictions: Any) -> bytes:
     """The body `mlflow models serve` writes for the loopline pyfunc, whose predict returns a numpy array:
     `{"predictions": [v, ...]}` (a test holds both servers to the same bytes-level JSON)."""
-    if isinstance(predictions, np.ndarray) and predictions.dtype != object:
+    # orjson serialises numeric and bool arrays natively; labels of a multiclass model may be a numpy text
+    # array ('<U5') or objects, which go through a list
+    if isinstance(predictions, np.ndarray) and predictions.dtype.kind in "biuf":
         return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
     return orjson.dumps({"predictions": values})

@@ -72,3 +72,8 @@ def test_predictions_are_encoded_like_mlflow_encodes_an_array():
     assert orjson.loads(encode_predictions(np.array([0.25, 0.5]))) == {"predictions": [0.25, 0.5]}
     assert orjson.loads(encode_predictions(np.array(["a", "b"], dtype=object))) == {"predictions": ["a", "b"]}
     assert orjson.loads(encode_predictions(np.array([3, 1]))) == {"predictions": [3, 1]}
+    # a multiclass model's text labels come back from the predictor as a numpy text array ('<U1'), which
+    # orjson's numpy support refuses ("unsupported datatype"): every such model failed infra validation
+    labels = np.asarray(np.array(["a", "c"], dtype=object).tolist())
+    assert labels.dtype.kind == "U"
+    assert orjson.loads(encode_predictions(labels)) == {"predictions": ["a", "c"]}
