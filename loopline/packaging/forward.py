@@ -5,7 +5,7 @@ build (`loopline.train.models`): an nn.Sequential of Linear, ReLU, Dropout and I
 per layer: for a one-row request that is about half of the model's time. `plain_forward` calls the same
 kernels the modules' own `forward` methods call (`F.linear`, `torch.relu`), in the same order, so its outputs
 are the same bits. Any other module (a user factory's, a subclass that overrides `forward`, a hook on any
-layer when the predictor is built) gets None and is called as the module; so does a model in training mode
+layer, or a hook on every module, when the predictor is built) gets None and is called as the module; so does a model in training mode
 (Dropout would act).
 """
 
@@ -35,7 +35,7 @@ def plain_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tens
             steps.append(None)
         elif kind not in (nn.Dropout, nn.Identity):  # both the identity in eval mode
             return None
-    if _hooked(model):
+    if _hooked(model) or _global_hooks():
         return None
     import torch
 
@@ -58,4 +58,13 @@ def _hooked(module) -> bool:
         or module._forward_pre_hooks
         or getattr(module, "_forward_hooks_with_kwargs", None)
         or getattr(module, "_backward_hooks", None)
+    )
+
+
+def _global_hooks() -> bool:
+    """Hooks for every module (`torch.nn.modules.module.register_module_forward_hook`, a profiler's, say)."""
+    from torch.nn.modules import module
+
+    return bool(
+        getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None)
     )

@@ -45,3 +45,14 @@ def test_other_modules_and_hooked_ones_are_left_to_the_module():
     hooked = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     hooked[0].register_forward_hook(lambda module, args, out: out * 0)
     assert plain_forward(hooked) is None
+
+
+def test_a_hook_on_every_module_leaves_the_model_to_the_module():
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda module, args, out: out)
+    try:
+        assert plain_forward(nn.Sequential(nn.Linear(3, 4), nn.ReLU())) is None
+    finally:
+        handle.remove()
+    assert plain_forward(nn.Sequential(nn.Linear(3, 4), nn.ReLU())) is not None
