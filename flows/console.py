@@ -38,6 +38,9 @@ PREFECT_LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "pre
 # Prefect's state messages name the exception type: "Task run encountered an exception ModelError: ..."
 # A record with this attribute set (a task's `extra=`, see tasks/ingest.py) is one the CLI reports itself.
 USER_ERROR_MARK = "loopline_user_error"
+# Prefect's background senders log under their class names. At exit they flush what is queued and say
+# "Still processing items: N items remaining..." when the API is slow: chatter after the CLI's last word.
+PREFECT_QUEUE_LOGGERS = ("EventsWorker", "APILogWorker")
 _STATE_EXCEPTION = re.compile(r"encountered an exception:?\s+([A-Za-z_]\w*)(?::|\()")
 
 _state: dict[str, Any] = {"verbose": False, "configured": False}
@@ -64,6 +67,8 @@ def configure(*, verbose: bool = False) -> None:
     logging.getLogger("py.warnings").addFilter(_OwnWarningsFilter())
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in PREFECT_QUEUE_LOGGERS:
+        logging.getLogger(name).addFilter(_drain_progress)
     after_import("mlflow", _quiet_mlflow)
 
 
@@ -90,6 +95,12 @@ def _own_warnings_only(show: Callable[..., None]) -> Callable[..., None]:
             show(message, category, filename, lineno, file, line)
 
     return show_own
+
+
+def _drain_progress(record: logging.LogRecord) -> bool:
+    """Off the console in quiet mode: the flush-progress line of Prefect's queue services at exit (the
+    items are still delivered; a real failure of the service is logged on another logger, at ERROR)."""
+    return not str(record.msg).startswith("Still processing items")
 
 
 class _OwnWarningsFilter(logging.Filter):

@@ -272,3 +272,26 @@ def test_configure_verbose_touches_no_warning_filter(monkeypatch):
         assert warnings.filters == before
     assert console.verbose()
     assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "0"
+
+
+def test_prefects_flush_progress_at_exit_stays_off_the_console_other_warnings_stay():
+    """CI saw "EventsWorker - Still processing items: 3 items remaining..." after the CLI's error paragraph
+    (Prefect's event sender flushing at exit to a slow API). Through Prefect's own console handler, in a
+    fresh process as the CLI configures it: that line is gone, the service's other warnings are not."""
+    import subprocess
+
+    code = (
+        "import logging\n"
+        "from flows import console\n"
+        "console.configure()\n"
+        "import prefect.main\n"
+        "logging.getLogger('EventsWorker').warning('Still processing items: 3 items remaining...')\n"
+        "logging.getLogger('APILogWorker').warning('Still processing items: 9 items remaining...')\n"
+        "logging.getLogger('EventsWorker').warning('Service queue is full (10 items), dropping item')\n"
+    )
+    env = {**os.environ, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Still processing items" not in res.stderr
+    assert "dropping item" in res.stderr
