@@ -115,7 +115,9 @@ def warm_imports() -> float:
     lazy = {
         node.module
         for node in ast.walk(body)
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("flows", "tasks")
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.split(".")[0] in ("flows", "tasks")
     }
     for name in ("flows.lifecycle", *sorted(lazy)):
         importlib.import_module(name)
