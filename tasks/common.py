@@ -90,9 +90,13 @@ def emit(event: str, resource_id: str, payload: dict) -> bool:
 
 
 def _post_event(event: str, resource_id: str, payload: dict) -> None:
+    """POST one event with at most EMIT_MAX_RETRIES retries and EMIT_TIMEOUT_SECONDS per request. Inside a
+    run this reuses the run's own API client (a new client and a settings copy per event cost ~50 ms of CPU
+    here, three or four times per lifecycle); the timeout goes on the request, the retry count on the
+    settings the client reads at send time."""
     from prefect import get_client
+    from prefect.context import SettingsContext, get_settings_context
     from prefect.events import Event
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     body = Event(
         event=event,
@@ -100,9 +104,25 @@ def _post_event(event: str, resource_id: str, payload: dict) -> None:
         payload=payload,
         related=_related_runs(),
     ).model_dump(mode="json")
-    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: EMIT_MAX_RETRIES}):
-        with get_client(sync_client=True, httpx_settings={"timeout": EMIT_TIMEOUT_SECONDS}) as client:
-            client.request("POST", "/events", json=[body])  # raises unless 2xx (the server answers 204)
+    current = get_settings_context()
+    with SettingsContext(profile=current.profile, settings=_emit_settings(current.settings)):
+        with get_client(sync_client=True) as client:  # the run's client inside a run, else a new one
+            client.request("POST", "/events", json=[body], timeout=EMIT_TIMEOUT_SECONDS)  # raises unless 2xx
+
+
+_emit_settings_cache: list = [None, None]  # [the settings it was copied from, the copy with our retries]
+
+
+def _emit_settings(base):
+    """`base` with PREFECT_CLIENT_MAX_RETRIES = EMIT_MAX_RETRIES, copied once per distinct settings object
+    (Prefect's settings are immutable; a copy costs ~25 ms)."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    cached_base, copy = _emit_settings_cache
+    if cached_base is not base:
+        copy = base.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: EMIT_MAX_RETRIES})
+        _emit_settings_cache[:] = [base, copy]
+    return copy
 
 
 def _related_runs() -> list[dict[str, str]]:

@@ -5,6 +5,7 @@ do not). A refused emit is one warning without a traceback, and never fails the 
 
 from __future__ import annotations
 
+import contextvars
 import http.client
 import logging
 import threading
@@ -31,7 +32,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 class EventsDownProxy:
     """Forwards every request to the Prefect API, except `POST /api/events`: 500, counted in `refused`."""
 
-    def __init__(self, upstream_api: str):
+    def __init__(self, upstream_api: str, status: int = 500, stall_s: float = 0.0):
+        """`status` is the refusal's (503 comes with Retry-After: 0, so a client retries at once);
+        `stall_s`: wait that long before answering (a stalled API)."""
         parts = urlsplit(upstream_api)
         self.host, self.port, self.refused = parts.hostname, parts.port, 0
         proxy = self
@@ -43,7 +46,11 @@ class EventsDownProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.command == "POST" and self.path.split("?")[0].rstrip("/") == "/api/events":
                     proxy.refused += 1
-                    return self._reply(500, {"Content-Type": "application/json"}, b'{"detail":"events down"}')
+                    time.sleep(stall_s)
+                    headers = {"Content-Type": "application/json"}
+                    if status == 503:
+                        headers["Retry-After"] = "0"
+                    return self._reply(status, headers, b'{"detail":"events down"}')
                 upstream = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
@@ -158,6 +165,36 @@ def test_emit_is_true_only_when_the_api_accepted_the_event(
             lost=0,
             note=f"event_emitted true for {sum(claimed)} of {tries} refused events",
         )
+
+
+def test_emit_inside_a_run_keeps_its_own_retry_and_timeout_bounds(prefect_api, monkeypatch):
+    """Inside a flow run emit reuses the run's API client (cheaper than a client per event), and still
+    applies its own bounds: EMIT_MAX_RETRIES retries of a retryable refusal (Prefect's default is 5), and
+    EMIT_TIMEOUT_SECONDS per request against a stalled API (Prefect's default is 60 s)."""
+    from prefect import flow
+
+    import tasks.common as common
+
+    @flow(name="emit-bounds")
+    def emitting(resource: str) -> bool:
+        return common.emit("loopline.test.bounded", resource, {})
+
+    with EventsDownProxy(prefect_api, status=503) as proxy, api_at(proxy.url):
+        assert emitting("loopline.model.bounds-503") is False
+    assert proxy.refused == common.EMIT_MAX_RETRIES + 1
+
+    monkeypatch.setattr(common, "EMIT_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(common, "EMIT_MAX_RETRIES", 0)
+    monkeypatch.setattr(common, "_emit_settings_cache", [None, None])
+    finished: list[bool] = []
+    with EventsDownProxy(prefect_api, stall_s=30) as proxy, api_at(proxy.url):
+        context = contextvars.copy_context()  # the proxy's API URL, in the thread too
+        worker = threading.Thread(
+            target=context.run, args=(lambda: finished.append(emitting("loopline.model.bounds-stall")),)
+        )
+        worker.start()
+        worker.join(timeout=25)  # with Prefect's 60 s timeout it would still be waiting
+        assert finished == [False] and proxy.refused == 1
 
 
 def _drift_report() -> dict:
