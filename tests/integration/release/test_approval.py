@@ -125,9 +125,8 @@ def test_the_approver_decides_through_the_prefect_api(registry, prefect_api, app
         assert entry["approval"]["decision"] == "reject" and result["approval"]["model_card_uri"]
 
 
-DOCS = (
-    Path(__file__).resolve().parents[3] / "docs"
-)  # with LOOPLINE_UPDATE_DOCS=1 the UI test refreshes its picture
+# with LOOPLINE_UPDATE_DOCS=1 the UI test refreshes the README's picture of the approval form here
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 @pytest.mark.e2e
