@@ -190,6 +190,11 @@ class TrainingConfig(_Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="evaluations without improvement; None: off"
     )
+    keep_best_weights: bool = Field(
+        True,
+        description="end with the best evaluated weights (by early_stopping_metric), not the last step's; "
+        "off: the last step's, unless early stopping is on",
+    )
     log_every_steps: int = Field(20, ge=1)
     spot_notice_url: str | None = Field(None, description="HTTP URL polled for a spot/preemption notice")
     spot_notice_file: str | None = Field(None, description="file whose existence is a preemption notice")

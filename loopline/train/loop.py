@@ -121,6 +121,14 @@ def make_lr_lambda(kind: str, total: int, warmup: int) -> Callable[[int], float]
     return lr_lambda
 
 
+def keeps_best(cfg) -> bool:
+    """Whether the run ends with its best evaluated weights (by early_stopping_metric): with early stopping,
+    or with keep_best_weights (the default). Without it, a small dataset trained for a fixed number of
+    full-batch steps ends overfitted (sklearn's diabetes, 351 training rows, 300 steps: val r2 0.45 at step
+    20, -0.12 at step 300)."""
+    return cfg.early_stopping_patience is not None or bool(getattr(cfg, "keep_best_weights", False))
+
+
 def standardise_targets(task: str, y: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Regression targets are trained standardised (mean 0, sd 1); the predictor undoes it."""
     if task != "regression":
@@ -367,7 +375,7 @@ def train_loop(
                 if value is not None and not math.isnan(value):
                     if is_better(watched_metric, value, best):
                         best, evals_since_best = value, 0
-                        if cfg.early_stopping_patience is not None:
+                        if keeps_best(cfg):
                             best_model = snapshot(inner.state_dict())
                     else:
                         evals_since_best += 1
@@ -431,8 +439,10 @@ def train_loop(
         if writer is not None:
             writer.close()
 
-    if best_model is not None and cfg.early_stopping_patience is not None:
-        inner.load_state_dict(best_model)  # early stopping keeps the best evaluated weights
+    if best_model is not None and keeps_best(cfg):
+        inner.load_state_dict(best_model)  # the best evaluated weights, not the last step's
+        if valid is not None:  # the metrics reported and logged are those of the weights kept
+            val_metrics = evaluate(inner, valid, task, device, autocast_dtype, target_mean, target_std)
     final_state = {k: v.detach().cpu().clone() for k, v in unwrap_state_dict(inner).items()}
     return LoopResult(
         model=inner,
