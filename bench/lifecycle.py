@@ -191,6 +191,15 @@ def timed_lifecycle(cfg, api: str, heartbeat: str = "default") -> dict:
         "task_runs": len(rows),
         "tasks": rows,
         "gaps": timeline_gaps(flows, tasks, started_epoch, ended_epoch),
+        "timeline": sorted(
+            (
+                round(_epoch(t["start_time"]) - started_epoch, 3),
+                round(_epoch(t["end_time"]) - started_epoch, 3),
+                t["name"],
+            )
+            for t in tasks
+            if t.get("start_time") and t.get("end_time")
+        ),
     }
 
 

@@ -54,7 +54,8 @@ def lifecycle_flow(
     from flows.promotion import promotion_flow
     from flows.training import train_flow, train_stage
     from tasks.approval import hand_off_promotion
-    from tasks.promotion import promotion_unchanged, recorded_promotion
+    from tasks.promotion import promotion_unchanged, recorded_promotion, warm_infra_validation
+    from tasks.training import training_recorded
 
     cfg = resolve_config(config).with_inputs(contract=contract, source=source, dataset=dataset, model=model)
     result: dict = {}
@@ -72,6 +73,9 @@ def lifecycle_flow(
     # Kubernetes/Kubeflow keeps the train flow's run around it (its cancellation deletes the job)
     train_cfg = cfg.for_dataset(features["dataset"])
     version_built = features["features_version"]
+    new_model = not training_recorded(train_cfg, features["dataset"], version_built)
+    if new_model and not cfg.rollout.require_approval:
+        warm_infra_validation()  # its promotion runs here: the validation process warms up during training
     if cfg.training.launcher == "local":
         trained = train_stage(train_cfg, features_version=version_built)
     else:

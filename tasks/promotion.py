@@ -105,6 +105,15 @@ def promote_model(cfg: LifecycleConfig, model: str, version: int | None = None) 
     return result
 
 
+def warm_infra_validation() -> None:
+    """Start promotion's infra-validation process now (loopline.release.infra_template: it imports torch and
+    the serving stack once, ~2 s here), so that a promotion coming later in this process finds it ready
+    instead of waiting for it. Never raises; a promotion starts it anyway when it is not running."""
+    from loopline.release.infra_template import prestart
+
+    prestart()
+
+
 def recorded_promotion(cfg: LifecycleConfig, model: str, version: int) -> dict | None:
     """The decision recorded for `version` when @champion is still what that decision left (read without
     mlflow): a rerun would find the same. None: decide it (the promotion flow)."""

@@ -187,6 +187,14 @@ def train_model(
     return result
 
 
+def training_recorded(cfg: LifecycleConfig, dataset: str, features_version: int | None) -> bool:
+    """Whether train_model would return a recorded run for these inputs (read from metadata, no torch):
+    the same check its first lines make."""
+    model = cfg.model_name or dataset
+    key = _record_key(cfg, dataset, model, features_version)
+    return bool(key) and stage_cache.load(cfg, key, _record_state(cfg, dataset)) is not None
+
+
 def _record_key(cfg: LifecycleConfig, dataset: str, model: str, features_version: int | None) -> str | None:
     """The run key (loopline.train.runkey) and the registry: what decides that a run is already done.
     None without an explicit features version: which one "latest" is needs the table's data."""
