@@ -117,7 +117,8 @@ def config(fleet, **rollout) -> LifecycleConfig:
 
 
 class Load:
-    """Client threads sending one-row requests with random X-Request-Keys until stopped; every answer kept.
+    """Client threads sending one-row requests with random X-Request-Keys until stopped; every answer kept,
+    as (time sent, status, model version).
 
     Closed-loop clients pile up on a slow challenger (each waits for its answer before sending again), so
     whether the champion keeps serving is watched by one more client whose keys always route to the
@@ -141,12 +142,15 @@ class Load:
         with httpx.Client(timeout=30) as client:
             while not self.stop_at.is_set():
                 key = rng.choice(self.champion_keys) if watcher else str(rng.random())
+                # the time the request is *sent*: one sent to the slow challenger before an abort may be
+                # answered after it, and is no evidence that anything reached the challenger afterwards
+                sent = time.monotonic()
                 r = client.post(
                     f"{self.url}/invocations",
                     content=rng.choice(self.bodies),
                     headers={"content-type": "application/json", "x-request-key": key},
                 )
-                answers.append((time.monotonic(), r.status_code, r.headers.get("x-model-version")))
+                answers.append((sent, r.status_code, r.headers.get("x-model-version")))
 
     def __enter__(self) -> Load:
         for t in self.threads:
