@@ -150,8 +150,8 @@ def train_model(
     # --fresh applies to the first attempt only: a retry must resume what this run already did
     start_fresh = fresh and attempt <= 1
     # A run key this registry saw finish: its result, without torch, mlflow or the features (a record)
-    key = None if start_fresh else _record_key(cfg, dataset, model, features_version)
-    if key and (hit := stage_cache.load(cfg, key, _record_state(cfg, dataset))) is not None:
+    key, hit = (None, None) if start_fresh else _recorded_run(cfg, dataset, model, features_version)
+    if hit is not None:
         return stage_cache.cached(hit)
     if attempt > 1:
         log.info("attempt %d: resuming from the latest checkpoint of this run key", attempt)
@@ -188,11 +188,18 @@ def train_model(
 
 
 def training_recorded(cfg: LifecycleConfig, dataset: str, features_version: int | None) -> bool:
-    """Whether train_model would return a recorded run for these inputs (read from metadata, no torch):
-    the same check its first lines make."""
-    model = cfg.model_name or dataset
+    """Whether train_model would return a recorded run for these inputs (read from metadata, no torch)."""
+    return _recorded_run(cfg, dataset, cfg.model_name or dataset, features_version)[1] is not None
+
+
+def _recorded_run(
+    cfg: LifecycleConfig, dataset: str, model: str, features_version: int | None
+) -> tuple[str | None, dict | None]:
+    """(the record key or None, the recorded result of a run this registry saw finish, or None)."""
     key = _record_key(cfg, dataset, model, features_version)
-    return bool(key) and stage_cache.load(cfg, key, _record_state(cfg, dataset)) is not None
+    if not key:
+        return None, None
+    return key, stage_cache.load(cfg, key, _record_state(cfg, dataset))
 
 
 def _record_key(cfg: LifecycleConfig, dataset: str, model: str, features_version: int | None) -> str | None:

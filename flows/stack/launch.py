@@ -200,7 +200,7 @@ def deploy_caches() -> bool:
             name = ".".join(resolved.relative_to(root).with_suffix("").parts)
             try:
                 return importlib.import_module(name)
-            except ImportError:
+            except Exception:  # Prefect's own load reports it, in its words (a ScriptError)
                 pass
         return load_script(path)
 

@@ -121,12 +121,12 @@ def make_lr_lambda(kind: str, total: int, warmup: int) -> Callable[[int], float]
     return lr_lambda
 
 
-def keeps_best(cfg) -> bool:
+def keeps_best(cfg: TrainingConfig) -> bool:
     """Whether the run ends with its best evaluated weights (by early_stopping_metric): with early stopping,
     or with keep_best_weights (the default). Without it, a small dataset trained for a fixed number of
     full-batch steps ends overfitted (sklearn's diabetes, 351 training rows, 300 steps: val r2 0.45 at step
     20, -0.12 at step 300)."""
-    return cfg.early_stopping_patience is not None or bool(getattr(cfg, "keep_best_weights", False))
+    return cfg.early_stopping_patience is not None or cfg.keep_best_weights
 
 
 def standardise_targets(task: str, y: np.ndarray) -> tuple[np.ndarray, float, float]:
