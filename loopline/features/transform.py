@@ -70,10 +70,12 @@ class FeatureTransform:
     def from_dict(cls, data: dict[str, Any]) -> FeatureTransform:
         return cls(contract_raw=data["contract"], steps=data["steps"], feature_names=data["feature_names"])
 
-    def transform(self, df: pd.DataFrame) -> np.ndarray:
-        """Raw contract columns (typed) -> float32 [n, d]. Missing values are imputed, never NaN."""
+    def transform(self, df: pd.DataFrame, order: str = "C") -> np.ndarray:
+        """Raw contract columns (typed) -> float32 [n, d]. Missing values are imputed, never NaN.
+        `order="F"`: column-major, for a caller that reads it column by column (the features/D table: its
+        columns are then contiguous, and filling it writes memory in order; 1M demo rows: 1.0 -> 0.3 s)."""
         n = len(df)
-        out = np.empty((n, len(self.feature_names)), dtype=np.float32)
+        out = np.empty((n, len(self.feature_names)), dtype=np.float32, order=order)
         j = 0
         for step in self.steps:
             block = _apply_step(

@@ -12,15 +12,16 @@ would, with the same conflict semantics (the commit is made from the caller's sn
 carrying one of its app ids conflicts; a first commit is made with mode "error" and no retry).
 
 Each add action carries the statistics a reader skips files by: numRecords, nullCount of every column, and
-min/max of the columns written with statistics (integers, and texts of at most `MAX_STAT_CHARS` characters:
-delta-rs truncates longer ones, which a max must not be; other types get no min/max, which only costs
-skipping). Files written for a commit that is never made (a kill, a lost race) are orphans no snapshot
+min/max of the columns written with statistics (integers, finite floats, and texts of at most `MAX_STAT_CHARS`
+characters: delta-rs truncates longer ones, which a max must not be; other types get no min/max, which only
+costs skipping). Files written for a commit that is never made (a kill, a lost race) are orphans no snapshot
 references, as with delta-rs's own writer; vacuum removes them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterable
@@ -123,10 +124,12 @@ class _File:
         self.stat_columns = [
             f.name
             for f in schema
-            if f.name in stat_columns and (pa.types.is_integer(f.type) or pa.types.is_string(f.type))
+            if f.name in stat_columns
+            and (pa.types.is_integer(f.type) or pa.types.is_string(f.type) or pa.types.is_floating(f.type))
         ]
         self.mins: dict[str, Any] = {}
         self.maxs: dict[str, Any] = {}
+        self.unbounded: set[str] = set()  # float columns with an infinite or NaN extreme: no min/max in JSON
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.writer.write_batch(batch, row_group_size=batch.num_rows)
@@ -138,6 +141,9 @@ class _File:
             low, high = found["min"].as_py(), found["max"].as_py()
             if low is None:
                 continue
+            if isinstance(low, float) and not (math.isfinite(low) and math.isfinite(high)):
+                self.unbounded.add(name)  # NaN only when every value is NaN (min_max skips NaN)
+                continue
             self.mins[name] = low if name not in self.mins else min(self.mins[name], low)
             self.maxs[name] = high if name not in self.maxs else max(self.maxs[name], high)
 
@@ -147,8 +153,11 @@ class _File:
         bounded = [
             n
             for n in self.mins
-            if not isinstance(self.mins[n], str)
-            or max(len(self.mins[n]), len(self.maxs[n])) <= MAX_STAT_CHARS
+            if n not in self.unbounded
+            and (
+                not isinstance(self.mins[n], str)
+                or max(len(self.mins[n]), len(self.maxs[n])) <= MAX_STAT_CHARS
+            )
         ]
         stats = {
             "numRecords": self.rows,

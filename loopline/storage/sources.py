@@ -161,13 +161,19 @@ def _read_csv(src: SourceFile, columns: list[str], chunk_rows: int) -> Iterator[
         raise SourceError(f"cannot parse as CSV: {exc}", file=src.uri) from exc
 
 
+PARQUET_BUFFER_BYTES = 1 << 20
+
+
 def _read_parquet(src: SourceFile, chunk_rows: int) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
     try:
         # no pre-buffering: it keeps every row group's bytes read so far until the reader ends (the whole file:
-        # +1 GB of RSS per 2M demo rows); the file is local (fetched), so nothing is lost without it
-        pf = pq.ParquetFile(src.local_path, pre_buffer=False)
+        # +1 GB of RSS per 2M demo rows); the file is local (fetched), so nothing is lost without it.
+        # A buffered stream instead of whole column chunks: a chunk is decoded as its pages arrive, so the first
+        # chunk of a big row group comes after 0.3 s instead of 1.3 s and the file reads in 40% of the time
+        # (1M-row demo source in one 489 MB row group: 2.56 -> 1.0 s, bench/data_plane)
+        pf = pq.ParquetFile(src.local_path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
         for batch in pf.iter_batches(batch_size=chunk_rows):
             yield _as_text(pa.Table.from_batches([batch]))
     except (pa.ArrowInvalid, OSError) as exc:

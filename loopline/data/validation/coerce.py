@@ -55,22 +55,34 @@ class CoercedChunk(NamedTuple):
     type_failures: dict[str, np.ndarray]  # column -> bool mask of values that did not parse
 
 
-def coerce_chunk(chunk: pd.DataFrame, contract: Contract) -> CoercedChunk:
+def coerce_chunk(chunk: pd.DataFrame | pa.Table, contract: Contract) -> CoercedChunk:
     """Parse every contract column of `chunk` to its contract type (see the module docstring)."""
     typed: dict[str, pd.Series] = {}
     failures: dict[str, np.ndarray] = {}
     for name, spec in contract.columns.items():
-        typed[name], failures[name] = coerce_column(chunk[name], spec)
+        values = chunk.column(name) if isinstance(chunk, pa.Table) else chunk[name]
+        typed[name], failures[name] = coerce_column(values, spec)
     return CoercedChunk(pd.DataFrame(typed, index=pd.RangeIndex(len(chunk))), failures)
 
 
-def coerce_column(values: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, np.ndarray]:
-    """One column: (typed Series on a fresh RangeIndex, bool mask of values that failed to parse)."""
+def coerce_column(
+    values: pd.Series | pa.Array | pa.ChunkedArray, spec: ColumnSpec
+) -> tuple[pd.Series, np.ndarray]:
+    """One column: (typed Series on a fresh RangeIndex, bool mask of values that failed to parse).
+    Arrow text is parsed as it is; other Arrow types go through pandas like a typed reader's columns."""
     n = len(values)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            text = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+            return _coerce_text(text, spec, n)
+        values = values.to_pandas()
     fast = _coerce_typed(values, spec)
     if fast is not None:
         return fast
-    text = _to_arrow_text(values)
+    return _coerce_text(_to_arrow_text(values), spec, n)
+
+
+def _coerce_text(text: pa.Array, spec: ColumnSpec, n: int) -> tuple[pd.Series, np.ndarray]:
     if spec.type in ("string", "category"):
         text = _empty_to_null(text)
         return pd.Series(pd.arrays.ArrowStringArray(text.cast(pa.large_string())), dtype="string"), np.zeros(

@@ -184,6 +184,28 @@ def test_each_check_quarantines_the_row_that_breaks_it(column, value, reason):
     assert verdict.quarantine[column].iloc[0] == value  # the value as received
 
 
+def test_an_arrow_chunk_gets_the_verdict_its_pandas_copy_gets():
+    """Ingest hands the gate the Arrow text it read (no pandas copy): clean rows, quarantine, reasons, counts
+    and examples are those of the same chunk as a pandas frame, for every kind of bad value."""
+    import pyarrow as pa
+
+    bad = [{"qty": "abc"}, {"qty": ""}, {"price": " 2.5 "}, {"price": "inf"}, {"score": "nan"}, {"flag": "x"}]
+    bad += [{"kind": "c"}, {"code": "abc"}, {"note": "toolong"}, {"at": "2024-03-01 12:00:00+01:00"}]
+    bad += [{"at": "nope"}, {"y": "0.5"}, {"id": "1"}, {"email": ""}, {"qty": "3.0"}]
+    frame = rows({}, *bad, {})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    assert all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in table.schema.types)
+    verdicts = []
+    for chunk in (frame, table):
+        gate = Gate(CONTRACT, cfg=NO_GX)
+        verdicts.append((gate.validate_chunk(chunk, row_offset=7), gate))
+    (by_pandas, gate_p), (by_arrow, gate_a) = verdicts
+    pd.testing.assert_frame_equal(by_arrow.clean, by_pandas.clean)
+    pd.testing.assert_frame_equal(by_arrow.quarantine, by_pandas.quarantine)
+    assert gate_a._counts == gate_p._counts and gate_a._examples == gate_p._examples
+    assert len(by_arrow.quarantine) == 11 and gate_a._examples["at:type"][0] == {"row": 18, "value": "nope"}
+
+
 def test_a_row_carries_every_reason_and_unparseable_required_values_are_also_null():
     verdict = Gate(CONTRACT, cfg=NO_GX).validate_chunk(
         rows({"qty": "x", "kind": "z", "note": "far too long"}), 0

@@ -69,6 +69,27 @@ def test_files_commit_creates_then_appends_once_with_stats(tmp_path, monkeypatch
     assert len(fragments) == 2  # of 5: the others are skipped by their add actions' min/max
 
 
+def test_float_columns_get_min_max_unless_an_extreme_is_not_finite(tmp_path):
+    """clean/D and features/D go through this path too: their float columns keep the min/max delta-rs wrote
+    (readers skip files by them); JSON has no NaN or infinity, so such a column gets none, not a wrong one."""
+    lake = Lake(root=str(tmp_path / "lake"))
+    uri = lake.uri("clean", "t")
+    table = pa.table(
+        {
+            "x": pa.array([2.5, float("nan"), -1.0, None]),
+            "inf": pa.array([1.0, float("inf"), 0.0, 2.0]),
+            "allnan": pa.array([float("nan")] * 4),
+        }
+    )
+    delta.append_once(lake, uri, table, app_id="a", parquet_options={"write_statistics": True})
+    (stats,) = [json.loads(a["stats"]) for a in adds(uri)]
+    assert (stats["minValues"]["x"], stats["maxValues"]["x"]) == (-1.0, 2.5)  # NaN skipped, as delta-rs does
+    assert "inf" not in stats["minValues"] and "allnan" not in stats["maxValues"]
+    assert stats["nullCount"] == {"x": 1, "inf": 0, "allnan": 0}
+    fragments = list(delta.dataset(delta.open_table(lake, uri)).get_fragments(filter=pc.field("x") > 3.0))
+    assert fragments == []
+
+
 def test_files_commit_from_a_stale_snapshot_conflicts(tmp_path):
     lake = Lake(root=str(tmp_path / "lake"))
     uri = lake.uri("raw", "t")
