@@ -48,7 +48,7 @@ from loopline.data.clean_commit import check_retype
 from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
 from loopline.data.encoding import raw_properties
-from loopline.data.raw_writer import ChunkStream, new_stage, raw_parquet_options, write_pipelined
+from loopline.data.raw_writer import ChunkStream, Prefetch, new_stage, raw_parquet_options, write_pipelined
 from loopline.data.schemas import raw_schema
 from loopline.data.validation.ids import TableIds
 from loopline.errors import DataQualityError, SourceError
@@ -147,6 +147,23 @@ def _ingest_batch(
     uri: str, contract: Contract, lake: Lake, cfg: LifecycleConfig, workdir: str
 ) -> BatchResult:
     src = sources.fetch(uri, lake, workdir)
+    # the first chunk is decoded while the file is hashed for its batch id (1M demo rows: 0.35 s no longer
+    # in front of the stream); a re-ingest only wasted that one chunk's decoding, on the other core
+    chunks = Prefetch(sources.read_tables(src, contract.column_names, cfg.data.chunk_rows))
+    try:
+        return _judge_and_commit(src, chunks, contract, lake, cfg, workdir)
+    finally:
+        chunks.close()
+
+
+def _judge_and_commit(
+    src: sources.SourceFile,
+    chunks: Prefetch,
+    contract: Contract,
+    lake: Lake,
+    cfg: LifecycleConfig,
+    workdir: str,
+) -> BatchResult:
     batch_id = batch_id_for(sources.fingerprint(src.local_path), contract)
     duplicate = duplicate_result(lake, contract, batch_id, src.uri)
     if duplicate is not None:
@@ -175,7 +192,7 @@ def _ingest_batch(
 
     raw_uri = lake.table_uri("raw", contract.dataset)
     stream = ChunkStream(
-        src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at
+        src, contract, cfg, gate if column_error is None else None, stage, batch_id, ingested_at, chunks
     )
 
     verdicts: list[Judged] = []

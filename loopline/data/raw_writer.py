@@ -144,9 +144,19 @@ class ChunkStream:
     """
 
     def __init__(
-        self, src, contract: Contract, cfg: LifecycleConfig, gate, stage: Path, batch_id: str, at: datetime
+        self,
+        src,
+        contract: Contract,
+        cfg: LifecycleConfig,
+        gate,
+        stage: Path,
+        batch_id: str,
+        at: datetime,
+        chunks: Prefetch | None = None,
     ):
+        """`chunks`: the file's chunks already being read (`Prefetch` of `sources.read_tables`); else read here."""
         self.src, self.contract, self.cfg, self.gate = src, contract, cfg, gate
+        self.chunks = chunks
         self.stage, self.batch_id, self.at = stage, batch_id, at
         self.rows = 0
         self.error: BaseException | None = None
@@ -171,10 +181,17 @@ class ChunkStream:
     def _batches(self) -> Iterator[pa.RecordBatch]:
         contract, names = self.contract, self.contract.column_names
         qschema, cschema = quarantine_schema(contract), clean_schema(contract)
-        chunks = read_ahead(sources.read_tables(self.src, names, self.cfg.data.chunk_rows))
+        chunks = (
+            self.chunks
+            if self.chunks is not None
+            else read_ahead(sources.read_tables(self.src, names, self.cfg.data.chunk_rows))
+        )
         for i, table in enumerate(chunks):
             offset = self.rows
             raw = _raw_table(table, contract, self.src.uri, self.batch_id, self.at, offset)
+            # raw/D holds every row whatever its verdict: the writer encodes the chunk while the gate judges it
+            # (an error later in the stream still aborts the whole commit)
+            yield from raw.to_batches()
             if self.gate is not None:
                 verdict = self.gate.validate_chunk(raw.select(names), row_offset=offset)
                 if len(verdict.clean):
@@ -203,7 +220,6 @@ class ChunkStream:
                         contract,
                     )
             self.rows += table.num_rows
-            yield from raw.to_batches()
 
 
 def read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
@@ -212,37 +228,51 @@ def read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
     Decoding a chunk of the file (Arrow, no GIL) then overlaps with validating the one before (mostly Python);
     one chunk ahead at most, so memory grows by one chunk. An error while reading is raised here, in order.
     """
-    pipe: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
+    ahead = Prefetch(chunks)
+    try:
+        yield from ahead
+    finally:
+        ahead.close()
 
-    def put(item) -> bool:
-        while not stop.is_set():
+
+class Prefetch:
+    """`chunks` read on a thread from now on, one ahead of the consumer (see `read_ahead`). Iterate it once;
+    `close()` (always, also when it was never iterated) stops the thread at its next hand-over."""
+
+    def __init__(self, chunks: Iterator[pa.Table]):
+        self._pipe: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._chunks = chunks
+        self._reader = threading.Thread(target=self._read, name="loopline-source-reader", daemon=True)
+        self._reader.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
             try:
-                pipe.put(item, timeout=0.5)
+                self._pipe.put(item, timeout=0.5)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def read() -> None:
+    def _read(self) -> None:
         try:
-            for chunk in chunks:
-                if not put(chunk):
+            for chunk in self._chunks:
+                if not self._put(chunk):
                     return
-            put(_DONE)
+            self._put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
+            self._put(exc)
 
-    reader = threading.Thread(target=read, name="loopline-source-reader", daemon=True)
-    reader.start()
-    try:
-        while (item := pipe.get()) is not _DONE:
+    def __iter__(self) -> Iterator[pa.Table]:
+        while (item := self._pipe.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()  # the consumer stopped early (an error, a rejected batch): the reader ends at its next put
-        reader.join()
+
+    def close(self) -> None:
+        self._stop.set()  # the consumer stopped early (an error, a rejected batch): the reader ends at its next put
+        self._reader.join()
 
 
 def _raw_table(
