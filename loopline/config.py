@@ -72,6 +72,11 @@ class DataConfig(_Section):
     chunk_rows: int = Field(
         250_000, ge=1000, description="rows read per chunk; bounds memory for large files"
     )
+    prewrite_clean: bool = Field(
+        True,
+        description="write a batch's clean/D files while Great Expectations confirms its verdict (local lakes); "
+        "committed only if the verdict holds and no row moved, removed otherwise",
+    )
     lake_slot_timeout_seconds: float = Field(
         3600.0,
         gt=0,

@@ -27,6 +27,7 @@ from loopline.data.schemas import quarantine_schema
 from loopline.data.validation.ids import TableIds
 from loopline.faults import kill_point
 from loopline.storage import delta
+from loopline.storage.delta_files import PreWrite
 from loopline.storage.lake import Lake
 
 if TYPE_CHECKING:
@@ -78,13 +79,15 @@ def commit_batch(
     checked: TableIds,
     write_raw: Callable[[bool], None],
     judge: Callable[[], Judged],
+    prewrite: Callable[[], PreWrite | None] | None = None,
 ) -> CleanCommit | None:
     """Commit the batch (a rerun of a half-done one finishes it) and fill `result`. Returns the clean commit,
     or None when the batch was rejected (recorded in the ledger as such).
 
     `write_raw(committed)`: puts the batch in raw/D, or, when `committed` (an earlier attempt did), only does
     what must happen anyway (a local ingest still validates the file). `judge()`: the verdict, asked after
-    the raw commit. `checked`: the clean/D snapshot whose ids the gate read."""
+    the raw commit. `checked`: the clean/D snapshot whose ids the gate read. `prewrite()`: the staged clean rows
+    being written as clean/D files meanwhile (`clean_commit.prewrite_clean`; started by `judge()`), or None."""
     batch_id = result.batch_id
     ledger_uri = ledger.ledger_uri(lake, contract.dataset)
     app_id = app_id_for(batch_id)
@@ -118,6 +121,7 @@ def commit_batch(
         rows_in=result.rows_in,
         rows_quarantined=result.rows_quarantined,
         max_fraction=verdict.quarantine_max_fraction,
+        prewrite=prewrite() if prewrite is not None else None,
     )
     count_moved(result, contract, len(commit.moved))
     if commit.rejected is not None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from loopline.config import LifecycleConfig
 from loopline.data.batch_commit import Judged, app_id_for, commit_batch, duplicate_result
-from loopline.data.clean_commit import check_retype
+from loopline.data.clean_commit import check_retype, prewrite_clean
 from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
 from loopline.data.encoding import raw_properties
@@ -53,6 +53,7 @@ from loopline.data.schemas import raw_schema
 from loopline.data.validation.ids import TableIds
 from loopline.errors import DataQualityError, SourceError
 from loopline.storage import delta, sources
+from loopline.storage.delta_files import PreWrite
 from loopline.storage.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -196,12 +197,16 @@ def _judge_and_commit(
     )
 
     verdicts: list[Judged] = []
+    prewrites: list[PreWrite] = []
 
     def judge() -> Judged:
         if not verdicts:
             if column_error is not None:
                 verdicts.append(Judged(rows_in=stream.rows, column_error=str(column_error)))
             else:
+                # clean/D's files are written while GX confirms the verdict (committed only if it holds)
+                if cfg.data.prewrite_clean and stream.error is None:
+                    prewrites.extend(p for p in [prewrite_clean(lake, contract, stage)] if p is not None)
                 verdicts.append(Judged.of(gate.finish()))
         return verdicts[0]
 
@@ -223,16 +228,21 @@ def _judge_and_commit(
                 while_committing=judge,
             )
 
-    committed = commit_batch(
-        lake,
-        contract,
-        result,
-        stage=stage,
-        at=ingested_at,
-        checked=checked,
-        write_raw=write_raw,
-        judge=judge,
-    )
+    try:
+        committed = commit_batch(
+            lake,
+            contract,
+            result,
+            stage=stage,
+            at=ingested_at,
+            checked=checked,
+            write_raw=write_raw,
+            judge=judge,
+            prewrite=lambda: prewrites[0] if prewrites else None,  # started by judge()
+        )
+    finally:
+        for prewrite in prewrites:  # files of a clean commit that was not made from them
+            prewrite.discard()
     if committed is not None:
         shutil.rmtree(stage, ignore_errors=True)
     return result

@@ -36,7 +36,7 @@ from loopline.storage import delta_files
 from loopline.storage.lake import Lake
 
 T = TypeVar("T")
-Data = pa.Table | pa.RecordBatchReader | Callable[[], pa.RecordBatchReader]
+Data = pa.Table | pa.RecordBatchReader | Callable[[], pa.RecordBatchReader] | delta_files.Written
 CONFLICT_ATTEMPTS = 12  # conflicts in a row before giving up: each one means another writer committed
 LATEST = object()  # append_once's default snapshot: the table as it is now
 
@@ -105,6 +105,8 @@ def append_once(
     `parquet_options`: write the files with pyarrow (these ParquetWriter keywords, in place of
     `writer_properties`) and commit them as add actions, in bounded memory (loopline.storage.delta_files),
     where that path can: a local table, an append, no schema change; elsewhere delta-rs writes them.
+    `data` may also be `delta_files.Written`: files already written into the table's folder (by the caller,
+    who checked `delta_files.can_write`), committed as they are.
     Either way, a conflict whose winner committed these very app ids is a skip, not an error."""
     ids = [app_id] if isinstance(app_id, str) else list(app_id)
     replayable = table is LATEST and (isinstance(data, pa.Table) or callable(data))
@@ -154,6 +156,8 @@ def _commit(
         previous = (snapshot.transaction_version(writer) or 0) if snapshot is not None else 0
         txns.append(Transaction(app_id=writer, version=previous + 1))
     custom = {k: str(v) for k, v in (metadata or {}).items()}
+    if isinstance(data, delta_files.Written):  # files already in the table's folder: commit them as they are
+        return _commit_adds(lake, uri, data.schema, list(data.adds), snapshot, txns, custom)
     if parquet_options is not None and delta_files.can_write(uri, snapshot, data.schema, mode):
         return _commit_files(lake, uri, data, snapshot, txns, custom, parquet_options)
     if snapshot is None:  # creating the table: no retry at version 1 behind delta-rs's back
@@ -208,13 +212,26 @@ def _commit_files(
     assert folder is not None
     batches = data.to_batches() if isinstance(data, pa.Table) else data
     adds = delta_files.write_files(folder, data.schema, batches, options)
+    return _commit_adds(lake, uri, data.schema, adds, snapshot, txns, custom)
+
+
+def _commit_adds(
+    lake: Lake,
+    uri: str,
+    schema: pa.Schema,
+    adds: list,
+    snapshot: DeltaTable | None,
+    txns: list[Transaction],
+    custom: dict[str, str],
+) -> tuple[int | None, bool]:
+    """One transaction adding `adds` (files in the table's folder) to `snapshot` (None: creating the table)."""
     if snapshot is None:
         props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
         with _created_concurrently(uri):
-            delta_files.commit_files(uri, data.schema, adds, None, props, lake.storage_options)
+            delta_files.commit_files(uri, schema, adds, None, props, lake.storage_options)
         return 0, True
     props = CommitProperties(app_transactions=txns, custom_metadata=custom)
-    delta_files.commit_files(uri, data.schema, adds, snapshot, props, lake.storage_options)
+    delta_files.commit_files(uri, schema, adds, snapshot, props, lake.storage_options)
     return table_version(lake, uri), True
 
 

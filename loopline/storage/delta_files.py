@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -110,6 +112,57 @@ def commit_files(
         )
         return
     snapshot.create_write_transaction(adds, mode="append", schema=delta_schema, commit_properties=props)
+
+
+@dataclass(frozen=True)
+class Written:
+    """Files already in a table's folder (`write_files`), for `delta.append_once` to commit as they are."""
+
+    schema: pa.Schema
+    adds: tuple[AddAction, ...]
+
+
+class PreWrite:
+    """`write_files` of `batches()` into `folder` on a thread, started now, for a commit decided later.
+
+    The ingest writes clean/D's files while the GX run confirms the verdict, and commits them (`written()`)
+    once it has; files never committed (a rejected batch, a commit that needed other rows) are removed by
+    `discard()`, which is safe to call always: it leaves committed files alone."""
+
+    def __init__(
+        self, folder: Path, schema: pa.Schema, batches: Callable[[], Iterable[pa.RecordBatch]], options
+    ):
+        self.folder, self.schema = folder, schema
+        self._adds: list[AddAction] = []
+        self._error: BaseException | None = None
+        self._committed = False
+
+        def run() -> None:
+            try:
+                self._adds = write_files(folder, schema, batches(), options)
+            except BaseException as exc:  # raised to the committer by written()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="loopline-prewrite", daemon=True)
+        self._thread.start()
+
+    def written(self) -> Written:
+        """The files, once written (waits); raises what writing them raised. Marks them as committed: the
+        caller commits them now, so discard() keeps them whatever happens next (an orphan is harmless, a
+        committed file removed is not)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._committed = True
+        return Written(self.schema, tuple(self._adds))
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._committed:
+            return
+        for add in self._adds:
+            (self.folder / add.path).unlink(missing_ok=True)
+        self._adds = []
 
 
 class _File:

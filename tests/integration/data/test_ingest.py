@@ -134,6 +134,29 @@ def test_too_many_bad_rows_rejects_batch_and_clean_does_not_change(env):
     assert delta.table_version(lake, lake.table_uri("clean", "credit")) == clean_before
 
 
+def test_clean_files_written_during_the_gx_run_are_committed_or_removed(env):
+    """clean/D's files are written while GX confirms the verdict: an accepted batch commits exactly them, a
+    rejected batch leaves none behind, and switched off the commit writes its own (the same rows)."""
+    contract, lake, cfg, tmp = env
+    folder = Path(lake.table_uri("clean", "credit"))
+
+    def on_disk() -> set[str]:
+        return {p.name for p in folder.glob("*.parquet")}
+
+    def referenced() -> set[str]:
+        return {Path(f).name for f in delta.open_table(lake, lake.table_uri("clean", "credit")).file_uris()}
+
+    ingest_one(env, csv_file(tmp, "good.csv", [HEADER, *good_rows()]))
+    assert on_disk() == referenced() and len(referenced()) == 1
+    bad = [f"{100 + i},500,1.0,retail,ok,2025-01-01T00:00:00,1" for i in range(5)]
+    rejected = ingest_one(env, csv_file(tmp, "bad.csv", [HEADER, *good_rows(20, 5), *bad]))
+    assert not rejected["accepted"] and rejected["rows_clean"] == 5
+    assert on_disk() == referenced() and len(referenced()) == 1  # its 5 clean rows' file is gone
+    cfg.data.prewrite_clean = False
+    assert ingest_one(env, csv_file(tmp, "more.csv", [HEADER, *good_rows(9, 4)]))["rows_clean"] == 4
+    assert on_disk() == referenced() and len(referenced()) == 2 and table_rows(lake, "clean") == 12
+
+
 def test_non_utf8_bytes_name_the_file(env):
     p = env[3] / "latin1.csv"
     p.write_bytes(
