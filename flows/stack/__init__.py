@@ -160,7 +160,6 @@ def up(
             prefect_server_cmd(prefect_port),
             server_env(root, postgres_url, prefect_port),
         )
-        start(state, "mlflow-server", mlflow_server_cmd(root, mlflow_port), mlflow_env(root))
         write_stack(root, state)  # from here on, `down` can clean up whatever follows
         env = client_env(root, state, config_path, worker_poll_seconds)
         # `prefect deploy` imports its CLI and the flows while the servers start; it deploys when told to
@@ -174,6 +173,10 @@ def up(
         if fresh_db and state["database_template"] is None and templates.keep(prefect_db):
             state["database_template"] = "saved"  # migrated here, before anything of this home is in it
         preload.join()
+        # the MLflow server (5 s of CPU to start) starts once the Prefect server is up: started beside it, on
+        # two cores, it slowed the Prefect server's start, which everything else waits for
+        start(state, "mlflow-server", mlflow_server_cmd(root, mlflow_port), mlflow_env(root))
+        write_stack(root, state)
 
         state["work_pools"] = create_work_pools(api_url)
         if with_workers:  # one process runs a worker per pool (stack.json: worker-cpu, worker-gpu)
