@@ -19,6 +19,11 @@ loses the race to create a table reruns the batch (`retry_conflicts`): every ste
 Memory: chunks stream from the file through the gate straight into the raw commit; clean and quarantine
 chunks are staged as local Parquet files and streamed into their commits once the whole batch has passed. The
 gate looks up only each chunk's ids in clean/D (`TableIds`), never the whole id column.
+Overlaps (bench/data_plane): the file's first chunk is decoded while the file is hashed; raw/D's writer encodes
+each chunk while the gate judges it; the GX run overlaps raw/D's last files and commit; and, on a local lake,
+clean/D's files are written from the staged rows during the GX run too, then committed as they are if the
+verdict holds and no row moved (`clean_commit.prewrite_clean`; else they are removed and the commit writes its
+own).
 A column type change the user allowed (`--allow-incompatible`) rewrites clean/D in the batch's clean commit,
 old rows cast to the new type (Delta would otherwise cast the new values to the old type: 2.5 -> 2); rows
 that cannot take the new type refuse the batch before any commit.
@@ -205,8 +210,9 @@ def _judge_and_commit(
                 verdicts.append(Judged(rows_in=stream.rows, column_error=str(column_error)))
             else:
                 # clean/D's files are written while GX confirms the verdict (committed only if it holds)
-                if cfg.data.prewrite_clean and stream.error is None:
-                    prewrites.extend(p for p in [prewrite_clean(lake, contract, stage)] if p is not None)
+                prewrite = prewrite_clean(lake, contract, stage) if cfg.data.prewrite_clean else None
+                if prewrite is not None:
+                    prewrites.append(prewrite)
                 verdicts.append(Judged.of(gate.finish()))
         return verdicts[0]
 
