@@ -53,7 +53,8 @@ from loopline.data.clean_commit import check_retype, prewrite_clean
 from loopline.data.contract_registry import register_contract
 from loopline.data.contracts import Contract
 from loopline.data.encoding import raw_properties
-from loopline.data.raw_writer import ChunkStream, Prefetch, new_stage, raw_parquet_options, write_pipelined
+from loopline.data.prefetch import Prefetch
+from loopline.data.raw_writer import ChunkStream, new_stage, raw_parquet_options, write_pipelined
 from loopline.data.schemas import raw_schema
 from loopline.data.validation.ids import TableIds
 from loopline.errors import DataQualityError, SourceError

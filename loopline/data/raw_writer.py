@@ -25,6 +25,7 @@ from deltalake import WriterProperties
 from loopline.config import LifecycleConfig
 from loopline.data.contracts import Contract
 from loopline.data.encoding import FEW_VALUED_META, RAW_CODEC, few_valued, staging_options
+from loopline.data.prefetch import Prefetch, read_ahead
 from loopline.data.schemas import clean_schema, quarantine_schema, raw_schema
 from loopline.faults import kill_point
 from loopline.storage import delta, sources
@@ -220,59 +221,6 @@ class ChunkStream:
                         contract,
                     )
             self.rows += table.num_rows
-
-
-def read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    """`chunks`, with the next one read on a thread while the caller works on this one.
-
-    Decoding a chunk of the file (Arrow, no GIL) then overlaps with validating the one before (mostly Python);
-    one chunk ahead at most, so memory grows by one chunk. An error while reading is raised here, in order.
-    """
-    ahead = Prefetch(chunks)
-    try:
-        yield from ahead
-    finally:
-        ahead.close()
-
-
-class Prefetch:
-    """`chunks` read on a thread from now on, one ahead of the consumer (see `read_ahead`). Iterate it once;
-    `close()` (always, also when it was never iterated) stops the thread at its next hand-over."""
-
-    def __init__(self, chunks: Iterator[pa.Table]):
-        self._pipe: queue.Queue = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._chunks = chunks
-        self._reader = threading.Thread(target=self._read, name="loopline-source-reader", daemon=True)
-        self._reader.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._pipe.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _read(self) -> None:
-        try:
-            for chunk in self._chunks:
-                if not self._put(chunk):
-                    return
-            self._put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put(exc)
-
-    def __iter__(self) -> Iterator[pa.Table]:
-        while (item := self._pipe.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()  # the consumer stopped early (an error, a rejected batch): the reader ends at its next put
-        self._reader.join()
 
 
 def _raw_table(

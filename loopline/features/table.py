@@ -46,7 +46,7 @@ from loopline.config import FeaturesConfig
 from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
 from loopline.data.encoding import clean_parquet_options, clean_properties
-from loopline.data.raw_writer import read_ahead
+from loopline.data.prefetch import read_ahead
 from loopline.data.schemas import ARROW_TYPES
 from loopline.errors import NotReadyError
 from loopline.faults import kill_point
