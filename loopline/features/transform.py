@@ -36,12 +36,22 @@ def _safe(name: str) -> str:
 
 def assign_split(ids: pd.Series | np.ndarray, fractions: tuple[float, float, float]) -> np.ndarray:
     """train/valid/test by a stable hash of the id (the same id always lands in the same split)."""
-    keys = pd.Series(ids).astype(str).to_numpy(dtype=object)
+    keys = _id_text(pd.Series(ids))
     h = pd.util.hash_array(keys, categorize=False)  # fixed-key SipHash: stable across processes
     u = h.astype(np.float64) / float(2**64)
     total = sum(fractions)
     a, b = fractions[0] / total, (fractions[0] + fractions[1]) / total
     return np.where(u < a, "train", np.where(u < b, "valid", "test"))
+
+
+def _id_text(ids: pd.Series) -> np.ndarray:
+    """Each id as the text `str()` gives it (object array): what the split hashes. Plain numpy ints are
+    written by Arrow (the same digits, 2.5x faster than pandas' astype(str)); other types by pandas."""
+    if isinstance(ids.dtype, np.dtype) and ids.dtype.kind in "iu":
+        import pyarrow as pa
+
+        return pa.array(ids.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False)
+    return ids.astype(str).to_numpy(dtype=object)
 
 
 @dataclass

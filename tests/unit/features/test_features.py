@@ -97,3 +97,20 @@ def test_split_is_stable_and_follows_fractions():
     assert (a == assign_split(ids, (0.8, 0.1, 0.1))).all()
     assert abs((a == "train").mean() - 0.8) < 0.02 and abs((a == "test").mean() - 0.1) < 0.02
     assert (assign_split(ids[::-1], (0.8, 0.1, 0.1))[::-1] == a).all()  # depends on the id only
+
+
+def test_split_of_integer_ids_hashes_the_text_str_gives():
+    """Plain int ids take a faster text path: the split must stay the one `str(id)` always gave (the splits
+    of models already trained depend on it), for every integer width, negatives and int64's extremes."""
+    from loopline.features.transform import _id_text
+
+    values = [0, 7, -3, 10**12, 2**63 - 1, -(2**63)]
+    for dtype in ("int64", "int32", "uint64", "uint8"):
+        ids = pd.Series([v for v in values if np.can_cast(np.min_scalar_type(v), dtype)], dtype=dtype)
+        assert _id_text(ids).tolist() == [str(v) for v in ids.tolist()]
+    ids = pd.Series(np.arange(-50_000, 50_000, 7, dtype=np.int64))
+    expected = pd.util.hash_array(ids.astype(str).to_numpy(dtype=object), categorize=False)
+    assert (pd.util.hash_array(_id_text(ids), categorize=False) == expected).all()
+    nullable = pd.Series([1, None], dtype="Int64")  # not plain numpy: pandas' text, as before
+    got, want = _id_text(nullable), nullable.astype(str).to_numpy(dtype=object)
+    assert got[0] == want[0] == "1" and pd.isna(got[1]) and pd.isna(want[1])
