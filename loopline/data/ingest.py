@@ -155,12 +155,13 @@ def _ingest_batch(
 ) -> BatchResult:
     src = sources.fetch(uri, lake, workdir)
     # the first chunk is decoded while the file is hashed for its batch id (1M demo rows: 0.35 s no longer
-    # in front of the stream); a re-ingest only wasted that one chunk's decoding, on the other core
+    # in front of the stream); a re-ingest only wastes that one chunk's decoding, on the other core, and does
+    # not wait for it (the reader holds no lake state: it ends after that chunk on its own)
     chunks = Prefetch(sources.read_tables(src, contract.column_names, cfg.data.chunk_rows))
     try:
         return _judge_and_commit(src, chunks, contract, lake, cfg, workdir)
     finally:
-        chunks.close()
+        chunks.close(wait=False)
 
 
 def _judge_and_commit(
