@@ -163,13 +163,14 @@ class Gate:
         if self._finished:
             raise RuntimeError("validate_chunk after finish(): a gate validates one batch")
         names = self.contract.column_names
-        columns = chunk.column_names if isinstance(chunk, pa.Table) else chunk.columns
+        arrow = isinstance(chunk, pa.Table)
+        columns = chunk.column_names if arrow else chunk.columns
         absent = [c for c in names if c not in columns]
         if absent:
             raise DataQualityError(
                 f"chunk at row {row_offset}: missing column(s) {absent}", summary={"missing": absent}
             )
-        raw = chunk.select(names) if isinstance(chunk, pa.Table) else chunk[names].reset_index(drop=True)
+        raw = chunk.select(names) if arrow else chunk[names].reset_index(drop=True)
         n = len(raw)
         typed, type_failures = coerce_chunk(raw, self.contract)
         masks: dict[str, np.ndarray] = {}
@@ -199,7 +200,7 @@ class Gate:
         self._count(masks, raw, rows)
         quarantine = (
             raw.take(pa.array(bad_pos, pa.int64())).to_pandas()
-            if isinstance(raw, pa.Table)
+            if arrow
             else raw.iloc[bad_pos].reset_index(drop=True)
         )
         quarantine["_reasons"] = pd.Series(self._reasons(masks, bad_pos, n), dtype=object)
