@@ -103,6 +103,12 @@ class ValidationConfig(_Section):
     data_docs: bool = Field(
         True, description="write Great Expectations Data Docs under $LOOPLINE_HOME/data_docs"
     )
+    data_docs_index_runs: int = Field(
+        50,
+        ge=1,
+        description="validation runs the Data Docs index lists, newest first (each batch's own page stays): "
+        "GX re-reads every listed run's result at each batch",
+    )
     bad_row_examples: int = Field(5, ge=0, description="examples of bad rows per expectation in artifacts")
     gx_scope: Literal["audit", "full"] = Field(
         "audit",

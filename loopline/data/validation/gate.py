@@ -318,7 +318,9 @@ class Gate:
         if not len(frame):
             return
         if self._gx is None:
-            self._gx = GxValidator(self.contract, self.checks, self.data_docs_dir)
+            self._gx = GxValidator(
+                self.contract, self.checks, self.data_docs_dir, self.cfg.data_docs_index_runs
+            )
         frame = to_gx_frame(frame.sort_index())
         name = self.batch_id if not self._gx_runs else f"{self.batch_id}-{len(self._gx_runs) + 1}"
         run = self._gx.run(frame, name)

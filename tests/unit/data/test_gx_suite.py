@@ -159,3 +159,15 @@ def test_data_docs_keep_every_batch_in_the_index(tmp_path):
     index = (docs / "index.html").read_text()
     assert "batch-abc" in index and "batch-def" in index
     assert validator.index_page() == str(docs / "index.html")
+
+
+def test_the_data_docs_index_lists_the_newest_runs_and_older_pages_stay(tmp_path):
+    docs = tmp_path / "docs"
+    typed, _ = coerce_chunk(EDGE_FRAME, EDGE)
+    pages = []
+    for batch in ("batch-old", "batch-mid", "batch-new"):
+        validator = GxValidator(EDGE, compile_checks(EDGE), data_docs_dir=str(docs), index_runs=2)
+        pages.append(validator.run(to_gx_frame(typed), batch).data_docs_page)
+    index = (docs / "index.html").read_text()
+    assert "batch-new" in index and "batch-mid" in index and "batch-old" not in index
+    assert all(Path(p).is_file() for p in pages)  # the oldest batch's page is still there
