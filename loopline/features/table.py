@@ -34,6 +34,7 @@ contract's columns from it, with nulls for a column that no batch has yet.
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from loopline.config import FeaturesConfig
 from loopline.data.contract_registry import contract_version_of, diff_contracts
@@ -263,7 +265,21 @@ def _build(
 
 
 def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataFrame:
+    """The train rows the transform is fit on: up to FIT_SAMPLE_ROWS of them, from files spread evenly over
+    the whole table (every k-th file, k from the files' row counts), so a refit after many batches sees
+    old and new batches alike, not only the files listed first (delta-rs lists the newest first). A table
+    of up to FIT_SAMPLE_ROWS train rows is read whole."""
     cols = contract_columns(clean_ds.schema, contract, contract.feature_columns + [contract.id])
+    fragments = list(clean_ds.get_fragments())
+    counts = [f.count_rows() for f in fragments]  # Parquet footers only
+    train_share = cfg.split_fractions[0] / sum(cfg.split_fractions)
+    expected = sum(counts) * train_share
+    if expected > FIT_SAMPLE_ROWS and len(fragments) > 1:
+        keep = math.ceil(len(fragments) * FIT_SAMPLE_ROWS / expected)
+        picks = sorted({round(i * (len(fragments) - 1) / max(keep - 1, 1)) for i in range(keep)})
+        clean_ds = pads.FileSystemDataset(
+            [fragments[i] for i in picks], clean_ds.schema, clean_ds.format, clean_ds.filesystem
+        )
     parts, n = [], 0
     for rb in clean_ds.to_batches(columns=cols, batch_size=250_000):
         # the train rows are picked in Arrow and the sample becomes one frame once: a pandas filter and concat
@@ -272,7 +288,7 @@ def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataF
         part = rb.filter(pa.array(train))
         parts.append(part)
         n += part.num_rows
-        if n >= FIT_SAMPLE_ROWS:
+        if n >= FIT_SAMPLE_ROWS:  # files larger than their share: the bound holds memory, not the spread
             break
     if not parts:
         return pd.DataFrame(columns=list(cols))

@@ -114,3 +114,45 @@ def test_split_of_integer_ids_hashes_the_text_str_gives():
     nullable = pd.Series([1, None], dtype="Int64")  # not plain numpy: pandas' text, as before
     got, want = _id_text(nullable), nullable.astype(str).to_numpy(dtype=object)
     assert got[0] == want[0] == "1" and pd.isna(got[1]) and pd.isna(want[1])
+
+
+def test_a_refit_samples_files_from_the_whole_table_not_only_the_oldest(tmp_path, monkeypatch):
+    """Ten batches, each with its own `x`, and room for about three batches' train rows: the sample takes
+    files spread from the oldest to the newest (it took the three listed first: the newest), and stays
+    within its bound."""
+    from deltalake import DeltaTable, write_deltalake
+
+    import loopline.features.table as table
+    from loopline.storage.delta import dataset
+
+    contract = parse_contract(
+        {
+            "dataset": "spread",
+            "id": "id",
+            "label": "y",
+            "task": "binary",
+            "columns": {
+                "id": {"type": "int"},
+                "x": {"type": "float"},
+                "y": {"type": "int", "values": [0, 1]},
+            },
+        }
+    )
+    for batch in range(10):
+        ids = np.arange(batch * 500, (batch + 1) * 500)
+        write_deltalake(
+            str(tmp_path),
+            pd.DataFrame({"id": ids, "x": float(batch), "y": ids % 2}),
+            mode="append",
+        )
+    monkeypatch.setattr(table, "FIT_SAMPLE_ROWS", 1000)
+    cfg = FeaturesConfig()
+    sample = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, cfg)
+    batches = set(sample["x"].astype(int))
+    assert {0, 9} <= batches and len(batches) >= 3, batches
+    assert len(sample) <= 1000 + 500 and set(assign_split(sample["id"], cfg.split_fractions)) == {"train"}
+    small = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, FeaturesConfig())
+    monkeypatch.setattr(table, "FIT_SAMPLE_ROWS", 10_000)  # the whole table fits: every train row
+    every = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, cfg)
+    assert len(every) == int((assign_split(np.arange(5000), cfg.split_fractions) == "train").sum())
+    assert len(small) < len(every)
