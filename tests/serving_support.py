@@ -197,9 +197,12 @@ def build_registered_model(
     }
 
 
-def register_bundles(home: Path, bundles: list[Path], model: str = "demo") -> dict[str, Any]:
-    """Register each bundle as a new version of `model` in a real MLflow registry under `home` (sqlite,
-    artifacts under home); version 1 gets @champion. Returns tracking_uri, model, versions, home."""
+def register_bundles(
+    home: Path, bundles: list[Path], model: str = "demo", tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """Register each bundle as a new version of `model` in a real MLflow registry: under `home` (sqlite,
+    artifacts under home), or at `tracking_uri`; version 1 gets @champion. Returns tracking_uri, model,
+    versions, home."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -207,7 +210,7 @@ def register_bundles(home: Path, bundles: list[Path], model: str = "demo") -> di
     from loopline.packaging.registry import ensure_experiment, log_and_register_bundle
 
     home.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    tracking_uri = tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)  # log_model registers through the global one: not another test's

@@ -238,13 +238,19 @@ def gate_version(client, model: str, version: Any, *, tracking_uri: str) -> Gate
         def read(rel: str) -> bytes:
             return _download(f"{root}/{rel}", tmp, tracking_uri, model, version).read_bytes()
 
-        mlmodel = read("MLmodel")
-        try:
-            meta = safe_yaml(mlmodel)
-        except yaml.YAMLError as exc:
-            raise refuse(model, version, f"its MLmodel is not YAML: {exc}") from exc
-        plan = inspect_mlmodel(meta, model, version, read)
-        return GatedVersion(plan, root, hashlib.sha256(mlmodel).hexdigest())
+        return gate_artifacts(root, model, version, read)
+
+
+def gate_artifacts(root: str, model: str, version: Any, read: Callable[[str], bytes]) -> GatedVersion:
+    """The gate on the version whose artifacts are at `root`, each file read with `read(relative path)`
+    (MLflow's client, or loopline.serving.light_registry in a model server)."""
+    mlmodel = read("MLmodel")
+    try:
+        meta = safe_yaml(mlmodel)
+    except yaml.YAMLError as exc:
+        raise refuse(model, version, f"its MLmodel is not YAML: {exc}") from exc
+    plan = inspect_mlmodel(meta, model, version, read)
+    return GatedVersion(plan, root, hashlib.sha256(mlmodel).hexdigest())
 
 
 class GateVerdicts:

@@ -1,9 +1,13 @@
 """Where serving finds its models: the MLflow registry (aliases) and the model's bundle directory.
 
-MLflow is imported here, at start-up and by the background poll, never on the request path. Every version
-passes the loader gate (loopline.packaging.safe_load: its MLmodel read as YAML) before anything of it is
-downloaded or loaded: a model that needs unpickling or code from the artifact is refused with a ModelError.
-Then only the bundle (a few files of weights and JSON) is downloaded, into `cache_dir/<model>/<version>`.
+The registry is read without MLflow where loopline.serving.light_registry can (the embedded SQLite store, an
+MLflow tracking server's REST API; artifacts in local directories or behind the server's proxy): importing
+MLflow costs a replica about 100 MB RSS and 1 s of start-up. Anywhere else, or once the light reader says
+it cannot (`Unsupported`), MLflow's client is used from then on, imported here at start-up or by the
+background poll, never on the request path. Every version passes the loader gate
+(loopline.packaging.safe_load: its MLmodel read as YAML) before anything of it is downloaded or loaded: a
+model that needs unpickling or code from the artifact is refused with a ModelError. Then only the bundle (a
+few files of weights and JSON) is downloaded, into `cache_dir/<model>/<version>`.
 """
 
 from __future__ import annotations
@@ -25,21 +29,69 @@ ROLLOUT_TAG = "loopline.rollout"
 
 class RegistrySource:
     def __init__(self, tracking_uri: str, cache_dir: str | Path):
-        os.environ.setdefault(
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-        )  # no progress bars in server logs
-        from loopline.packaging.registry import registry_client
+        from loopline.serving.light_registry import light_registry
 
         self.tracking_uri = tracking_uri
-        self.client = registry_client(tracking_uri)
         self.cache_dir = Path(cache_dir)
+        self.light = light_registry(tracking_uri)
+        self._client = None
+        if self.light is None:
+            _ = self.client  # MLflow's client from the start: its errors surface at start-up
+
+    @property
+    def client(self):
+        """MLflow's client, made on first use."""
+        if self._client is None:
+            os.environ.setdefault(
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+            )  # no progress bars in server logs
+            from loopline.packaging.registry import registry_client
+
+            self._client = registry_client(self.tracking_uri)
+        return self._client
+
+    def _unsupported(self, exc: Exception) -> None:
+        log.info("registry %s: %s; reading it through MLflow's client from now on", self.tracking_uri, exc)
+        self.light = None
 
     def resolve(self, name: str, alias: str) -> str | None:
         """The version `alias` points at, or None when the alias (or the model) does not exist."""
+        target = self._alias(name, alias)
+        return None if target is None else target[0]
+
+    def resolve_rollout(self, name: str) -> tuple[str | None, dict | None]:
+        """(the version @challenger points at or None, its rollout tag parsed or None): one registry call, so
+        the version and the weight every replica applies come from the same read."""
+        import json
+
+        target = self._alias(name, "challenger")
+        if target is None:
+            return None, None
+        version, tags = target
+        raw = tags.get(ROLLOUT_TAG)
+        try:
+            rollout = json.loads(raw) if raw else None
+            weight = float(rollout["weight"]) if isinstance(rollout, dict) else None
+        except (ValueError, KeyError, TypeError):
+            rollout, weight = None, None
+        if weight is None or not 0 <= weight <= 1:  # a hand-written or broken tag: no rollout instructions
+            log.warning("ignoring the %s tag of %s v%s: %r", ROLLOUT_TAG, name, version, raw)
+            rollout = None
+        return version, rollout
+
+    def _alias(self, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
+        """(version, its tags) of `alias`, or None when the alias (or the model) does not exist."""
+        from loopline.serving.light_registry import Unsupported
+
+        if self.light is not None:
+            try:
+                return self.light.alias(name, alias)
+            except Unsupported as exc:
+                self._unsupported(exc)
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
+            mv = self.client.get_model_version_by_alias(name, alias)
         except MlflowException as exc:
             if (
                 "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", ""))
@@ -47,38 +99,49 @@ class RegistrySource:
             ):
                 return None
             raise
+        return str(mv.version), dict(mv.tags or {})
 
-    def resolve_rollout(self, name: str) -> tuple[str | None, dict | None]:
-        """(the version @challenger points at or None, its rollout tag parsed or None): one registry call, so
-        the version and the weight every replica applies come from the same read."""
-        import json
+    def _fetch(self, name: str, version: str, dst: Path):
+        """The gate, then the bundle directory into `dst`: (its path, the load plan)."""
+        from loopline.serving.light_registry import Unsupported
 
-        from mlflow.exceptions import MlflowException
+        light = self.light
+        if light is not None:
+            from loopline.packaging.safe_load import gate_artifacts
 
-        try:
-            mv = self.client.get_model_version_by_alias(name, "challenger")
-        except MlflowException as exc:
-            if (
-                "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", ""))
-                or "not found" in str(exc).lower()
-            ):
-                return None, None
-            raise
-        raw = (mv.tags or {}).get(ROLLOUT_TAG)
-        try:
-            rollout = json.loads(raw) if raw else None
-            weight = float(rollout["weight"]) if isinstance(rollout, dict) else None
-        except (ValueError, KeyError, TypeError):
-            rollout, weight = None, None
-        if weight is None or not 0 <= weight <= 1:  # a hand-written or broken tag: no rollout instructions
-            log.warning("ignoring the %s tag of %s v%s: %r", ROLLOUT_TAG, name, mv.version, raw)
-            rollout = None
-        return str(mv.version), rollout
+            try:
+                root = light.download_uri(name, version).rstrip("/")
+
+                def read(rel: str) -> bytes:
+                    try:
+                        return light.read(f"{root}/{rel}")
+                    except OSError as exc:
+                        raise ModelError(
+                            f"model {name!r} version {version}: cannot download {rel}: {exc}"
+                        ) from exc
+
+                plan = gate_artifacts(root, name, version, read).plan
+                try:
+                    path = light.download_dir(f"{root}/{plan.bundle_path}", dst)
+                except OSError as exc:
+                    raise ModelError(
+                        f"model {name!r} version {version}: cannot download {plan.bundle_path}: {exc}"
+                    ) from exc
+                if not (path / "bundle.json").is_file():
+                    raise ModelError(
+                        f"model {name!r} version {version} is not a loopline bundle (no bundle.json)"
+                    )
+                return path, plan
+            except Unsupported as exc:
+                self._unsupported(exc)
+                shutil.rmtree(dst, ignore_errors=True)
+                dst.mkdir(parents=True)
+        from loopline.packaging.safe_load import fetch_bundle
+
+        return fetch_bundle(self.client, name, version, dst, tracking_uri=self.tracking_uri)
 
     def download(self, name: str, version: str) -> Path:
         """The bundle directory of a model version (gated and downloaded once per version)."""
-        from loopline.packaging.safe_load import fetch_bundle
-
         target = self.cache_dir / name / str(version)
         if (target / BUNDLE_ARTIFACT / "bundle.json").is_file():
             return target / BUNDLE_ARTIFACT
@@ -86,7 +149,7 @@ class RegistrySource:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            path, plan = fetch_bundle(self.client, name, version, tmp, tracking_uri=self.tracking_uri)
+            path, plan = self._fetch(name, version, tmp)
         except ModelError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
