@@ -267,7 +267,9 @@ def merge_into_lifecycle(m: dict[str, Any], path: Path | None = None) -> Path:
     """Read-modify-write bench/results/lifecycle.json: these keys into `details`, everything else kept."""
     path = path or RESULTS / "lifecycle.json"
     data = json.loads(path.read_text()) if path.exists() else {"name": "lifecycle", "details": {}}
-    data.setdefault("details", {}).update({k: v for k, v in m.items() if k != "platform_workdir"})
+    measured = {k: v for k, v in m.items() if k != "platform_workdir"}
+    # the top-level keys and the `platform` block bench/lifecycle writes: both from this run
+    data.setdefault("details", {}).update({**measured, "platform": measured})
     data.setdefault("machine", machine())
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
