@@ -115,6 +115,9 @@ def _parse_text(value: str, kind: str) -> Any:
     return int(number) if kind == "int" and number.is_integer() and "." not in value else number
 
 
+MAX_ROW = 2**63 - 1
+
+
 def check_key(request_id: Any, row: Any) -> tuple[str, int]:
     """A (request id, row) key, or ValueError naming the part at fault."""
     if not isinstance(request_id, str) or not request_id:
@@ -125,6 +128,8 @@ def check_key(request_id: Any, row: Any) -> tuple[str, int]:
         row = int(row)
     if isinstance(row, bool) or not isinstance(row, int) or row < 0:
         raise ValueError(f"row {row!r} is not an integer >= 0")
+    if row > MAX_ROW:  # the table's int64 column (a row past this was never scored either)
+        raise ValueError(f"row {row} is beyond the largest row index {MAX_ROW}")
     return request_id, row
 
 
