@@ -63,12 +63,17 @@ def trained_registry(tmp_path_factory) -> dict[str, Any]:
 
 def clone(reg: dict[str, Any], copies: int = 1, prefix: str = "m") -> str:
     """A fresh registered model whose versions 1..copies are all copies of `base` version 1."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     client = reg["client"]
     name = f"{prefix}{next(_names)}"
     client.create_registered_model(name)
     mv = client.get_model_version("base", "1")
-    for _ in range(copies):
-        client.create_model_version(name, source=mv.source, run_id=mv.run_id)
+    # MLflow's registry resolves a `models:/m-...` source through the process-wide tracking URI, which an
+    # earlier test module may have pointed at its own store (mlflow.set_tracking_uri): use this registry's
+    with _use_tracking_uri(reg["tracking"]):
+        for _ in range(copies):
+            client.create_model_version(name, source=mv.source, run_id=mv.run_id)
     return name
 
 
