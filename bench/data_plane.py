@@ -13,10 +13,13 @@ Timed side by side in one process, interleaved, best of --repeat (wall and CPU s
 - peer: a plain GX 1.x ValidationDefinition with the same suite on the same typed frame, result_format
   COMPLETE with unexpected_index_column_names=[id] (what per-row quarantining needs).
 - limit: the same checks as one vectorised numpy pass over the typed frame (+ write_deltalake of the clean
-  and quarantine rows for the data-plane limit).
+  and quarantine rows for the data-plane limit). With the stage, the data-plane limit is also timed in fresh
+  child processes (like the stage), with the stage's allocator and with pyarrow's own; the fastest of the
+  three counts (`details.limit_write`; `limit_write_in_bench` and `limit_write_fresh` keep each).
 - the data stage (ingest + validate + features): `loopline.data.ingest.ingest_source` (read, gate,
   raw/clean/quarantine Delta commits, ledger) then `loopline.features.build_features`, on a fresh lake, each
-  run in a child process of its own (so its peak RSS is its own), best of --stage-repeat. `details.stage_vs_limit`
+  run in a child process of its own (so its peak RSS is its own), started with the environment the CLI and
+  `loopline up`'s workers give a flow run (loopline.data.allocator), best of --stage-repeat. `details.stage_vs_limit`
   = its wall over the data-plane limit's, both from this run (goal <= 3).
 - scaling: with several --rows, the stage runs once per size (a source above 1M rows repeats the 1M-row
   file's rows with fresh ids, one batch); `details.scaling` has wall, CPU, peak RSS and seconds per million
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -241,7 +245,9 @@ def run_big(rows: int, bad_fraction: float) -> dict:
         f"import json,sys; sys.path.insert(0, {str(REPO)!r}); from bench.data_plane import big_child; "
         f"print(json.dumps(big_child({rows}, {bad_fraction!r})))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=stage_env()
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -292,10 +298,64 @@ def run_stage(rows: int, bad_fraction: float, data_dir: Path) -> dict:
         f"import json,sys; sys.path.insert(0, {str(REPO)!r}); from bench.data_plane import stage_child; "
         f"print(json.dumps(stage_child({rows}, {bad_fraction!r}, {str(data_dir)!r})))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=stage_env())
     if proc.returncode != 0:
         raise RuntimeError(f"the stage at {rows} rows failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stage_env(allocator: bool = True) -> dict[str, str]:
+    """A child's environment as `loopline` (the CLI) or `loopline up`'s workers start a flow run: with
+    loopline.data.allocator's settings; `allocator=False`: pyarrow's and glibc's own defaults."""
+    from loopline.data.allocator import ARENAS_ENV, ARROW_POOL_ENV, OPT_OUT_ENV, allocator_env
+
+    env = {k: v for k, v in os.environ.items() if k not in (ARENAS_ENV, ARROW_POOL_ENV, OPT_OUT_ENV)}
+    if not allocator:
+        return env | {OPT_OUT_ENV: "default"}
+    return env | allocator_env(env)
+
+
+# -- the data-plane limit, in a fresh process like the stage ----------------------------------------------
+def run_limit_child(rows: int, bad_fraction: float, data_dir: Path, repeat: int, allocator: bool) -> dict:
+    """`run_limit` with its writes, best of `repeat`, in a child process started like the stage's (the typed
+    frame is built there, outside the timing): the limit is not charged for this process's heap of GX runs."""
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(REPO)!r}); from bench.data_plane import limit_child; "
+        f"print(json.dumps(limit_child({rows}, {bad_fraction!r}, {str(data_dir)!r}, {repeat})))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=stage_env(allocator)
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the limit at {rows} rows failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {
+        "allocator": "loopline" if allocator else "default"
+    }
+
+
+def limit_child(rows: int, bad_fraction: float, data_dir: str, repeat: int) -> dict:
+    from loopline.data.contracts import load_contract
+    from loopline.data.validation.coerce import coerce_chunk
+    from loopline.data.validation.gx import to_gx_frame
+
+    contract = load_contract(REPO / "contracts" / "demo.yaml")
+    source = load_source(rows, bad_fraction, Path(data_dir))
+    frame = to_gx_frame(
+        pd.concat(
+            [coerce_chunk(c, contract).frame for c in read_text_chunks(source, contract)], ignore_index=True
+        )
+    )
+    work = Path(tempfile.mkdtemp(prefix="loopline-bench-limit-"))
+    runs = []
+    try:
+        for _ in range(repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            run_limit(contract, frame, work / "limit")
+            runs.append((time.perf_counter() - t0, time.process_time() - c0))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = min(runs)
+    return {"s": best[0], "cpu_s": best[1], "all_s": [round(r[0], 3) for r in runs]}
 
 
 def stage_child(rows: int, bad_fraction: float, data_dir: str) -> dict:
@@ -376,6 +436,10 @@ def print_table(result: dict) -> None:
             ("build_features (ours)", d["features"]),
             ("data stage: ingest + validate + features (ours)", d["stage"]),
         ]
+    for fresh in d.get("limit_write_fresh", []):
+        rows.append((f"data plane limit, fresh process ({fresh['allocator']} allocator)", fresh))
+    if "limit_write_in_bench" in d:
+        rows.append(("data plane limit, in this process", d["limit_write_in_bench"]))
     print(
         f"\nbench/data_plane  {result['params']['rows']:,} rows x 38 columns, {result['params']['bad_fraction']:.0%} bad"
     )
@@ -486,6 +550,14 @@ def main(argv: list[str] | None = None) -> dict:
                 ]
                 stages[n] = min(runs, key=lambda r: r["s"]) | {"all_s": [r["s"] for r in runs]}
             best = stages[rows]
+            # the limit in fresh processes too, with and without the stage's allocator; the faster counts
+            fresh = [
+                run_limit_child(rows, args.bad_fraction, data_dir(rows), args.repeat, allocator)
+                for allocator in (True, False)
+            ]
+            details["limit_write_in_bench"] = details["limit_write"]
+            details["limit_write_fresh"] = fresh
+            details["limit_write"] = min([details["limit_write"], *fresh], key=lambda r: r["s"])
             details["ingest"] = {"s": best["ingest_s"], "cpu_s": best["ingest_cpu_s"]}
             details["features"] = {"s": best["features_s"], "cpu_s": best["features_cpu_s"]}
             details["stage"] = {

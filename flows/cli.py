@@ -648,6 +648,9 @@ def init(
 
 
 def main() -> None:
+    from loopline.data.allocator import start_process_allocator  # before anything imports pyarrow
+
+    start_process_allocator()
     try:
         app()
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from typing import Any
 
 from flows.stack.state import PROJECT_DIR
 from flows.stack.urls import HOST, asyncpg_url, mlflow_artifact_root, mlflow_backend_store_uri
+from loopline.data.allocator import allocator_env
 
 # Process workers poll the API for scheduled runs; Prefect's default (10 s) makes an event-triggered
 # retrain wait that long before it starts.
@@ -119,6 +120,7 @@ def client_env(
         PREFECT_LOCAL_STORAGE_PATH=str(root / "prefect" / "storage"),
         PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p),
     )
+    env.update(allocator_env(env))  # what every flow run should start with (loopline.data.allocator)
     env.setdefault("LOOPLINE_LANDING", str(root / "landing"))
     if config_path:
         env["LOOPLINE_CONFIG"] = config_path

@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loopline.config import LifecycleConfig
+from loopline.data.allocator import use_data_plane_allocator
 from loopline.data.batch_commit import Judged, app_id_for, commit_batch, duplicate_result
 from loopline.data.clean_commit import check_retype, prewrite_clean
 from loopline.data.contract_registry import register_contract
@@ -126,6 +127,7 @@ def ingest_file(
     is that file's rejection and the others still land, returns it as a rejected result instead.
     Scratch files go under `workdir`, or under a scratch folder of its own that is removed afterwards.
     """
+    use_data_plane_allocator()
     # the lake remembers the contract (first ingest) or refuses an incompatible change before any commit
     if cfg.data.allow_incompatible_contract:
         check_retype(lake, contract)

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loopline.config import LifecycleConfig
+from loopline.data.allocator import use_data_plane_allocator
 from loopline.data.contracts import Contract
 from loopline.data.ingest import batch_id_for
 from loopline.data.raw_writer import ChunkStream, new_stage
@@ -202,6 +203,7 @@ def gate_file(
 ) -> StagedBatch:
     """Validate one file and stage its rows (raw/, clean/, quarantine/ Parquet) for the committer.
     Raises SourceError when the file cannot be read (or changed since its scan)."""
+    use_data_plane_allocator()
     fail_point("ingest.validate", uri)
     workdir = sources.scratch_dir()
     target = attempt_dir(stage_root, batch_id)

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from loopline.config import FeaturesConfig
+from loopline.data.allocator import use_data_plane_allocator
 from loopline.data.contract_registry import contract_version_of, diff_contracts
 from loopline.data.contracts import Contract
 from loopline.data.encoding import clean_parquet_options, clean_properties
@@ -129,6 +130,7 @@ def build_features(
     `map_partitions(parts)`: transforms the new rows per data file on a cluster instead of here, returning
     each partition's (staged file, rows) in order (loopline.features.partitioned): the same commit, the same
     rows."""
+    use_data_plane_allocator()
     return delta.retry_conflicts(
         lambda: _build(
             lake, contract, cfg, refit=refit, batch_rows=batch_rows, map_partitions=map_partitions
