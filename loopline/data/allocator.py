@@ -5,14 +5,17 @@ per chunk (text read from the source, parsed columns, Parquet pages), and mimall
 afresh, page by page, where glibc's malloc reuses them once its mmap threshold has grown past them. Measured
 with `python -m bench data_plane` (1M demo rows, ingest + features, a fresh process each, 2 cores): mimalloc
 8.6 s wall / 14.5 s CPU, jemalloc 8.0 / 13.5, glibc 7.4 / 12.5, glibc with two arenas 7.1 / 12.0; at 10M rows
-glibc with two arenas 67 s / 3.6 GB peak RSS, mimalloc 80 s / 3.9 GB, glibc's default arenas 76 s / 5.5 GB.
+glibc with two arenas 67 s / 3.6-4.0 GB peak RSS, mimalloc 80 s / 3.9 GB, glibc's default arenas (8 per
+core) 76 s / 5.5 GB.
 
-Arrow reads ARROW_DEFAULT_MEMORY_POOL once, the first time it allocates, and glibc reads MALLOC_ARENA_MAX at
-start: `allocator_env()` is what a process should start with, and the CLI (before it imports pyarrow) and
-`loopline up`'s workers (so every flow run they start) set it. `use_data_plane_allocator()` is the fallback
-for a process started without it (a user's own worker): Arrow's Python-side pool and glibc's arena cap,
-switched where the stage begins; Arrow's C++ internals keep allocating from the pool they started with.
-LOOPLINE_ARROW_ALLOCATOR=default leaves both alone.
+Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when it first allocates: `allocator_env()` is what a process
+should start with, and the CLI (before it imports pyarrow) and `loopline up`'s workers (so every flow run they
+start) set it. The arena cap is applied where the data stage begins (`use_data_plane_allocator`, via mallopt,
+before the stage starts its reader and writer threads), not for every process: a training or serving process
+with many threads allocating at once is better off with glibc's default. In a process started without the
+variable (a user's own worker), `use_data_plane_allocator` also switches Arrow's Python-side pool; Arrow's
+C++ internals then keep part of their allocations on mimalloc. LOOPLINE_ARROW_ALLOCATOR=default leaves
+everything alone.
 """
 
 from __future__ import annotations
@@ -43,20 +46,19 @@ def allocator_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     if _opted_out(environ):
         return {}
-    wanted = {ARROW_POOL_ENV: "system", ARENAS_ENV: str(MALLOC_ARENAS)}
-    return {k: v for k, v in wanted.items() if k not in environ}
+    return {} if ARROW_POOL_ENV in environ else {ARROW_POOL_ENV: "system"}
 
 
 def start_process_allocator() -> None:
-    """At a process's start, before pyarrow is imported: `allocator_env()` into this process's environment
-    (so Arrow and every child process see it) and glibc's arena cap applied now (its variable is read at start)."""
+    """At a process's start, before pyarrow is imported: `allocator_env()` into this process's environment,
+    where Arrow and every child process find it."""
     os.environ.update(allocator_env())
-    use_data_plane_allocator()
 
 
 def use_data_plane_allocator() -> None:
-    """Arrow buffers from glibc's malloc, capped at MALLOC_ARENAS arenas (or MALLOC_ARENA_MAX); idempotent,
-    process-wide. Arrow's pool is left to ARROW_DEFAULT_MEMORY_POOL where that is set."""
+    """Where an ingest or a features build begins: glibc capped at MALLOC_ARENAS arenas (or the process's own
+    MALLOC_ARENA_MAX), and Arrow's pool switched to glibc's unless ARROW_DEFAULT_MEMORY_POOL chose one already.
+    Idempotent, process-wide."""
     global _done
     with _lock:
         if _done:
