@@ -4,18 +4,19 @@ pyarrow allocates from mimalloc by default. The data stage allocates and frees c
 per chunk (text read from the source, parsed columns, Parquet pages), and mimalloc maps such large blocks
 afresh, page by page, where glibc's malloc reuses them once its mmap threshold has grown past them. Measured
 with `python -m bench data_plane` (1M demo rows, ingest + features, a fresh process each, 2 cores): mimalloc
-8.6 s wall / 14.5 s CPU, jemalloc 8.0 / 13.5, glibc 7.4 / 12.5, glibc with two arenas 7.1 / 12.0; at 10M rows
-glibc with two arenas 67 s / 3.6-4.0 GB peak RSS, mimalloc 80 s / 3.9 GB, glibc's default arenas (8 per
-core) 76 s / 5.5 GB.
+8.6 s wall / 14.5 s CPU, jemalloc 8.0 / 13.5, glibc 7.4 / 12.5, glibc with two arenas 7.1 / 12.0. At 10M
+rows: glibc with two arenas from the process's start 67 s / 3.6-3.9 GB peak RSS, mimalloc 80 s / 3.9 GB,
+glibc with its default arenas (8 per core) 76 s / 5.5 GB, and glibc capped by mallopt only where the stage
+begins 63-66 s / 4.0-5.7 GB (arenas made before the cap keep their free blocks).
 
-Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when it first allocates: `allocator_env()` is what a process
-should start with, and the CLI (before it imports pyarrow) and `loopline up`'s workers (so every flow run they
-start) set it. The arena cap is applied where the data stage begins (`use_data_plane_allocator`, via mallopt,
-before the stage starts its reader and writer threads), not for every process: a training or serving process
-with many threads allocating at once is better off with glibc's default. In a process started without the
-variable (a user's own worker), `use_data_plane_allocator` also switches Arrow's Python-side pool; Arrow's
-C++ internals then keep part of their allocations on mimalloc. LOOPLINE_ARROW_ALLOCATOR=default leaves
-everything alone.
+Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when it first allocates, and glibc reads MALLOC_ARENA_MAX at
+start: `allocator_env()` is what a process should start with. The CLI sets it for the processes it starts
+(and Arrow's variable for itself, before it imports pyarrow); `loopline up`'s workers start with it, so every
+flow run does. Two arenas for a whole flow run: its threads allocate little at once (torch's intra-op
+threads reuse their buffers, data loaders are processes, the model server scores on one thread).
+`use_data_plane_allocator()` is the fallback where an ingest or a features build begins in a process started
+without them (a user's own worker): Arrow's Python-side pool and the arena cap switched then (Arrow's C++
+internals keep part of their allocations on mimalloc). LOOPLINE_ARROW_ALLOCATOR=default leaves it all alone.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ def allocator_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     if _opted_out(environ):
         return {}
-    return {} if ARROW_POOL_ENV in environ else {ARROW_POOL_ENV: "system"}
+    wanted = {ARROW_POOL_ENV: "system", ARENAS_ENV: str(MALLOC_ARENAS)}
+    return {k: v for k, v in wanted.items() if k not in environ}
 
 
 def start_process_allocator() -> None:
     """At a process's start, before pyarrow is imported: `allocator_env()` into this process's environment,
-    where Arrow and every child process find it."""
+    where Arrow and every child process find it (glibc's cap for this process: `use_data_plane_allocator`)."""
     os.environ.update(allocator_env())
 
 

@@ -72,7 +72,4 @@ def test_worker_environment_carries_the_allocator(tmp_path, monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.delenv("LOOPLINE_ARROW_ALLOCATOR", raising=False)
     env = client_env(tmp_path, {"prefect_api_url": "http://x", "mlflow_tracking_uri": "http://y"}, None, 5.0)
-    assert env["ARROW_DEFAULT_MEMORY_POOL"] == "system"
-    assert (
-        "MALLOC_ARENA_MAX" not in env
-    )  # the cap is the data stage's alone (training and serving keep glibc's)
+    assert env["ARROW_DEFAULT_MEMORY_POOL"] == "system" and env["MALLOC_ARENA_MAX"] == "2"
