@@ -89,6 +89,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     GX_ANALYTICS_ENABLED=false \
     DO_NOT_TRACK=1
 
+# the data plane's allocator, as `loopline up` gives its workers (loopline/data/allocator.py says why)
+ENV ARROW_DEFAULT_MEMORY_POOL=system \
+    MALLOC_ARENA_MAX=2
+
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # make: for `make demo` in the container (bookworm's make, pinned to its version there).
