@@ -156,3 +156,16 @@ def test_a_refit_samples_files_from_the_whole_table_not_only_the_oldest(tmp_path
     every = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, cfg)
     assert len(every) == int((assign_split(np.arange(5000), cfg.split_fractions) == "train").sum())
     assert len(small) < len(every)
+
+
+def test_distinct_batch_ids_stream_in_order_of_first_appearance():
+    # the build's batch and transform lists, one record batch at a time instead of the whole column in memory
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from loopline.features.table import _distinct
+
+    first = pa.table({"_batch_id": ["b2"] * 3 + ["b1"] * 2, "_transform": ["t1"] * 5})
+    second = pa.table({"_batch_id": ["b1", "b3"], "_transform": ["t2", "t1"]})
+    ds = pads.dataset([first, second])
+    assert _distinct(ds, ["_batch_id", "_transform"]) == [["b2", "b1", "b3"], ["t1", "t2"]]
