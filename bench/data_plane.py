@@ -443,7 +443,8 @@ def print_table(result: dict) -> None:
     print(
         f"\nbench/data_plane  {result['params']['rows']:,} rows x 38 columns, {result['params']['bad_fraction']:.0%} bad"
     )
-    print(f"on {result['machine']}\n")
+    load = d.get("load_average", {})
+    print(f"on {result['machine']}, load average {load.get('start')} -> {load.get('end')}\n")
     print(f"{'':56s} {'wall s':>8s} {'cpu s':>8s}")
     for label, t in rows:
         print(f"{label:56s} {t['s']:8.3f} {t['cpu_s']:8.3f}")
@@ -503,6 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
     from loopline.data.validation.gx import import_gx, to_gx_frame
 
     import_gx()  # import cost (about 6 s) is paid once, outside every timing
+    load_start = [round(x, 2) for x in os.getloadavg()]
     contract = load_contract(REPO / "contracts" / "demo.yaml")
     sizes = sorted(set(args.rows))
     rows = BASE_ROWS if BASE_ROWS in sizes else sizes[0]  # the size the comparisons run at
@@ -576,6 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     details["ratio_cpu"] = details["peer"]["cpu_s"] / details["ours"]["cpu_s"]
+    details["load_average"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
     result = {
         "name": "data_plane",
         "machine": machine(),
