@@ -12,6 +12,8 @@ from typing import Any
 from loopline.config import LifecycleConfig
 from loopline.data.contract_registry import describe, latest_contract, require_contract
 from loopline.monitoring.verdicts import last_drift_verdict
+from loopline.packaging import mlflow_sqlite
+from loopline.packaging.mlflow_sqlite import DELETED_VERSION_STAGE, select
 from loopline.packaging.registry import (
     CHALLENGER,
     CHAMPION,
@@ -24,8 +26,6 @@ from loopline.storage import delta
 from loopline.storage.lake import TABLE_KINDS, Lake
 
 LAST_RUNS = 5  # runs shown per model
-DEFAULT_WORKSPACE = "default"  # MLflow's, in single-tenant mode (the embedded registry)
-DELETED_VERSION_STAGE = "Deleted_Internal"  # MLflow's mark on a deleted model version
 
 
 def list_datasets(lake: Lake) -> list[str]:
@@ -157,18 +157,18 @@ def _registry_from_sqlite(path: Path, only: str | None) -> dict[str, dict[str, A
     """The same facts as `_registry_from_mlflow`, read from MLflow's SQLite store as MLflow's SQL store
     reads them: the default workspace, deleted versions and runs left out, runs newest first (ties by id),
     each run's latest metrics."""
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    db = mlflow_sqlite.connect(path)
     try:
-        names_known = {row[0] for row in _select(db, "registered_models", "SELECT name FROM {t} WHERE 1")}
+        names_known = {row[0] for row in select(db, "registered_models", "SELECT name FROM {t} WHERE 1")}
         facts: dict[str, dict[str, Any] | None] = {}
         for name in [only] if only else sorted(names_known):
             if name not in names_known:
                 facts[name] = None
                 continue
-            aliases = _select(
+            aliases = select(
                 db, "registered_model_aliases", "SELECT alias, version FROM {t} WHERE name = ?", name
             )
-            ((latest,),) = _select(
+            ((latest,),) = select(
                 db,
                 "model_versions",
                 "SELECT MAX(version) FROM {t} WHERE name = ? AND current_stage != ?",
@@ -186,7 +186,7 @@ def _registry_from_sqlite(path: Path, only: str | None) -> dict[str, dict[str, A
 
 
 def _last_runs_sqlite(db: sqlite3.Connection, model: str, limit: int = LAST_RUNS) -> list[dict[str, Any]]:
-    experiment = _select(
+    experiment = select(
         db, "experiments", "SELECT experiment_id FROM {t} WHERE name = ?", experiment_name(model)
     )
     if not experiment:
@@ -210,14 +210,6 @@ def _last_runs_sqlite(db: sqlite3.Connection, model: str, limit: int = LAST_RUNS
             }
         )
     return out
-
-
-def _select(db: sqlite3.Connection, table: str, sql: str, *args: Any) -> list[tuple]:
-    """`sql` on `table` ({t}), in MLflow's default workspace where the table has workspaces (MLflow 3)."""
-    sql = sql.format(t=table)
-    if any(row[1] == "workspace" for row in db.execute(f"PRAGMA table_info({table})")):
-        sql, args = f"{sql} AND workspace = ?", (*args, DEFAULT_WORKSPACE)
-    return db.execute(sql, args).fetchall()
 
 
 def _shown_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -306,9 +306,22 @@ def fetch_bundle(
     return download_bundle(root, plan, dst, tracking_uri=tracking_uri), plan
 
 
-def download_bundle(root: str, plan: LoadPlan, dst: str | os.PathLike, *, tracking_uri: str) -> Path:
-    """The bundle directory of a gated version (`check_version`'s plan and root), downloaded into `dst`."""
-    path = _download(f"{root}/{plan.bundle_path}", str(dst), tracking_uri, plan.model, plan.version)
+def download_bundle(
+    root: str,
+    plan: LoadPlan,
+    dst: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    download_dir: Callable[[str, str], Path] | None = None,
+) -> Path:
+    """The bundle directory of a gated version (`check_version`'s plan and root), downloaded into `dst`
+    through MLflow (`tracking_uri`), or with `download_dir(artifact uri, dst)` (a model server's light
+    registry reader: loopline.serving.registry_source)."""
+    uri = f"{root}/{plan.bundle_path}"
+    if download_dir is None:
+        path = _download(uri, str(dst), tracking_uri, plan.model, plan.version)
+    else:
+        path = download_dir(uri, str(dst))
     if not (path / "bundle.json").is_file():
         raise ModelError(
             f"model {plan.model!r} version {plan.version} is not a loopline bundle (no bundle.json)"
@@ -368,6 +381,11 @@ def _download(artifact_uri: str, dst: str, tracking_uri: str, model: str, versio
             local = _artifact_repo(root_uri, tracking_uri).download_artifacts(artifact_path, dst_path=dst)
         return Path(local)
     except (MlflowException, OSError) as exc:
-        raise ModelError(
-            f"model {model!r} version {version}: cannot download {artifact_uri.rsplit('/', 1)[-1]}: {exc}"
-        ) from exc
+        raise cannot_download(model, version, artifact_uri, exc) from exc
+
+
+def cannot_download(model: str, version: Any, artifact_uri: str, exc: Exception) -> ModelError:
+    """The error for an artifact of a version that could not be fetched (named by its last path part)."""
+    return ModelError(
+        f"model {model!r} version {version}: cannot download {artifact_uri.rsplit('/', 1)[-1]}: {exc}"
+    )

@@ -4,8 +4,8 @@ replica).
 A model server asks the registry three things: which version an alias points at (with its tags), where a
 version's artifacts are (MLflow's `get_model_version_download_uri`), and the files under that root. For
 the registries loopline sets up itself this module answers them directly:
-- the embedded SQLite store (`sqlite:///.../mlflow.db`): read-only SQL on MLflow's own tables (a fresh
-  read-only connection per question, as `loopline status` reads it);
+- the embedded SQLite store (`sqlite:///.../mlflow.db`): read-only SQL on MLflow's own tables, as
+  `loopline status` reads them (loopline.packaging.mlflow_sqlite), on a fresh connection per question;
 - an MLflow tracking server (`http://`, `https://`): its REST API (`registered-models/alias`,
   `model-versions/get-download-uri`), with MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/_PASSWORD.
 Artifacts are read from a local directory (a `file:` URI or a plain path, which is what `loopline up`'s
@@ -34,6 +34,8 @@ from typing import NamedTuple
 from urllib.request import url2pathname
 
 from loopline.errors import ModelError
+from loopline.packaging import mlflow_sqlite
+from loopline.packaging.mlflow_sqlite import DELETED_VERSION_STAGE
 
 # settings of MLflow's client this module does not implement: with any of them set, MLflow's client is used
 _MLFLOW_ONLY_SETTINGS = (
@@ -45,7 +47,6 @@ _MLFLOW_ONLY_SETTINGS = (
     "MLFLOW_ENABLE_WORKSPACES",
     "MLFLOW_WORKSPACE",
 )
-DELETED_STAGE = "Deleted_Internal"  # MLflow's mark on a deleted version it keeps a row for
 HTTP_TIMEOUT_SECONDS = 30.0
 HTTP_TRIES = 3  # on a refused connection, 429 or 5xx: 0.5 s, then 1 s between tries
 
@@ -95,11 +96,12 @@ class SqliteRegistry(_Artifacts):
     def __init__(self, path: Path):
         self.path = path
 
-    def _query(self, sql: str, *args) -> list[tuple]:
+    def _select(self, table: str, sql: str, *args) -> list[tuple]:
+        """loopline.packaging.mlflow_sqlite.select on a fresh read-only connection."""
         try:
-            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+            db = mlflow_sqlite.connect(self.path)
             try:
-                return db.execute(sql, args).fetchall()
+                return mlflow_sqlite.select(db, table, sql, *args)
             finally:
                 db.close()
         except sqlite3.OperationalError as exc:
@@ -109,34 +111,33 @@ class SqliteRegistry(_Artifacts):
         except sqlite3.DatabaseError as exc:
             raise Unsupported(f"{self.path}: {exc}") from exc
 
-    def alias(self, name: str, alias: str) -> AliasTarget | None:
-        rows = self._query(
-            "SELECT a.version FROM registered_model_aliases a JOIN model_versions v "
-            "ON v.name = a.name AND v.version = a.version "
-            "WHERE a.name = ? AND a.alias = ? AND v.current_stage != ?",
+    def _live_version(self, name: str, version, columns: str) -> tuple | None:
+        rows = self._select(
+            "model_versions",
+            f"SELECT {columns} FROM {{t}} WHERE name = ? AND version = ? AND current_stage != ?",
             name,
-            alias,
-            DELETED_STAGE,
+            int(version),
+            DELETED_VERSION_STAGE,
         )
-        if not rows:
+        return rows[0] if rows else None
+
+    def alias(self, name: str, alias: str) -> AliasTarget | None:
+        rows = self._select(
+            "registered_model_aliases", "SELECT version FROM {t} WHERE name = ? AND alias = ?", name, alias
+        )
+        if not rows or self._live_version(name, rows[0][0], "version") is None:
             return None
         version = rows[0][0]
-        tags = self._query(
-            "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?", name, version
+        tags = self._select(
+            "model_version_tags", "SELECT key, value FROM {t} WHERE name = ? AND version = ?", name, version
         )
         return AliasTarget(str(version), {k: v for k, v in tags})
 
     def download_uri(self, name: str, version: str) -> str:
-        rows = self._query(
-            "SELECT storage_location, source FROM model_versions "
-            "WHERE name = ? AND version = ? AND current_stage != ?",
-            name,
-            int(version),
-            DELETED_STAGE,
-        )
-        if not rows:
+        row = self._live_version(name, version, "storage_location, source")
+        if row is None:
             raise ModelError(f"model {name!r} has no version {version}")
-        storage, source = rows[0]
+        storage, source = row
         return storage or source
 
 

@@ -103,41 +103,36 @@ class RegistrySource:
 
     def _fetch(self, name: str, version: str, dst: Path):
         """The gate, then the bundle directory into `dst`: (its path, the load plan)."""
+        from loopline.packaging.safe_load import (
+            cannot_download,
+            download_bundle,
+            fetch_bundle,
+            gate_artifacts,
+        )
         from loopline.serving.light_registry import Unsupported
 
         light = self.light
         if light is not None:
-            from loopline.packaging.safe_load import gate_artifacts
-
             try:
                 root = light.download_uri(name, version).rstrip("/")
 
-                def read(rel: str) -> bytes:
+                def fetched(fetch, uri: str, *args):
                     try:
-                        return light.read(f"{root}/{rel}")
+                        return fetch(uri, *args)
                     except OSError as exc:
-                        raise ModelError(
-                            f"model {name!r} version {version}: cannot download {rel}: {exc}"
-                        ) from exc
+                        raise cannot_download(name, version, uri, exc) from exc
 
-                plan = gate_artifacts(root, name, version, read).plan
-                try:
-                    path = light.download_dir(f"{root}/{plan.bundle_path}", dst)
-                except OSError as exc:
-                    raise ModelError(
-                        f"model {name!r} version {version}: cannot download {plan.bundle_path}: {exc}"
-                    ) from exc
-                if not (path / "bundle.json").is_file():
-                    raise ModelError(
-                        f"model {name!r} version {version} is not a loopline bundle (no bundle.json)"
-                    )
+                plan = gate_artifacts(
+                    root, name, version, lambda rel: fetched(light.read, f"{root}/{rel}")
+                ).plan
+                path = download_bundle(
+                    root, plan, dst, download_dir=lambda uri, to: fetched(light.download_dir, uri, to)
+                )
                 return path, plan
             except Unsupported as exc:
                 self._unsupported(exc)
                 shutil.rmtree(dst, ignore_errors=True)
                 dst.mkdir(parents=True)
-        from loopline.packaging.safe_load import fetch_bundle
-
         return fetch_bundle(self.client, name, version, dst, tracking_uri=self.tracking_uri)
 
     def download(self, name: str, version: str) -> Path:

@@ -75,3 +75,25 @@ def test_status_reads_the_registry_without_importing_mlflow(registry, tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{registry}", "LOOPLINE_HOME": str(tmp_path), "PATH": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["['alpha',", "'beta',", "'empty']", "3", "False"], out.stderr[-2000:]
+
+
+def test_the_model_servers_sqlite_reader_finds_what_mlflow_finds(registry):
+    """loopline.serving.light_registry reads the same store through the same helper (mlflow_sqlite)."""
+    from mlflow import MlflowClient
+
+    from loopline.errors import ModelError
+    from loopline.serving.light_registry import SqliteRegistry, light_registry
+
+    uri = f"sqlite:///{registry}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    light = light_registry(uri)
+    assert isinstance(light, SqliteRegistry)
+    client.set_model_version_tag("beta", "1", "loopline.rollout", '{"weight": 0.5}')
+    for model, alias in (("alpha", "champion"), ("beta", "previous"), ("beta", "challenger")):
+        mv = client.get_model_version_by_alias(model, alias)
+        assert light.alias(model, alias) == (str(mv.version), dict(mv.tags)), (model, alias)
+    assert light.alias("alpha", "challenger") is None and light.alias("nobody", "champion") is None
+    for version in ("1", "2", "3"):
+        assert light.download_uri("beta", version) == client.get_model_version_download_uri("beta", version)
+    with pytest.raises(ModelError, match="no version 4"):  # deleted: MLflow keeps its row, marked
+        light.download_uri("beta", "4")
