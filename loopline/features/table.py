@@ -181,7 +181,8 @@ def _build(
     all_batches = sorted(all_batches)
     new_batches = [b for b in all_batches if b not in done]
     if transform is None:
-        transform = fit_transform(_train_sample(clean_ds, contract, cfg), contract, cfg)
+        rows = delta.files_and_rows(clean)[1]
+        transform = fit_transform(_train_sample(clean_ds, rows, contract, cfg), contract, cfg)
     tv = save_transform(lake, dataset, transform)
     result = {
         "dataset": dataset,
@@ -276,16 +277,15 @@ def _distinct(ds, columns: list[str]) -> list[list]:
     return [list(values) for values in seen]
 
 
-def _train_sample(clean_ds, contract: Contract, cfg: FeaturesConfig) -> pd.DataFrame:
+def _train_sample(clean_ds, table_rows: int, contract: Contract, cfg: FeaturesConfig) -> pd.DataFrame:
     """The train rows the transform is fit on: up to FIT_SAMPLE_ROWS of them, from files spread evenly over
     the whole table (every k-th file, k from the files' row counts), so a refit after many batches sees
     old and new batches alike, not only the files listed first (delta-rs lists the newest first). A table
-    of up to FIT_SAMPLE_ROWS train rows is read whole."""
+    of up to FIT_SAMPLE_ROWS train rows is read whole. `table_rows`: the snapshot's rows (its Delta log's
+    statistics: no file footer is read)."""
     cols = contract_columns(clean_ds.schema, contract, contract.feature_columns + [contract.id])
     fragments = list(clean_ds.get_fragments())
-    counts = [f.count_rows() for f in fragments]  # Parquet footers only
-    train_share = cfg.split_fractions[0] / sum(cfg.split_fractions)
-    expected = sum(counts) * train_share
+    expected = table_rows * cfg.split_fractions[0] / sum(cfg.split_fractions)
     if expected > FIT_SAMPLE_ROWS and len(fragments) > 1:
         keep = math.ceil(len(fragments) * FIT_SAMPLE_ROWS / expected)
         picks = sorted({round(i * (len(fragments) - 1) / max(keep - 1, 1)) for i in range(keep)})

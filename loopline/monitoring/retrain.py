@@ -118,10 +118,7 @@ def count_rows(lake: Lake, uri: str, version: int | None = None) -> int:
     table = delta.open_table(lake, uri, version)
     if table is None:
         return 0
-    actions = table.get_add_actions(flatten=True)
-    if not actions.num_rows:
-        return 0
-    return int(sum(v or 0 for v in actions.column("num_records").to_pylist()))
+    return delta.files_and_rows(table)[1]
 
 
 def new_clean_rows(lake: Lake, dataset: str, since_version: int | None) -> dict[str, Any]:

@@ -43,9 +43,8 @@ def table_summary(lake: Lake, kind: str, name: str) -> dict[str, Any] | None:
     table = delta.open_table(lake, lake.table_uri(kind, name))
     if table is None:
         return None
-    actions = table.get_add_actions(flatten=True)
-    rows = sum(v or 0 for v in actions.column("num_records").to_pylist()) if actions.num_rows else 0
-    return {"version": table.version(), "rows": rows, "files": actions.num_rows}
+    files, rows = delta.files_and_rows(table)
+    return {"version": table.version(), "rows": rows, "files": files}
 
 
 def collect_status(

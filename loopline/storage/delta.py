@@ -67,6 +67,14 @@ def dataset(table: DeltaTable) -> pads.Dataset:
     return table.to_pyarrow_dataset()
 
 
+def files_and_rows(table: DeltaTable) -> tuple[int, int]:
+    """(data files, rows) of a table's snapshot, from its add actions' statistics: no data file is read."""
+    actions = table.get_add_actions(flatten=True)
+    if not actions.num_rows:
+        return 0, 0
+    return actions.num_rows, int(sum(v or 0 for v in actions.column("num_records").to_pylist()))
+
+
 def table_version(lake: Lake, uri: str) -> int | None:
     table = open_table(lake, uri)
     return None if table is None else table.version()

@@ -156,7 +156,7 @@ def maintain_table(
     still conflicts after `MAX_ATTEMPTS`, or storage that fails, is reported in `error`, not raised."""
     uri = lake.uri(kind, name)
     first = _open(lake, uri)
-    files, rows = _files_and_rows(first)
+    files, rows = delta.files_and_rows(first)
     report = TableReport(f"{kind}/{name}", first.version(), first.version(), files, files, rows, rows)
     try:
         small = _small_files(first)  # counted before expiry: a dry run decides the same way
@@ -180,7 +180,7 @@ def maintain_table(
         log.warning("maintenance of %s failed: %s", report.table, report.error)
     last = _open(lake, uri)
     report.version_after = last.version()
-    report.files_after, report.rows_after = _files_and_rows(last)
+    report.files_after, report.rows_after = delta.files_and_rows(last)
     return report
 
 
@@ -248,13 +248,6 @@ def _open(lake: Lake, uri: str):
     if table is None:  # listed a moment ago: someone removed the whole table
         raise FileNotFoundError(f"no Delta table at {uri}")
     return table
-
-
-def _files_and_rows(table) -> tuple[int, int]:
-    actions = table.get_add_actions(flatten=True)
-    if not actions.num_rows:
-        return 0, 0
-    return actions.num_rows, sum(v or 0 for v in actions.column("num_records").to_pylist())
 
 
 def _small_files(table) -> int:

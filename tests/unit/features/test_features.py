@@ -123,7 +123,7 @@ def test_a_refit_samples_files_from_the_whole_table_not_only_the_oldest(tmp_path
     from deltalake import DeltaTable, write_deltalake
 
     import loopline.features.table as table
-    from loopline.storage.delta import dataset
+    from loopline.storage.delta import dataset, files_and_rows
 
     contract = parse_contract(
         {
@@ -147,13 +147,14 @@ def test_a_refit_samples_files_from_the_whole_table_not_only_the_oldest(tmp_path
         )
     monkeypatch.setattr(table, "FIT_SAMPLE_ROWS", 1000)
     cfg = FeaturesConfig()
-    sample = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, cfg)
+    rows = files_and_rows(DeltaTable(str(tmp_path)))[1]  # 5000, from the log
+    sample = table._train_sample(dataset(DeltaTable(str(tmp_path))), rows, contract, cfg)
     batches = set(sample["x"].astype(int))
     assert {0, 9} <= batches and len(batches) >= 3, batches
     assert len(sample) <= 1000 + 500 and set(assign_split(sample["id"], cfg.split_fractions)) == {"train"}
-    small = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, FeaturesConfig())
+    small = table._train_sample(dataset(DeltaTable(str(tmp_path))), rows, contract, FeaturesConfig())
     monkeypatch.setattr(table, "FIT_SAMPLE_ROWS", 10_000)  # the whole table fits: every train row
-    every = table._train_sample(dataset(DeltaTable(str(tmp_path))), contract, cfg)
+    every = table._train_sample(dataset(DeltaTable(str(tmp_path))), rows, contract, cfg)
     assert len(every) == int((assign_split(np.arange(5000), cfg.split_fractions) == "train").sum())
     assert len(small) < len(every)
 
