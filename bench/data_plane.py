@@ -127,6 +127,14 @@ def read_text_chunks(path: Path, contract) -> list[pd.DataFrame]:
 
 
 # -- the contenders ------------------------------------------------------------------------------------------
+def typed_frame(text_chunks: list[pd.DataFrame], contract) -> pd.DataFrame:
+    """The source's chunks parsed and joined: GX's fast dtypes on a RangeIndex (what peer and limit get)."""
+    from loopline.data.validation.coerce import coerce_chunk
+    from loopline.data.validation.gx import to_gx_frame
+
+    return to_gx_frame(pd.concat([coerce_chunk(c, contract).frame for c in text_chunks], ignore_index=True))
+
+
 def run_gate(contract, chunks: list[pd.DataFrame], docs_dir: str | None = None):
     from loopline.config import ValidationConfig
     from loopline.data.validation.gate import Gate
@@ -335,16 +343,10 @@ def run_limit_child(rows: int, bad_fraction: float, data_dir: Path, repeat: int,
 
 def limit_child(rows: int, bad_fraction: float, data_dir: str, repeat: int) -> dict:
     from loopline.data.contracts import load_contract
-    from loopline.data.validation.coerce import coerce_chunk
-    from loopline.data.validation.gx import to_gx_frame
 
     contract = load_contract(REPO / "contracts" / "demo.yaml")
     source = load_source(rows, bad_fraction, Path(data_dir))
-    frame = to_gx_frame(
-        pd.concat(
-            [coerce_chunk(c, contract).frame for c in read_text_chunks(source, contract)], ignore_index=True
-        )
-    )
+    frame = typed_frame(read_text_chunks(source, contract), contract)
     work = Path(tempfile.mkdtemp(prefix="loopline-bench-limit-"))
     runs = []
     try:
@@ -500,8 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from loopline.data.contracts import load_contract
-    from loopline.data.validation.coerce import coerce_chunk
-    from loopline.data.validation.gx import import_gx, to_gx_frame
+    from loopline.data.validation.gx import import_gx
 
     import_gx()  # import cost (about 6 s) is paid once, outside every timing
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -514,8 +515,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     source = load_source(rows, args.bad_fraction, data_dir(rows))
     text_chunks = read_text_chunks(source, contract)
-    typed = pd.concat([coerce_chunk(c, contract).frame for c in text_chunks], ignore_index=True)
-    frame = to_gx_frame(typed)  # the frame peer and limit see: GX's fast dtypes, RangeIndex
+    frame = typed_frame(text_chunks, contract)  # the frame peer and limit see
     typed_chunks = [frame.iloc[i : i + CHUNK_ROWS] for i in range(0, len(frame), CHUNK_ROWS)]
     definition = make_peer(contract)
     work = Path(tempfile.mkdtemp(prefix="loopline-bench-"))
