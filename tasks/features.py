@@ -12,37 +12,47 @@ from prefect import task
 from loopline import features as core_features
 from loopline.config import LifecycleConfig
 from loopline.data.contract_registry import resolve_contract
-from tasks.common import code_hash, lake_for, retry_unless_user_error, run_logger
+from tasks import stage_cache
+from tasks.common import lake_for, retry_unless_user_error, run_logger
 from tasks.locks import lake_slot
 
 
 def _features_cache_key(context, parameters) -> str | None:
     """Cached on what the output depends on (never on frames or clients): the lake's latest contract (a new
-    version makes the build refit when the transform follows another one), clean/D's version, the features
-    config, refit and the code. None (no caching) when the dataset is unknown: the task itself then says so."""
-    cfg: LifecycleConfig = parameters["cfg"]
+    version makes the build refit when the transform follows another one), the features config, refit, the
+    code, and the state of clean/D and features/D (ids and versions, from their logs).
+
+    The state a build leaves features/D in is not the one its key saw, so each build also leaves a stage
+    record (tasks/stage_cache.py): the key it ran under and the tables' state after it. A call that finds
+    the tables as that build left them gets that key again (Prefect's cached result, Cached in the UI);
+    any other state is a new key. Keyed on clean/D alone, a build after a refit returned the result cached
+    before the refit (its transform and features version, which training then pinned) although the table
+    held the refit's. None (no caching) when the dataset is unknown: the task itself then says so."""
+    found = _record(parameters["cfg"], parameters.get("refit"))
+    if found is None:
+        return None
+    record, state = found
+    hit = stage_cache.load(parameters["cfg"], record, state)
+    if hit is not None and hit.get("prefect_key"):
+        return hit["prefect_key"]
+    blob = json.dumps([record, state])
+    return "features-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _record(cfg: LifecycleConfig, refit: bool | None) -> tuple[str, list | None] | None:
+    """(the stage record's key: the build's inputs, the state of clean/D and features/D now)."""
     from loopline.errors import LooplineError
-    from loopline.storage import delta
 
     lake = lake_for(cfg)
     try:
         contract = resolve_contract(lake, cfg.data)
     except LooplineError:
         return None
-    # clean/D's id and version: a lake wiped and refilled at the same path is another table, not a hit
-    table = delta.open_table(lake, lake.table_uri("clean", contract.dataset))
-    clean_v = None if table is None else [table.metadata().id, table.version()]
-    blob = json.dumps(
-        [
-            lake.root,
-            contract.hash,
-            clean_v,
-            cfg.features.model_dump(mode="json"),
-            parameters.get("refit"),
-            code_hash(),
-        ]
+    record = stage_cache.key_of(
+        "features", lake.root, contract.hash, cfg.features.model_dump(mode="json"), refit
     )
-    return "features-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+    uris = [lake.table_uri(kind, contract.dataset) for kind in ("clean", "features")]
+    return record, stage_cache.table_states(lake, uris)
 
 
 @task(
@@ -54,6 +64,7 @@ def _features_cache_key(context, parameters) -> str | None:
     retry_condition_fn=retry_unless_user_error,
 )
 def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
+    key = _features_cache_key(None, {"cfg": cfg, "refit": refit})  # the key this run's result is kept under
     lake = lake_for(cfg)
     contract = resolve_contract(lake, cfg.data)  # the lake's latest version of the dataset's contract
     with lake_slot(contract.dataset, cfg.data.lake_slot_timeout_seconds):
@@ -68,4 +79,7 @@ def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
     )
     if result.get("refit_reason") not in (None, "requested"):
         run_logger().warning("features/%s refit on its own: %s", contract.dataset, result["refit_reason"])
+    after = _record(cfg, refit)
+    if key is not None and after is not None:  # a call finding the tables as this build left them: its key
+        stage_cache.save(cfg, *after, {"prefect_key": key})
     return result

@@ -51,6 +51,14 @@ def test_ingest_and_features_flows_report_to_prefect(prefect_api, home):
     assert {"ingest", "features"} <= flows
     tasks = api_post("/task_runs/filter", {"limit": 200})
     assert any(t["name"].startswith("build-features") and t["state"]["name"] == "Cached" for t in tasks)
+    # a refit rewrites features/D: the next plain build is not the result cached before the refit (which
+    # named the old transform and features version, and training pinned that version)
+    refit = features_flow(cfg, refit=True)
+    assert refit["refit"] and refit["features_version"] == first["features_version"] + 1
+    after = features_flow(cfg)
+    assert after["features_version"] == refit["features_version"], after
+    assert after["transform_version"] == refit["transform_version"] and after["rows_added"] == 0
+    assert features_flow(cfg) == after  # and that one is cached in turn
 
 
 def test_events_are_emitted_for_accepted_and_rejected_batches(prefect_api, home, tmp_path):
