@@ -103,33 +103,21 @@ def tracking_identity(tracking_uri: str) -> list | None:
 
 
 def champion_alias(tracking_uri: str, model: str) -> int | None | bool:
-    """@champion's version read without mlflow: a query on a SQLite registry, one REST call to a server.
-    None: no champion; False: unknown here (the caller asks MLflow itself)."""
+    """@champion's version read without mlflow (loopline.serving.light_registry, as a model server reads
+    it: the SQLite store or a tracking server's REST API). None: no champion; False: unknown here (the
+    caller asks MLflow itself)."""
+    from loopline.serving.light_registry import light_registry
+
     try:
-        if tracking_uri.startswith("sqlite:///"):
-            import sqlite3
-
-            path = tracking_uri.removeprefix("sqlite:///")
-            if not Path(path).exists():  # no registry database yet: no model, no champion
-                return None
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-                row = conn.execute(
-                    "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = 'champion'",
-                    (model,),
-                ).fetchone()
-            return None if row is None else int(row[0])
-        if tracking_uri.startswith(("http://", "https://")):
-            import httpx
-
-            response = httpx.get(
-                tracking_uri.rstrip("/") + "/api/2.0/mlflow/registered-models/alias",
-                params={"name": model, "alias": "champion"},
-                timeout=10,
-            )
-            if response.status_code == 404:
-                return None
-            response.raise_for_status()
-            return int(response.json()["model_version"]["version"])
+        if (
+            tracking_uri.startswith("sqlite:///")
+            and not Path(tracking_uri.removeprefix("sqlite:///")).exists()
+        ):
+            return None  # no registry database yet: no model, no champion
+        reader = light_registry(tracking_uri)
+        if reader is not None:
+            target = reader.alias(model, "champion")
+            return None if target is None else int(target.version)
     except Exception as exc:  # any doubt: ask MLflow
         run_logger().debug("champion of %s not read cheaply: %s", model, exc)
     return False
