@@ -177,7 +177,11 @@ def _build(
             if reason is not None:
                 refit, transform, done = True, None, set()
     clean_ds = delta.dataset(clean)
-    (all_batches,) = _distinct(clean_ds, ["_batch_id"])
+    # the batches from the Delta log's statistics (a file holds one batch until maintenance merges files);
+    # the `_batch_id` column itself only where those do not settle it
+    all_batches = delta.distinct_from_log(clean, "_batch_id")
+    if all_batches is None:
+        (all_batches,) = _distinct(clean_ds, ["_batch_id"])
     all_batches = sorted(all_batches)
     new_batches = [b for b in all_batches if b not in done]
     if transform is None:

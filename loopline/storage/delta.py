@@ -39,6 +39,12 @@ T = TypeVar("T")
 Data = pa.Table | pa.RecordBatchReader | Callable[[], pa.RecordBatchReader] | delta_files.Written
 CONFLICT_ATTEMPTS = 12  # conflicts in a row before giving up: each one means another writer committed
 LATEST = object()  # append_once's default snapshot: the table as it is now
+# Delta keeps min/max statistics of a table's first 32 columns only (delta.dataSkippingNumIndexedCols). The
+# batch metadata comes after the contract's columns in raw/D, quarantine/D and clean/D, so on a dataset of
+# 30-odd columns or more no reader could skip a file by its batch from the log: a table created here lists
+# these columns too in delta.dataSkippingStatsColumns (with the first 32, as before)
+INDEXED_COLUMNS = 32
+SKIPPING_META = ("_batch_id", "_ingested_at", "_row", "_split", "_transform")
 
 
 class CommitRetriesExhausted(RuntimeError):
@@ -73,6 +79,36 @@ def files_and_rows(table: DeltaTable) -> tuple[int, int]:
     if not actions.num_rows:
         return 0, 0
     return actions.num_rows, int(sum(v or 0 for v in actions.column("num_records").to_pylist()))
+
+
+def table_configuration(schema: pa.Schema) -> dict[str, str] | None:
+    """The properties a new table with `schema` is created with: its statistics columns where the batch
+    metadata falls past the first INDEXED_COLUMNS columns (see SKIPPING_META), else None (Delta's default)."""
+    late = [n for n in schema.names[INDEXED_COLUMNS:] if n in SKIPPING_META]
+    if not late:
+        return None
+    quoted = ["`" + n.replace("`", "``") + "`" for n in [*schema.names[:INDEXED_COLUMNS], *late]]
+    return {"delta.dataSkippingStatsColumns": ",".join(quoted)}  # backticks: any column name (spaces, commas)
+
+
+def distinct_from_log(table: DeltaTable, column: str) -> list | None:
+    """`column`'s distinct values from the snapshot's add actions, where every file's min equals its max (a
+    file holds one batch): no data file is read. None when a file's statistics do not settle it (a table
+    without statistics for `column`, or a file holding several values); an empty table gives []."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if not actions.num_rows:
+        return []
+    low, high = f"min.{column}", f"max.{column}"
+    if low not in actions.column_names or high not in actions.column_names:
+        return None
+    lows, highs = actions.column(low).to_pylist(), actions.column(high).to_pylist()
+    counted = f"null_count.{column}"
+    nulls = actions.column(counted).to_pylist() if counted in actions.column_names else None
+    if nulls is None or any(n != 0 for n in nulls):
+        return None  # a null (or an unknown count) is a value the min/max do not show
+    if any(a is None or a != b for a, b in zip(lows, highs, strict=True)):
+        return None
+    return list(dict.fromkeys(lows))
 
 
 def table_version(lake: Lake, uri: str) -> int | None:
@@ -178,6 +214,7 @@ def _commit(
                 storage_options=lake.storage_options,
                 commit_properties=props,
                 writer_properties=writer_properties,
+                configuration=table_configuration(data.schema),
             )
         return 0, True
     props = CommitProperties(app_transactions=txns, custom_metadata=custom)
@@ -236,7 +273,9 @@ def _commit_adds(
     if snapshot is None:
         props = CommitProperties(app_transactions=txns, custom_metadata=custom, max_commit_retries=0)
         with _created_concurrently(uri):
-            delta_files.commit_files(uri, schema, adds, None, props, lake.storage_options)
+            delta_files.commit_files(
+                uri, schema, adds, None, props, lake.storage_options, table_configuration(schema)
+            )
         return 0, True
     props = CommitProperties(app_transactions=txns, custom_metadata=custom)
     delta_files.commit_files(uri, schema, adds, snapshot, props, lake.storage_options)

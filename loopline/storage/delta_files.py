@@ -103,12 +103,20 @@ def commit_files(
     snapshot: DeltaTable | None,
     props: CommitProperties,
     storage_options: dict[str, str] | None,
+    configuration: dict[str, str] | None = None,
 ) -> None:
-    """Commit `adds` in one transaction on `snapshot` (None: create the table, mode "error")."""
+    """Commit `adds` in one transaction on `snapshot` (None: create the table, mode "error", with
+    `configuration`: its table properties)."""
     delta_schema = DeltaSchema.from_arrow(schema)
     if snapshot is None:
         create_table_with_add_actions(
-            uri, delta_schema, adds, mode="error", storage_options=storage_options, commit_properties=props
+            uri,
+            delta_schema,
+            adds,
+            mode="error",
+            configuration=configuration,
+            storage_options=storage_options,
+            commit_properties=props,
         )
         return
     snapshot.create_write_transaction(adds, mode="append", schema=delta_schema, commit_properties=props)

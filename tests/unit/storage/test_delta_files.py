@@ -162,3 +162,30 @@ def test_peak_memory_does_not_grow_with_the_commits_rows(tmp_path):
     small, large = peak(8), peak(48)
     assert large - small < 80, (small, large)
     assert json.dumps({"small": small, "large": large})
+
+
+@pytest.mark.parametrize("options", [{"compression": "snappy"}, None], ids=["pyarrow-files", "delta-rs-writer"])
+def test_a_wide_table_keeps_batch_statistics_in_its_log(tmp_path, options):
+    """Delta keeps min/max of the first 32 columns only: a table of 40 contract columns (quoted names too)
+    gets its batch column's statistics all the same, so the batches come from the log, and a file holding
+    two batches (or a null) makes `distinct_from_log` answer None (read the column) instead of guessing."""
+    lake = Lake(root=str(tmp_path / "lake"))
+    uri = lake.uri("clean", "wide")
+    names = ["petal length (cm)", "a,b", "we`ird"] + [f"c{i:02d}" for i in range(37)]
+    assert len(names) == 40
+
+    def batch(ids: list[str]) -> pa.Table:
+        n = len(ids)
+        return pa.table({**{k: pa.array([1.5] * n) for k in names}, "_batch_id": pa.array(ids, pa.string())})
+
+    delta.append_once(lake, uri, batch(["b1"] * 3), app_id="1", parquet_options=options)
+    delta.append_once(lake, uri, batch(["b2"] * 2), app_id="2", parquet_options=options)
+    table = delta.open_table(lake, uri)
+    assert "`a,b`" in table.metadata().configuration["delta.dataSkippingStatsColumns"]
+    assert sorted(delta.distinct_from_log(table, "_batch_id")) == ["b1", "b2"]
+    assert delta.distinct_from_log(table, "c39") is None  # past the 32 columns and not batch metadata
+    delta.append_once(lake, uri, batch(["b3", "b4"]), app_id="3", parquet_options=options)
+    assert delta.distinct_from_log(delta.open_table(lake, uri), "_batch_id") is None
+    narrow = lake.uri("clean", "narrow")  # the metadata within the first 32 columns: Delta's defaults
+    delta.append_once(lake, narrow, rows(0, 3), app_id="1", parquet_options=options)
+    assert "delta.dataSkippingStatsColumns" not in delta.open_table(lake, narrow).metadata().configuration
