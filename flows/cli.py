@@ -308,6 +308,12 @@ def promote(
 @app.command()
 def rollback(
     model: Annotated[str, typer.Option("--model", help="registered model name")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="roll back even to a champion trained on a contract the current one broke"
+        ),
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -318,7 +324,7 @@ def rollback(
         _quiet_prefect(cfg.home)
         from flows.promotion import rollback_flow
 
-        _emit(rollback_flow(model, cfg), as_json, "rollback")
+        _emit(rollback_flow(model, cfg, force=force), as_json, "rollback")
     except Exception as exc:
         _fail(exc, as_json)
 

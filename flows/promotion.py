@@ -83,7 +83,10 @@ def _roll_out(cfg: LifecycleConfig, model: str, version: int | None) -> dict:
 
 
 @flow(name="rollback", log_prints=True)
-def rollback_flow(model: str, config: LifecycleConfig | None = None, reason: str = "manual") -> dict:
-    """@champion back to the previous champion (repeatable down the history); `loopline.model.rolled_back`."""
+def rollback_flow(
+    model: str, config: LifecycleConfig | None = None, reason: str = "manual", force: bool = False
+) -> dict:
+    """@champion back to the previous champion (repeatable down the history); `loopline.model.rolled_back`.
+    Refused when that champion was trained on a contract the current one changed incompatibly, unless `force`."""
     cfg = resolve_config(config)
-    return rollback_model(cfg, model, reason)
+    return rollback_model(cfg, model, reason, force)

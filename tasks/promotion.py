@@ -176,8 +176,11 @@ def report_promotion(result: dict[str, Any]) -> bool:
 
 
 @task(name="rollback-model", task_run_name="rollback {model}")
-def rollback_model(cfg: LifecycleConfig, model: str, reason: str = "manual") -> dict[str, Any]:
-    """@champion back to the previous champion; `loopline.model.rolled_back`."""
+def rollback_model(
+    cfg: LifecycleConfig, model: str, reason: str = "manual", force: bool = False
+) -> dict[str, Any]:
+    """@champion back to the previous champion (not to one trained on a contract the current one broke,
+    unless `force`); `loopline.model.rolled_back`."""
     with promotion_slot(model, cfg.evaluation.promotion_slot_timeout_seconds):
         result = rollback(
             model,
@@ -185,6 +188,8 @@ def rollback_model(cfg: LifecycleConfig, model: str, reason: str = "manual") -> 
             reason=reason,
             home=cfg.home,
             lock_timeout_s=cfg.evaluation.lock_timeout_seconds,
+            lake=lake_for(cfg),
+            force=force,
         )
     run_logger().info(
         "%s rolled back from v%s to v%s (%s)",

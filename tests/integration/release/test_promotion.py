@@ -441,6 +441,41 @@ def test_rollback_twice_walks_back_two_champions(setup):
     assert aliases(setup, name) == {"champion": 3, "previous": 1}
 
 
+def test_rollback_refuses_a_champion_the_current_contract_broke(setup, tmp_path):
+    """The previous champion was trained on contract v1; v2 removed one of its columns (ingested with
+    --allow-incompatible): rolling back to it would put a model that refuses today's requests in front of
+    them. Refused, the champion left in place, unless forced; a compatible change (a nullable column) is no
+    obstacle."""
+    import yaml
+
+    from loopline.data.contract_registry import register_contract
+    from loopline.data.contracts import parse_contract
+    from loopline.release import rollback
+
+    name = clone(setup, setup["good"], setup["good"])
+    lateral = cfg_with(setup, min_improvement=-0.001)
+    for v in (1, 2):
+        assert promote(setup, name, v, cfg=lateral, infra_validate=False)["promoted"]
+    lake = Lake(root=str(tmp_path / "lake"))  # this test's own lake: the module's keeps its contract
+    trained = load_contract(setup["cfg"].data.contract)
+    register_contract(lake, trained)
+    doc = yaml.safe_load(Path(setup["cfg"].data.contract).read_text())
+    doc["columns"]["extra"] = {"type": "float", "nullable": True}
+    register_contract(lake, parse_contract(doc))  # compatible: the rollback may go ahead
+    back = rollback(name, tracking_uri=setup["tracking"], home=str(setup["home"]), lake=lake)
+    assert back["champion_version"] == 1
+    assert promote(setup, name, 2, cfg=lateral, infra_validate=False)["promoted"]
+    del doc["columns"]["note"]
+    register_contract(lake, parse_contract(doc), allow_incompatible=True)
+    with pytest.raises(
+        ModelError, match=r"v1: it was trained on contract version 1 .*'note' removed.*--force"
+    ):
+        rollback(name, tracking_uri=setup["tracking"], home=str(setup["home"]), lake=lake)
+    assert aliases(setup, name)["champion"] == 2
+    forced = rollback(name, tracking_uri=setup["tracking"], home=str(setup["home"]), lake=lake, force=True)
+    assert forced["champion_version"] == 1 and aliases(setup, name)["champion"] == 1
+
+
 def test_a_hand_moved_alias_is_recorded_before_the_next_move(setup):
     name = clone(setup, setup["crippled"], setup["good"])
     promote(setup, name, 1)
