@@ -80,6 +80,14 @@ def check_drift(
         return _skipped(
             model_name, champion["version"], f"the window ({window['description']}) has no rows", window
         )
+    if report["n_current"] < cfg.drift.min_rows:  # too few rows to tell drift from sampling noise
+        return _skipped(
+            model_name,
+            champion["version"],
+            f"the window ({window['description']}) has {report['n_current']} row(s), fewer than "
+            f"drift.min_rows={cfg.drift.min_rows}: too few to judge drift (no verdict, no event)",
+            window,
+        )
     # Live performance: the champion's metric on labelled traffic (feedback/M), when labels came back;
     # worse than its evaluation by more than feedback.performance_tolerance counts as drift
     performance = live_performance_check(cfg, champion, hours)

@@ -341,6 +341,12 @@ class ServingConfig(_Section):
 class DriftConfig(_Section):
     share_threshold: float = Field(0.5, gt=0, le=1)
     window_hours: float = Field(24.0, gt=0)
+    min_rows: int = Field(
+        100,
+        ge=1,
+        description="a window with fewer rows is too small to judge: the check is skipped (no verdict, no event); "
+        "on a handful of rows every distance looks like drift",
+    )
     methods: dict[str, Literal["psi", "ks", "wasserstein", "jensenshannon", "chisquare"]] = Field(
         default_factory=dict, description="per-column method; unset columns get Evidently-like defaults"
     )

@@ -164,6 +164,16 @@ def test_drift_watch_on_the_serving_window_emits_the_event_and_reports(api, home
     assert quiet["prediction"] is not None  # the champion scored the file
     assert last_drift_verdict(lake_for(cfg), "demo")["drift_detected"] is False
 
+    # six shifted rows: too few to judge (any distance looks like drift on them): skipped, no event
+    tiny = scored_rows(cfg, version, rows=6, seed=9, shifted=True, at=now)
+    tiny.drop(columns=[c for c in tiny.columns if c.startswith("_")]).to_csv(
+        tmp_path / "six.csv", index=False
+    )
+    few = drift_flow(cfg, model="demo", current=str(tmp_path / "six.csv"), return_state=True)
+    assert few.name == "Skipped" and "6 row(s), fewer than drift.min_rows=100" in few.message
+    assert few.result()["drift_detected"] is False and few.result()["event_emitted"] is False
+    assert last_drift_verdict(lake_for(cfg), "demo")["n_current"] == 800  # no verdict row for it
+
     # the drift-watch deployment's form: every model with a @champion, the same check per model
     watched = drift_flow(cfg, current=str(path), all_models=True)
     assert set(watched["models"]) == {"demo"}
