@@ -129,7 +129,7 @@ class ServingApp:
                     await self.startup()
                 except Exception as exc:
                     self.startup_error = exc
-                    log.error("start-up failed: %s", exc)
+                    log.debug("start-up failed: %s", exc)  # the server reports it (run_server raises it)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -161,8 +162,17 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
         # a last resort far above the app's own bounds (backpressure.py): uvicorn's 503 is plain text
         limit_concurrency=cfg.max_connections,
     )
-    server = uvicorn.Server(config)
-    server.run()
+    # a start-up error is raised below, once: not also logged twice by uvicorn on the way out
+    quiet = _DropOnceFailed(app)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    server = _listening_server(config, lambda: _announce(app, model, cfg))
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when the app's start-up fails: raise what failed instead
+        if app.startup_error is None:
+            raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
     if app.startup_error is not None:
         error = app.startup_error
         raise (
@@ -170,6 +180,45 @@ def run_server(model: str, cfg: ServingConfig, *, tracking_uri: str | None, home
             if isinstance(error, LooplineError)
             else ModelError(f"serving {model!r} failed to start: {error}")
         )
+
+
+class _DropOnceFailed(logging.Filter):
+    """Drops uvicorn's own lines about a start-up that failed (the app's error is raised to the caller)."""
+
+    def __init__(self, app: ServingApp):
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.app.startup_error is None
+
+
+def _announce(app: ServingApp, model: str, cfg: ServingConfig) -> None:
+    """One line on stderr once the socket is open: what is served, where, how to call it."""
+    import sys
+
+    champion = app.router.champion
+    version = f" v{champion.model.version}" if champion is not None else ""
+    url = f"http://{cfg.host}:{cfg.port}"
+    print(
+        f"serving models:/{model}@champion{version} at {url} (POST {url}/invocations, GET {url}/health); "
+        "Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _listening_server(config, ready: Callable[[], None]):
+    """uvicorn's server, calling `ready` once its socket listens (uvicorn imported when a server starts)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:
+                ready()
+
+    return Server(config)
 
 
 def _best(preferred: str, fallback: str) -> str:

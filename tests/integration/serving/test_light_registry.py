@@ -8,6 +8,7 @@ import filecmp
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,28 @@ def test_what_the_light_reader_cannot_serve_goes_through_mlflows_client(rest, tm
     bundle = source.download("proxied", "1")
     assert source.light is None and (bundle / "bundle.json").is_file()
     assert source.resolve("proxied", "champion") == "1"  # through MLflow's client now
+
+
+def test_the_server_says_where_it_listens_and_a_missing_model_once(rest, tmp_path):
+    """`python -m loopline.serving` (what `loopline serve` runs): one line on stderr once it listens, naming
+    the model, version and address; a model without @champion: one error line, exit 2 (uvicorn's own exit 3
+    and its two log lines are not shown)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loopline.serving", "--tracking-uri", rest["url"], "--home", str(tmp_path)]
+    cmd += ["--no-inference-log", "--poll-seconds", "0"]
+    with open(tmp_path / "err.log", "wb") as err:
+        proc = subprocess.Popen([*cmd, "--model", "proxied", "--port", str(port)], stderr=err)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        time.sleep(0.5)
+        said = (tmp_path / "err.log").read_text()
+        assert f"serving models:/proxied@champion v1 at http://127.0.0.1:{port}" in said, said
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    missing = subprocess.run(
+        [*cmd, "--model", "nobody", "--port", str(free_port())], capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode == 2, missing.stderr
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'nobody'" in lines[0], lines
