@@ -148,7 +148,7 @@ def start_server(
 def _last_error(logs: Path) -> str:
     """The last ERROR line of a server log, for the one-line reason a start failed."""
     try:
-        lines = [ln for ln in logs.read_text(errors="replace").splitlines() if ln.startswith("ERROR")]
+        lines = [ln for ln in logs.read_text(errors="replace").splitlines() if ln.lower().startswith("error")]
     except OSError:
         return ""
     reasons = [ln for ln in lines if "startup failed" not in ln.lower()]
