@@ -6,6 +6,7 @@ from prefect import flow
 
 import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
+from tasks import stage_cache
 from tasks.features import build_features
 
 
@@ -21,7 +22,10 @@ def features_stage(cfg: LifecycleConfig, refit: bool = False) -> dict:
     """The features flow's body: its task runs in the caller's flow run (the lifecycle's, or its own)."""
     if cfg.data.executor == "dask":  # per partition on the cluster, committed here: the same features/D
         return features_on_dask(cfg, refit)
-    return build_features(cfg, refit=refit)
+    state = build_features(cfg, refit=refit, return_state=True)
+    result = state.result()
+    # Prefect's cache hit hands back the first build's result: marked, so no one reads it as new batches
+    return stage_cache.cached(result) if state.name == "Cached" and isinstance(result, dict) else result
 
 
 def features_on_dask(cfg: LifecycleConfig, refit: bool = False) -> dict:

@@ -73,6 +73,8 @@ def render_features(result: dict[str, Any], **_: Any) -> Iterable[RenderableType
     state = (
         "up to date, nothing new to build" if nothing_new else f"{num(result.get('rows_added'))} rows added"
     )
+    if result.get("cached"):  # the same inputs as the last build: its result, no work done now
+        state = "unchanged since the last build, nothing to do (the figures below are that build's)"
     yield heading(f"features/{dataset} {ver(version)}: {state}")
     refit = result.get("refit")
     if refit and result.get("refit_reason"):

@@ -15,10 +15,20 @@ from loopline.packaging.registry import default_tracking_uri
 
 def _ingest_line(batches: Any) -> str:
     items = batches if isinstance(batches, list) else (batches.get("batches") or [batches])
-    rows = [sum(int(b.get(k) or 0) for b in items) for k in ("rows_in", "rows_clean", "rows_quarantined")]
-    duplicates = sum(bool(b.get("duplicate_batch")) for b in items)
-    text = f"{len(items)} batch(es) of {items[0].get('dataset') if items else NONE}: {rows[0]:,} rows in, {rows[1]:,} clean, {rows[2]:,} quarantined"
-    return text + (f" ({duplicates} already ingested)" if duplicates else "")
+    # a batch ingested before is no work of this run: its counts are the first ingest's, not shown as new
+    new = [b for b in items if not b.get("duplicate_batch")]
+    duplicates = len(items) - len(new)
+    head = f"{len(items)} batch(es) of {items[0].get('dataset') if items else NONE}: "
+    if not new and duplicates:
+        return head + "already ingested, nothing new"
+    rows = [sum(int(b.get(k) or 0) for b in new) for k in ("rows_in", "rows_clean", "rows_quarantined")]
+    text = head + f"{rows[0]:,} rows in, {rows[1]:,} clean, {rows[2]:,} quarantined"
+    return text + (f" ({duplicates} already ingested, not counted)" if duplicates else "")
+
+
+def _unchanged(stage: dict[str, Any], line: str) -> str:
+    """A stage result recorded by an earlier run (nothing changed since): said, not passed off as new work."""
+    return f"unchanged since the last run (recorded result): {line}" if stage.get("cached") else line
 
 
 def _drift_line(d: dict[str, Any]) -> str:
@@ -98,7 +108,8 @@ def render_run(result: dict[str, Any], *, home: str | None = None, **_: Any) -> 
     ]
     for stage, line in lines:
         if result.get(stage) is not None:
-            t.add_row(stage, line(result[stage]))
+            value = result[stage]
+            t.add_row(stage, _unchanged(value, line(value)) if isinstance(value, dict) else line(value))
     yield t
     root = Path(home or ".").resolve()
     yield "Where to look:"

@@ -45,8 +45,8 @@ def test_ingest_and_features_flows_report_to_prefect(prefect_api, home):
 
     first = features_flow(cfg)
     assert first["rows_added"] == batch["rows_clean"]
-    again = features_flow(cfg)  # same clean version, same config, same code: the cached result
-    assert again == first
+    again = features_flow(cfg)  # same clean version, same config, same code: the cached result, marked
+    assert again == {**first, "cached": True} and "cached" not in first
     flows = {f["name"] for f in api_post("/flows/filter", {"limit": 50})}
     assert {"ingest", "features"} <= flows
     tasks = api_post("/task_runs/filter", {"limit": 200})
@@ -58,7 +58,7 @@ def test_ingest_and_features_flows_report_to_prefect(prefect_api, home):
     after = features_flow(cfg)
     assert after["features_version"] == refit["features_version"], after
     assert after["transform_version"] == refit["transform_version"] and after["rows_added"] == 0
-    assert features_flow(cfg) == after  # and that one is cached in turn
+    assert features_flow(cfg) == {**after, "cached": True}  # and that one is cached in turn
 
 
 def test_events_are_emitted_for_accepted_and_rejected_batches(prefect_api, home, tmp_path):

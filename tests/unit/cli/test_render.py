@@ -276,6 +276,33 @@ def test_a_folder_ingest_has_a_row_per_batch_and_a_total():
     assert "duplicate" in text and "from 2 files" in text
 
 
+def test_an_unchanged_rerun_says_so_instead_of_repeating_the_first_runs_work():
+    cached = {"dataset": "tiny", "features_version": 0, "new_batches": 1, "rows_added": 1290, "cached": True}
+
+    def flat(text: str) -> str:  # the table wraps long lines
+        return " ".join(text.replace("│", " ").split())
+
+    text = flat(
+        shown(
+            "run",
+            {
+                "ingest": [{**BATCH, "duplicate_batch": True}],
+                "features": cached,
+                "train": {**TRAIN, "cached": True},
+                "promote": {**PROMOTION, "cached": True},
+            },
+            home="/h",
+        )
+    )
+    assert "already ingested, nothing new" in text and "1,300 rows in" not in text
+    assert text.count("unchanged since the last run") == 3, text
+    assert "unchanged since the last build" in flat(shown("features", cached))
+    mixed = flat(
+        shown("run", {"ingest": [BATCH, {**BATCH, "batch_id": "b2", "duplicate_batch": True}]}, home="/h")
+    )
+    assert f"{BATCH['rows_in']:,} rows in" in mixed and "1 already ingested, not counted" in mixed
+
+
 def test_a_skipped_drift_check_says_why():
     text = shown("drift", {"model": "m", "skipped": True, "message": "the window has no rows"})
     assert "skipped" in text and "the window has no rows" in text
