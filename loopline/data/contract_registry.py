@@ -171,7 +171,7 @@ def require_contract(lake: Lake, dataset: str) -> Contract:
 
 def register_contract(lake: Lake, contract: Contract, *, allow_incompatible: bool = False) -> ContractVersion:
     """Make `contract` D's latest version (a no-op when it already is). Raises ContractError naming every
-    incompatible change, unless `allow_incompatible`. Safe to call concurrently (see the module docstring)."""
+    incompatible change, unless `allow_incompatible` or D has no clean rows yet (nothing the change breaks). Safe to call concurrently (see the module docstring)."""
     uri = contracts_uri(lake, contract.dataset)
     _create_empty(lake, uri)
     for _ in range(REGISTER_ATTEMPTS):
@@ -181,7 +181,7 @@ def register_contract(lake: Lake, contract: Contract, *, allow_incompatible: boo
             return latest
         changes = diff_contracts(latest.contract, contract) if latest is not None else []
         breaking = [c.what for c in changes if not c.compatible]
-        if breaking and not allow_incompatible:
+        if breaking and not allow_incompatible and _holds_clean_rows(lake, contract.dataset):
             raise ContractError(
                 f"incompatible with version {latest.version} of dataset {contract.dataset!r} in the lake: "
                 + "; ".join(breaking)
@@ -218,6 +218,14 @@ def register_contract(lake: Lake, contract: Contract, *, allow_incompatible: boo
         f"({REGISTER_ATTEMPTS} attempts); try again",
         file=contract.path,
     )
+
+
+def _holds_clean_rows(lake: Lake, dataset: str) -> bool:
+    """Whether any batch of D was accepted: until one is, no row was validated under its contract and no
+    model was trained on it, so a change of the contract breaks nothing (a first batch the gate rejected
+    for a mistake in the contract is fixed by correcting the contract, not with --allow-incompatible)."""
+    table = delta.open_table(lake, lake.table_uri("clean", dataset))
+    return table is not None and delta.files_and_rows(table)[1] > 0
 
 
 def _create_empty(lake: Lake, uri: str) -> None:

@@ -76,8 +76,14 @@ def test_compatible_changes_make_a_new_version(lake):
     assert require_contract(lake, "flowers").columns["stem_cm"].nullable
 
 
+def _accept_a_row(lake: Lake) -> None:
+    """clean/flowers with one row: a batch was accepted under the registered contract."""
+    write_deltalake(lake.table_uri("clean", "flowers"), pa.table({"flower_id": [1]}), mode="append")
+
+
 def test_incompatible_changes_are_refused_naming_each_unless_allowed(lake):
     register_contract(lake, _contract())
+    _accept_a_row(lake)
 
     def narrow(raw):
         raw["columns"]["petal_cm"]["max"] = 5
@@ -93,6 +99,17 @@ def test_incompatible_changes_are_refused_naming_each_unless_allowed(lake):
     assert len(contract_versions(lake, "flowers")) == 1  # nothing registered
     forced = register_contract(lake, _contract(narrow), allow_incompatible=True)
     assert forced.version == 2 and not all(c.compatible for c in forced.changes)
+
+
+def test_before_any_accepted_batch_a_corrected_contract_just_replaces_it(lake):
+    """A first batch rejected because the contract was wrong (a float column typed int) leaves no clean row
+    and no model: the corrected contract is the next version, with no --allow-incompatible."""
+    register_contract(lake, _contract(lambda raw: raw["columns"]["petal_cm"].update(type="int")))
+    fixed = register_contract(lake, _contract())
+    assert fixed.version == 2 and "type int -> float" in " | ".join(c.what for c in fixed.changes)
+    _accept_a_row(lake)
+    with pytest.raises(ContractError, match="type float -> int"):  # from the first accepted batch on: refused
+        register_contract(lake, _contract(lambda raw: raw["columns"]["petal_cm"].update(type="int")))
 
 
 def test_removed_column_and_reordered_classes_are_incompatible():
