@@ -38,12 +38,17 @@ def ingest_stage(cfg: LifecycleConfig) -> list[dict]:
     # Decide: a rejected batch fails the run (the good ones have landed; the summary names the bad ones)
     rejected = [r for r in results if not r["accepted"]]
     if rejected:
-        reasons = "; ".join(f"{r['source']}: {r['reason']}" for r in rejected)
+        reasons = "; ".join(_named(r["source"], str(r["reason"])) for r in rejected)
         raise DataQualityError(
             f"{len(rejected)} of {len(results)} batch(es) rejected: {reasons}",
             summary=summarise_dicts(results),
         )
     return results
+
+
+def _named(source: str, reason: str) -> str:
+    """A rejected batch's reason with its file named once (a column problem names it already)."""
+    return reason if reason.startswith(f"{source}:") else f"{source}: {reason}"
 
 
 def ingest_on_dask(files: list[str], cfg: LifecycleConfig) -> list[dict]:
