@@ -35,6 +35,7 @@ def render_ingest(result: dict[str, Any], **_: Any) -> Iterable[RenderableType]:
         "quarantined",
         "status",
         right=("rows in", "clean", "quarantined"),
+        whole=("batch",),
     )
     for b in batches:
         t.add_row(

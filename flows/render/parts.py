@@ -27,14 +27,21 @@ def heading(text: str, style: str = "bold") -> Text:
     return Text(text, style=style)
 
 
-def table(*columns: str, right: Iterable[str] = ()) -> Table:
-    """A plain table: a header rule, no outer frame. Columns named in `right` are right-aligned."""
+def table(*columns: str, right: Iterable[str] = (), whole: Iterable[str] = ()) -> Table:
+    """A plain table: a header rule, no outer frame. Columns named in `right` are right-aligned (numbers:
+    never wrapped); those in `whole` hold identifiers (batch ids) never wrapped either, so a copied one is
+    right: on a narrow terminal the other columns wrap instead."""
     t = Table(
         box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False, collapse_padding=True
     )
-    right = set(right)
+    right, whole = set(right), set(whole)
     for name in columns:
-        t.add_column(name, justify="right" if name in right else "left", overflow="fold")
+        t.add_column(
+            name,
+            justify="right" if name in right else "left",
+            overflow="fold",
+            no_wrap=name in whole or name in right,
+        )
     return t
 
 

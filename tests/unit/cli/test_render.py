@@ -322,3 +322,9 @@ def test_an_unexpected_result_still_prints_and_never_raises():
 def test_names_with_brackets_print_as_written():
     text = shown("rollback", {"model": "[bold]m[/bold]", "champion_version": 1, "rolled_back_version": 2})
     assert "[bold]m[/bold]" in text
+
+
+def test_batch_ids_and_counts_are_never_wrapped_in_an_80_column_table():
+    long = {**BATCH, "source": "/data/orders_v3_badvalues.csv", "batch_id": "4f9e2b6541266422c9de"}
+    text = shown("ingest", {**long, "rows_in": 1_000_000, "rows_clean": 999_000, "rows_quarantined": 1_000})
+    assert "4f9e2b6541266422c9de" in text and "1,000,000" in text and "999,000" in text, text
