@@ -1,5 +1,5 @@
 """Draft a dataset contract from a sample file (`loopline init --from SAMPLE`): a commented YAML file that a
-person reads and edits, and that ingests its own sample with no quarantined row.
+person reads and edits, and that ingests its own sample with no quarantined row (but the stray values below).
 
 Every inference uses the validation gate's own parsers (`loopline.data.validation.coerce`), so a type is
 drafted only when the gate would parse every value of the sample as that type. The whole sample is read
@@ -7,7 +7,9 @@ drafted only when the gate would parse every value of the sample as that type. T
 
 - type: int when every value parses as an int and is spelled as one (`-12`, not `3.0`: a float spelling
   drafts float, which accepts it too); else bool (true/false/1/0); else float (finite; `nan` and empty are
-  null; a column Parquet stores as floating point is always float); else timestamp (ISO 8601); else string.
+  null; a column Parquet stores as floating point is always float); else timestamp (ISO 8601); else int or
+  float when all but MAX_UNPARSED_SHARE of its rows parse as one (the stray values, e.g. `n/a` or `12,5`, are
+  named in the draft's comment, and the gate quarantines their rows); else string.
   A string column with at most CATEGORY_MAX_VALUES distinct values, each seen at least
   CATEGORY_MIN_ROWS_PER_VALUE times on average, is a category with those `values`.
 - nullable: the column holds a null (or an empty value, which the gate reads as null) in the sample.

@@ -38,6 +38,7 @@ _READ_ROWS = 100_000  # rows per chunk read (the chunks are joined: a sample is 
 
 
 _PROBE = 64  # distinct values tried first for the (slow on failure) timestamp parser
+MAX_UNPARSED_SHARE = 0.01  # a numeric column may hold this share of stray values (drafted numeric, noted)
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -62,10 +63,12 @@ class _Profile:
     type: str
     typed: pd.Series  # the whole column as the gate types it (nulls included)
     note: str | None = None
+    unparsed: pd.Series | None = None  # rows whose value the type does not parse (a mostly numeric column)
 
     @property
     def nulls(self) -> int:
-        return int(self.typed.isna().sum())
+        bad = int(self.unparsed.sum()) if self.unparsed is not None else 0
+        return int(self.typed.isna().sum()) - bad
 
     @property
     def present(self) -> pd.Series:
@@ -134,8 +137,12 @@ def _as_gate_input(text: pa.Array | pa.ChunkedArray) -> pd.Series:
 def _profile(name: str, text: pa.ChunkedArray, *, declared_float: bool) -> _Profile:
     ctype, note = _infer_type(name, text, declared_float)
     typed, failed = coerce_column(_as_gate_input(text), ColumnSpec(name=name, type=ctype))
-    if failed.any():  # the distinct values all parsed, so every row does
-        raise AssertionError(f"column {name!r}: a value failed as {ctype} after its distinct values parsed")
+    if failed.any():
+        if ctype not in ("int", "float") or failed.mean() > MAX_UNPARSED_SHARE:
+            raise AssertionError(
+                f"column {name!r}: a value failed as {ctype} after its distinct values parsed"
+            )
+        return _Profile(name, ctype, typed, note, unparsed=pd.Series(failed, index=typed.index))
     if ctype == "string" and typed.notna().any():
         distinct = typed.dropna().nunique()
         if distinct <= CATEGORY_MAX_VALUES and distinct * CATEGORY_MIN_ROWS_PER_VALUE <= typed.notna().sum():
@@ -168,7 +175,31 @@ def _infer_type(name: str, text: pa.ChunkedArray, declared_float: bool) -> tuple
             note = "holds inf, which no float column accepts: drafted as string"
             continue
         return ctype, None
-    return "string", note
+    return _mostly_numeric(name, text, values) or ("string", note)
+
+
+def _mostly_numeric(name: str, text: pa.ChunkedArray, distinct: pd.Series) -> tuple[str, str] | None:
+    """(int or float, a note naming the stray values) when all but a few rows (at most MAX_UNPARSED_SHARE)
+    parse as that number type: a typo or an 'n/a' in a sample should not turn a numeric column into text
+    (whose only feature would be its length). The gate then quarantines such rows, each with its reason."""
+    for ctype in ("int", "float"):
+        typed, failed = coerce_column(distinct, ColumnSpec(name=name, type=ctype))
+        if not failed.any() or not typed.notna().any():
+            continue
+        if ctype == "int" and not _spelled_as_ints(pa.array(distinct[~failed].tolist(), pa.string())):
+            continue
+        if ctype == "float" and not np.isfinite(typed.dropna().to_numpy(dtype=np.float64)).all():
+            continue
+        stray = pa.array(distinct[failed].tolist(), pa.string())
+        rows = pc.sum(pc.is_in(text, value_set=stray)).as_py() or 0
+        if rows > MAX_UNPARSED_SHARE * max(1, len(text) - text.null_count):
+            return None
+        shown = ", ".join(repr(v) for v in stray.to_pylist()[:3]) + (", ..." if len(stray) > 3 else "")
+        return ctype, (
+            f"{rows} row(s) hold a value that is not {'an' if ctype == 'int' else 'a'} {ctype} ({shown}): "
+            f"drafted as {ctype}, so the gate quarantines those rows; make it a string column if they are data"
+        )
+    return None
 
 
 def _parse(name: str, values: pd.Series, ctype: str) -> pd.Series | None:

@@ -340,3 +340,24 @@ def test_cli_init_writes_the_draft_and_fails_cleanly(sklearn_frames, tmp_path):
     assert "no column can be the id" in bad.stderr and "mean radius (float)" in bad.stderr
     assert "--id" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
     assert not (tmp_path / "contracts" / "noid.yaml").exists()
+
+
+def test_a_few_stray_values_leave_a_numeric_column_numeric_and_named(tmp_path):
+    """A typo and an 'n/a' in 300 rows (under 1%) do not turn a float column into text, whose only feature
+    would be its length: it drafts float, the comment names the strays, and the gate quarantines those two
+    rows with their column; a column with many strays stays a string."""
+    rng = np.random.default_rng(0)
+    x = [f"{v:.3f}" for v in rng.normal(size=300)]
+    x[10], x[40] = "n/a", "12,5"
+    noisy = [str(v) for v in range(300)]
+    for i in range(0, 300, 20):
+        noisy[i] = "unknown"  # 5%: not a few
+    frame = pd.DataFrame({"id": range(300), "x": x, "noisy": noisy, "y": [i % 2 for i in range(300)]})
+    sample = _write(frame, tmp_path / "stray.csv")
+    draft = draft_contract(str(sample))
+    spec = draft.contract.columns
+    assert spec["x"].type == "float" and not spec["x"].nullable and spec["noisy"].type == "string"
+    comment = next(c.comment for c in draft.columns if c.name == "x")
+    assert "2 row(s)" in comment and "'n/a'" in comment and "'12,5'" in comment, comment
+    result = _ingest(sample, draft.contract, tmp_path)
+    assert result.rows_quarantined == 2 and result.rows_clean == 298
