@@ -78,7 +78,7 @@ def build_features(cfg: LifecycleConfig, refit: bool = False) -> dict:
         result["transform_version"],
     )
     if result.get("refit_reason") not in (None, "requested"):
-        run_logger().warning("features/%s refit on its own: %s", contract.dataset, result["refit_reason"])
+        run_logger().info("features/%s refit on its own: %s", contract.dataset, result["refit_reason"])
     after = _record(cfg, refit)
     if key is not None and after is not None:  # a call finding the tables as this build left them: its key
         stage_cache.save(cfg, *after, {"prefect_key": key})
