@@ -74,7 +74,7 @@ def render_drift(result: dict[str, Any], **_: Any) -> Iterable[RenderableType]:
     if window.get("prediction_skipped"):
         yield f"prediction drift not checked: {window['prediction_skipped']}"
     if result.get("event_emitted"):
-        yield "emitted loopline.drift.detected (the retrain deployment listens for it)"
+        yield "emitted loopline.drift.detected (the retrain deployment of a `loopline up` stack retrains on it)"
 
 
 def _table_cell(info: dict[str, Any] | None) -> str:
