@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from loopline.data.draft.columns import _Profile
+from loopline.data.draft.columns import MAX_UNPARSED_SHARE, _Profile
 from loopline.data.draft.render import _names, _short
 from loopline.errors import ConfigError
 
@@ -92,12 +92,18 @@ def _pick_id(
         problems = []
         if p.nulls:
             problems.append(f"{p.nulls} null value(s)")
-        if p.duplicates:
+        few = p.duplicates <= MAX_UNPARSED_SHARE * len(p.typed)  # a stray repeat the gate quarantines
+        if p.duplicates and (p.nulls or not few):
             problems.append(f"{p.duplicates} duplicate value(s) (rows repeating an earlier {p.type} id)")
         if problems:
             raise ConfigError(
                 f"--id {id_column!r} is not a usable id in {sample}: {' and '.join(problems)}; an id is unique "
                 "and never null (the gate quarantines the rest). Fix the sample, or name another column"
+            )
+        if p.duplicates:
+            return id_column, (
+                f"given with --id; non-null, and unique but for {p.duplicates} repeated value(s) in the sample: "
+                "the gate quarantines a repeat (first arrival wins)"
             )
         return id_column, "given with --id; unique and non-null in the sample"
     rejected: dict[str, list[str]] = {}
