@@ -19,7 +19,8 @@ drafted only when the gate would parse every value of the sample as that type. T
 - label: --label, else the column named label/target/y/class/outcome. Task: bool or two distinct values ->
   binary; 3..MAX_CLASSES distinct ints or strings -> multiclass; float or more ints -> regression. A
   binary/multiclass label gets `values` (its classes).
-- id: --id (must be unique and non-null), else the unique, non-null int or string column whose name looks
+- id: --id (non-null, and unique but for at most MAX_UNPARSED_SHARE of rows repeating a value, which the
+  gate quarantines), else the unique, non-null int or string column whose name looks
   most like an id (id, key, uuid, then *_id / *_key, then the first in file order). No column qualifies: an
   error names every column and why it was rejected. An id is never invented.
 """
