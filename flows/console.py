@@ -13,7 +13,9 @@ Quiet means:
 `configure()` runs once per command (the Typer callback), before anything heavy is imported; `install()`
 in the commands that run flows, after their Prefect settings are in the environment: it imports Prefect
 (which configures its logging then) and filters Prefect's handlers. Nothing here imports Prefect, MLflow
-or rich at module level: `loopline --help` stays fast. Workers never call this: only the CLI is quieted.
+or rich at module level: `loopline --help` stays fast. Only the CLI is quieted; a flow run a worker starts
+gets `strip_user_error_tracebacks` (from every flow module's import of flows.heartbeats): the same lines,
+with no traceback for a user error.
 """
 
 from __future__ import annotations
@@ -196,12 +198,28 @@ def prefect_handlers() -> list[logging.Handler]:
     return handlers
 
 
-def add_user_error_filters(handlers: list[logging.Handler]) -> None:
-    """Stream handlers (the console) drop user-error records; others (the Prefect API) keep them without
-    the traceback. A handler that has the filter already is left as it is."""
+def add_user_error_filters(handlers: list[logging.Handler], *, drop_on_console: bool = True) -> None:
+    """Stream handlers (the console) drop user-error records (`drop_on_console`, the CLI's: it prints the
+    error itself); others (the Prefect API) keep them without the traceback. A handler with the filter
+    already keeps it, made to drop on the console when `drop_on_console`."""
     for handler in handlers:
-        if not any(isinstance(f, UserErrorFilter) for f in handler.filters):
-            handler.addFilter(UserErrorFilter(drop=isinstance(handler, logging.StreamHandler)))
+        drop = drop_on_console and isinstance(handler, logging.StreamHandler)
+        found = [f for f in handler.filters if isinstance(f, UserErrorFilter)]
+        if not found:
+            handler.addFilter(UserErrorFilter(drop=drop))
+        elif drop_on_console:
+            found[0].drop = drop
+
+
+def strip_user_error_tracebacks() -> None:
+    """In every process that runs our flows (a worker's flow run as much as a CLI command): Prefect's records
+    of a user error keep their line and lose the traceback, in the run's logs in the UI and on its console
+    (the CLI then drops the console lines: `install`). Idempotent; nothing with `--verbose`."""
+    if verbose():
+        return
+    import prefect.main  # noqa: F401  (configures Prefect's logging: its handlers exist from here on)
+
+    add_user_error_filters(prefect_handlers(), drop_on_console=False)
 
 
 # -- third parties -----------------------------------------------------------------------------------------

@@ -43,3 +43,7 @@ def install() -> bool:
 
 
 install()
+# every module with a flow imports this one: the place for what every flow-run process needs
+from flows.console import strip_user_error_tracebacks  # noqa: E402
+
+strip_user_error_tracebacks()

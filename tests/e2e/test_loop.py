@@ -173,6 +173,7 @@ def test_drift_on_a_shifted_batch_retrains_through_the_deployments(tmp_path, mon
 
         # the Prefect UI as a new user meets it: the lifecycle deployment's run form, a dataset of one's own
         _run_the_lifecycle_from_the_ui(stack, tmp_path)
+        _a_user_error_on_a_worker_is_logged_without_a_traceback(stack, tmp_path)
         # a pid in stack.json that now belongs to another process (its start time differs) is not ours
         state = read_stack(home)
         state["processes"].append(
@@ -279,6 +280,41 @@ def _run_the_lifecycle_from_the_ui(stack: dict, tmp_path: Path) -> None:
         "the features run started by wine's ingest event",
     )  # fmt: skip
     assert all(r["state"]["type"] == "COMPLETED" for r in wine_features)
+
+
+def _a_user_error_on_a_worker_is_logged_without_a_traceback(stack: dict, tmp_path: Path) -> None:
+    """A lifecycle run with a source that does not exist, run by the cpu worker as one submitted from the UI:
+    it fails, and its logs in the Prefect API say why in one line each, with no traceback (a user's error;
+    the CLI path drops them from the console, a worker's flow run strips them: flows/console.py)."""
+    deployment = httpx.get(
+        f"{stack['prefect_api_url']}/deployments/name/lifecycle/lifecycle", timeout=30
+    ).json()
+    missing = str(tmp_path / "no-such-source.csv")
+    created = httpx.post(
+        f"{stack['prefect_api_url']}/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": {"source": missing}},
+        timeout=30,
+    )
+    created.raise_for_status()
+    run_id = created.json()["id"]
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    (run,) = wait_for(
+        lambda: [r for r in flow_runs(stack, "lifecycle/lifecycle") if r["id"] == run_id and r["state"]["type"] in final],
+        300,
+        "the lifecycle run with a missing source to end",
+    )  # fmt: skip
+    assert run["state"]["type"] == "FAILED" and "no such file" in run["state"]["message"], run["state"]
+    logs = wait_for(
+        lambda: [
+            line["message"]
+            for line in api(stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "offset": 0})
+            if line["level"] >= 40
+        ],
+        60,
+        "the failed run's error logs",
+    )  # fmt: skip
+    assert any("no such file" in m for m in logs), logs
+    assert not any("Traceback" in m for m in logs), "\n".join(logs)
 
 
 def _assert_the_stack_is_bootstrapped(stack: dict, home: Path) -> None:

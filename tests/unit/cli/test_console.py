@@ -59,6 +59,18 @@ def test_one_filter_per_handler_drop_on_the_console_only(logs):
     assert [f.drop for f in term.filters if isinstance(f, console.UserErrorFilter)] == [True]
 
 
+def test_a_workers_flow_run_keeps_the_line_and_the_cli_then_drops_it():
+    """A flow run a worker starts strips the traceback and keeps the console line (the worker's log); the CLI,
+    whether it filters before or after a flow module is imported, drops it from the console."""
+    api, term = Capture(), logging.StreamHandler(io.StringIO())
+    console.add_user_error_filters([api, term], drop_on_console=False)  # strip_user_error_tracebacks
+    assert [f.drop for h in (api, term) for f in h.filters] == [False, False]
+    console.add_user_error_filters([api, term])  # the CLI's install(), after the flow module's import
+    assert [f.drop for h in (api, term) for f in h.filters] == [False, True]
+    console.add_user_error_filters([api, term], drop_on_console=False)  # a flow module imported after it
+    assert [f.drop for h in (api, term) for f in h.filters] == [False, True]
+
+
 def test_a_user_error_leaves_the_console_and_reaches_the_api_without_traceback(logs):
     logger, api, stream = logs
     try:
