@@ -27,6 +27,7 @@ from prefect.states import State
 
 import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their heartbeat thread)
 from loopline.config import LifecycleConfig, resolve_config
+from tasks.common import unlinked
 
 
 @flow(name="lifecycle", log_prints=True)
@@ -81,28 +82,20 @@ def lifecycle_flow(
     else:
         trained = train_flow(cfg, dataset=features["dataset"], features_version=version_built)
     result["train"] = trained
-    name = _unlinked(trained["model_name"])
+    name = unlinked(trained["model_name"])
     # Evaluate + promote: against @champion on the same test rows; a refusal keeps the champion in place.
     # Its own flow run: with approval required, the promotion deployment's run waits, not this one
     version = int(trained["model_version"])
     handed = hand_off_promotion(cfg, name, version) if cfg.rollout.require_approval else None
     if handed is not None or cfg.rollout.require_approval:
-        promoted = handed or promotion_flow(cfg, model=_unlinked(name), version=version)
+        promoted = handed or promotion_flow(cfg, model=unlinked(name), version=version)
     elif (recorded := recorded_promotion(cfg, name, version)) is not None:
         promoted = promotion_unchanged(cfg, name, version, recorded)
     else:
-        promoted = promotion_flow(cfg, model=_unlinked(name), version=version)
+        promoted = promotion_flow(cfg, model=unlinked(name), version=version)
     result["promote"] = promoted
     # Deploy: the model server serves @champion (started if none runs); an unhealthy swap rolls back
     if cfg.serving.deploy and not promoted.get("awaiting_approval"):
         result["deploy"] = deploy_stage(cfg, name, start_if_missing=True)
     result["champion_version"] = promoted.get("champion_version")
     return result
-
-
-def _unlinked(name: str) -> str:
-    """A copy of `name` that no subflow's result holds. Prefect links the values a flow run returns to that
-    run, and a task later given one of them records the run as a `flow_run` input, which the UI of Prefect
-    3.8.8 cannot parse: the flow run's Task Runs tab shows none of its task runs (PrefectHQ/prefect#18680).
-    So a subflow gets its own copy (what it returns holds that one) and the tasks another."""
-    return name.encode().decode()

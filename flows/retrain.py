@@ -17,7 +17,7 @@ import flows.heartbeats  # noqa: F401  (flow runs end without waiting on their h
 from loopline.config import LifecycleConfig, resolve_config
 from loopline.monitoring.retrain import SKIPPED_STATE
 from loopline.packaging.registry import contract_dataset, model_name_for
-from tasks.common import run_logger
+from tasks.common import run_logger, unlinked
 from tasks.retrain import (
     check_champion,
     check_cooldown,
@@ -75,12 +75,14 @@ def retrain_flow(
     from flows.features import features_flow
 
     result["features"] = features_flow(cfg)
-    # Train: on the gpu pool when the `train` deployment exists and this run is a deployment run
-    result["train"] = _train(cfg.model_copy(update={"model_name": model_name}), dataset, result["features"])
+    # Train: on the gpu pool when the `train` deployment exists and this run is a deployment run (each
+    # subflow gets its own copy of a name: tasks.common.unlinked)
+    train_cfg = cfg.model_copy(update={"model_name": unlinked(model_name)})
+    result["train"] = _train(train_cfg, unlinked(dataset), result["features"])
     # Evaluate + promote: the challenger against the champion
-    result["promotion"] = _promote(cfg, model_name, int(result["train"]["model_version"]))
+    result["promotion"] = _promote(cfg, unlinked(model_name), int(result["train"]["model_version"]))
     # Deploy: serving picks up the new champion
-    result["deployment"] = _deploy(cfg, model_name, result["promotion"])
+    result["deployment"] = _deploy(cfg, unlinked(model_name), result["promotion"])
     return result
 
 

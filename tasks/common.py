@@ -204,3 +204,12 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     except BaseException:
         return True
     return True
+
+
+def unlinked(name: str) -> str:
+    """A copy of `name` that no subflow's result holds, for a flow to pass to a subflow or to its tasks.
+    Prefect links the values a flow run returns to that run, and a task later given one of them records the
+    run as a `flow_run` input, which the UI of Prefect 3.8.8 cannot parse: the flow run's Task Runs tab
+    shows none of its task runs (PrefectHQ/prefect#18680). So a subflow gets its own copy (what it returns
+    holds that one), and the tasks after it another."""
+    return name.encode().decode()
