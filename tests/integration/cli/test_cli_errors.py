@@ -119,7 +119,9 @@ def test_a_rejected_batch_shows_its_table_then_the_reason(runs):
     res = runs["wrong delimiter"]
     assert "rows in" in res.stdout and "rejected" in res.stdout and "semicolons.csv" in res.stdout
     assert "WARNING" not in res.stderr  # the gate's warning is the error paragraph, said once
-    assert res.stderr.count("semicolons.csv") == 1, res.stderr  # the file named once, not before its reason too
+    assert res.stderr.count("semicolons.csv") == 1, (
+        res.stderr
+    )  # the file named once, not before its reason too
 
 
 def test_a_good_command_ends_with_a_table_and_json_is_unchanged(runs):

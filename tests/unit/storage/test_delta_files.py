@@ -164,7 +164,9 @@ def test_peak_memory_does_not_grow_with_the_commits_rows(tmp_path):
     assert json.dumps({"small": small, "large": large})
 
 
-@pytest.mark.parametrize("options", [{"compression": "snappy"}, None], ids=["pyarrow-files", "delta-rs-writer"])
+@pytest.mark.parametrize(
+    "options", [{"compression": "snappy"}, None], ids=["pyarrow-files", "delta-rs-writer"]
+)
 def test_a_wide_table_keeps_batch_statistics_in_its_log(tmp_path, options):
     """Delta keeps min/max of the first 32 columns only: a table of 40 contract columns (quoted names too)
     gets its batch column's statistics all the same, so the batches come from the log, and a file holding
