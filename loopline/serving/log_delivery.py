@@ -99,6 +99,8 @@ class DeltaAppender:
     def commit(self, uri: str, data: pa.Table, seq: int) -> None:
         from deltalake import CommitProperties, Transaction, write_deltalake
 
+        from loopline.storage.delta import table_configuration
+
         table = self._open(uri)
         props = CommitProperties(
             app_transactions=[Transaction(app_id=self.app_id, version=seq)],
@@ -112,6 +114,8 @@ class DeltaAppender:
             schema_mode="merge",  # a champion whose contract added a column adds it to the table
             storage_options=self.lake.storage_options,
             commit_properties=props,
+            # created here: `_scored_at` among the statistics columns, so a drift window skips files by time
+            configuration=table_configuration(data.schema) if table is None else None,
         )
 
 

@@ -78,7 +78,11 @@ def test_rows_of_a_shadow_with_another_contract_and_of_a_swapped_champion_land(b
         assert log.alive and log.dropped_rows == 0 and log.deadletter_rows == 0
     finally:
         h.close()
-    table = DeltaTable(h.lake.table_uri("predictions", "demo")).to_pandas()
+    log_table = DeltaTable(h.lake.table_uri("predictions", "demo"))
+    # the demo's 36 features put `_scored_at` past Delta's 32 columns of statistics: it has them all the same,
+    # so a drift window skips files by time from the log
+    assert "min._scored_at" in pa.table(log_table.get_add_actions(flatten=True)).column_names
+    table = log_table.to_pandas()
     counts = table.groupby(["_role", "_model_version"]).size().to_dict()
     assert counts == {("champion", "1"): 9, ("shadow", "2"): 9, ("champion", "2"): 7, ("shadow", "1"): 7}
     assert {"note", "extra"} <= set(table.columns)  # the added column was merged into the table
