@@ -169,7 +169,13 @@ def _build(
     transform: FeatureTransform | None = None
     done: set[str] = set()
     if feats is not None and not refit:
-        done_ids, versions = _distinct(delta.dataset(feats), ["_batch_id", "_transform"])
+        # from the log when every file holds one batch of one transform (features/D's metadata columns come
+        # first: Delta keeps their statistics); else the columns, in order (the last transform is the current)
+        logged = delta.add_actions(feats)
+        done_ids = delta.distinct_from_log(feats, "_batch_id", logged)
+        versions = delta.distinct_from_log(feats, "_transform", logged)
+        if done_ids is None or versions is None or len(versions) > 1:
+            done_ids, versions = _distinct(delta.dataset(feats), ["_batch_id", "_transform"])
         done = set(done_ids)
         if versions:
             transform = load_transform(lake, dataset, versions[-1])
@@ -179,13 +185,14 @@ def _build(
     clean_ds = delta.dataset(clean)
     # the batches from the Delta log's statistics (a file holds one batch until maintenance merges files);
     # the `_batch_id` column itself only where those do not settle it
-    all_batches = delta.distinct_from_log(clean, "_batch_id")
+    clean_log = delta.add_actions(clean)
+    all_batches = delta.distinct_from_log(clean, "_batch_id", clean_log)
     if all_batches is None:
         (all_batches,) = _distinct(clean_ds, ["_batch_id"])
     all_batches = sorted(all_batches)
     new_batches = [b for b in all_batches if b not in done]
     if transform is None:
-        rows = delta.files_and_rows(clean)[1]
+        rows = delta.files_and_rows(clean, clean_log)[1]
         transform = fit_transform(_train_sample(clean_ds, rows, contract, cfg), contract, cfg)
     tv = save_transform(lake, dataset, transform)
     result = {

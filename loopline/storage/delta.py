@@ -40,11 +40,12 @@ Data = pa.Table | pa.RecordBatchReader | Callable[[], pa.RecordBatchReader] | de
 CONFLICT_ATTEMPTS = 12  # conflicts in a row before giving up: each one means another writer committed
 LATEST = object()  # append_once's default snapshot: the table as it is now
 # Delta keeps min/max statistics of a table's first 32 columns only (delta.dataSkippingNumIndexedCols). The
-# batch metadata comes after the contract's columns in raw/D, quarantine/D and clean/D, so on a dataset of
-# 30-odd columns or more no reader could skip a file by its batch from the log: a table created here lists
-# these columns too in delta.dataSkippingStatsColumns (with the first 32, as before)
+# batch metadata comes after the contract's columns in raw/D, quarantine/D, clean/D and predictions/M, so on
+# a dataset of 30-odd columns or more no reader could skip a file by its batch (or a drift window by its
+# time) from the log: a table created with `table_configuration` lists these columns too in
+# delta.dataSkippingStatsColumns (with the first 32, as before)
 INDEXED_COLUMNS = 32
-SKIPPING_META = ("_batch_id", "_ingested_at", "_row", "_split", "_transform")
+SKIPPING_META = ("_batch_id", "_ingested_at", "_row", "_split", "_transform", "_scored_at")
 
 
 class CommitRetriesExhausted(RuntimeError):
@@ -73,9 +74,15 @@ def dataset(table: DeltaTable) -> pads.Dataset:
     return table.to_pyarrow_dataset()
 
 
-def files_and_rows(table: DeltaTable) -> tuple[int, int]:
+def add_actions(table: DeltaTable) -> pa.Table:
+    """The snapshot's add actions with their statistics flattened (`num_records`, `min.<column>`, ...):
+    read from the Delta log only."""
+    return pa.table(table.get_add_actions(flatten=True))
+
+
+def files_and_rows(table: DeltaTable, actions: pa.Table | None = None) -> tuple[int, int]:
     """(data files, rows) of a table's snapshot, from its add actions' statistics: no data file is read."""
-    actions = table.get_add_actions(flatten=True)
+    actions = add_actions(table) if actions is None else actions
     if not actions.num_rows:
         return 0, 0
     return actions.num_rows, int(sum(v or 0 for v in actions.column("num_records").to_pylist()))
@@ -91,11 +98,12 @@ def table_configuration(schema: pa.Schema) -> dict[str, str] | None:
     return {"delta.dataSkippingStatsColumns": ",".join(quoted)}  # backticks: any column name (spaces, commas)
 
 
-def distinct_from_log(table: DeltaTable, column: str) -> list | None:
-    """`column`'s distinct values from the snapshot's add actions, where every file's min equals its max (a
-    file holds one batch): no data file is read. None when a file's statistics do not settle it (a table
-    without statistics for `column`, or a file holding several values); an empty table gives []."""
-    actions = pa.table(table.get_add_actions(flatten=True))
+def distinct_from_log(table: DeltaTable, column: str, actions: pa.Table | None = None) -> list | None:
+    """`column`'s distinct values from the snapshot's add actions (`actions`, when the caller read them
+    already), where every file's min equals its max (a file holds one batch): no data file is read. None
+    when a file's statistics do not settle it (a table without statistics for `column`, or a file holding
+    several values); an empty table gives []."""
+    actions = add_actions(table) if actions is None else actions
     if not actions.num_rows:
         return []
     low, high = f"min.{column}", f"max.{column}"
